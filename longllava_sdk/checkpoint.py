@@ -1,0 +1,91 @@
+"""Safe checkpoint I/O: safetensors only, atomic directory writes.
+
+Pickle-based weight files (``.bin``, ``.pt``...) can execute code when loaded, so they are
+refused unless the caller passes ``allow_pickle=True`` explicitly. Directories are written
+to a temporary sibling and renamed into place, so an interrupted save never leaves a
+half-written checkpoint where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import CheckpointError, UnsafeCheckpointError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_weights_safe(directory: str | os.PathLike[str], allow_pickle: bool = False) -> bool:
+    """Check ``directory`` holds loadable weights; return ``True`` if they are safetensors.
+
+    Raises:
+        CheckpointError: no directory or no weight files at all.
+        UnsafeCheckpointError: only pickle weight files and ``allow_pickle`` is false.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory does not exist")
+    names = [p.name for p in directory.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return True
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles and not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{directory}: weights are stored as pickle ({', '.join(pickles[:3])}), which can run arbitrary "
+            "code when loaded; convert them to safetensors, or pass allow_pickle=True if you trust the source"
+        )
+    if not pickles:
+        raise CheckpointError(f"{directory}: no weight files (*.safetensors) found")
+    return False
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA if available else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` -> bf16 on CUDA, fp32 on CPU; strings like ``"bfloat16"`` accepted."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        try:
+            return getattr(torch, dtype)
+        except AttributeError as exc:
+            raise CheckpointError(f"unknown dtype {dtype!r}") from exc
+    return dtype
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` only if the block succeeds.
+
+    A non-empty ``target`` is refused unless ``overwrite`` is true; then it is replaced only
+    after the new content is complete.
+    """
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise CheckpointError(f"{target}: output exists and is not empty (pass overwrite=True to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, trash)
+        os.replace(staging, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, target)

@@ -1,0 +1,51 @@
+"""``longllava-sdk bench``: run the benchmark scripts in ``benchmarks/`` and print their figures.
+
+Benchmarks print ratios measured side by side in one run (e.g. the SDK's selective scan vs.
+transformers' Python-loop fallback); speed targets live here, never in tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+#: suite name -> (script under benchmarks/, arguments for a quick run)
+SUITES: dict[str, tuple[str, list[str]]] = {
+    "scan": ("bench_scan.py", ["--quick"]),
+    "adapters-medical": ("bench_adapters_medical.py", []),
+    "adapters-raster-video": ("bench_adapters_raster_video.py", []),
+    "learnability": ("learnability.py", []),
+}
+
+
+def benchmarks_dir() -> Path:
+    """The repository's ``benchmarks/`` folder (benchmarks run from a source checkout)."""
+    candidate = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not candidate.is_dir():
+        raise ConfigError(f"{candidate}: benchmarks/ not found; run `longllava-sdk bench` from a source checkout")
+    return candidate
+
+
+def bench(suite: list[str] | None = None, full: bool = False) -> int:
+    """Run benchmark suites and print their figures.
+
+    Args:
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability);
+            default: all but learnability (which takes up to 10 minutes).
+        full: run the long variants (e.g. the Python-loop scan reference at 1024 tokens).
+    """
+    names = suite or [name for name in SUITES if name != "learnability"]
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise ConfigError(f"unknown benchmark suite(s) {unknown}; available: {', '.join(SUITES)}")
+    folder = benchmarks_dir()
+    status = 0
+    for name in names:
+        script, quick_args = SUITES[name]
+        args = ["--full"] if full and name == "scan" else ([] if full else quick_args)
+        print(f"== {name} ({script}) ==", flush=True)
+        status |= subprocess.call([sys.executable, str(folder / script), *args])
+    return status

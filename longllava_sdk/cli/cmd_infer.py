@@ -1,0 +1,51 @@
+"""``longllava-sdk infer``: answer one prompt about images / a video / a volume / a scene."""
+
+from __future__ import annotations
+
+import sys
+
+
+def infer(
+    model: str,
+    prompt: str,
+    image: list[str] | None = None,
+    video: str | None = None,
+    volume: str | None = None,
+    tiled: str | None = None,
+    high_res: bool = False,
+    adapter: str | None = None,
+    max_images: int | None = None,
+    max_new_tokens: int = 256,
+    device: str = "auto",
+    dtype: str | None = None,
+    stream: bool = True,
+) -> None:
+    """Run the model on a prompt and media and print the answer.
+
+    Args:
+        model: checkpoint directory (safetensors).
+        prompt: the question.
+        image: one or more image files.
+        video: a video file.
+        volume: a DICOM file/folder or a NIfTI file.
+        tiled: a GeoTIFF scene.
+        high_res: split images into 336 px sub-images after a global view.
+        adapter: force an input adapter by name.
+        max_images: image budget per source (default: what fits the context).
+        max_new_tokens: generation length limit.
+        device: auto, cpu, cuda, cuda:1...
+        dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
+        stream: print pieces as they are generated.
+    """
+    from ..pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(model, device=device, dtype=dtype)
+    result = pipe(prompt, images=image, video=video, volume=volume, tiled=tiled, high_res=high_res,
+                  adapter=adapter, max_images=max_images, max_new_tokens=max_new_tokens, stream=stream)
+    if isinstance(result, str):
+        print(result)
+        return
+    for piece in result:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")

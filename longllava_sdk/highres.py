@@ -1,0 +1,229 @@
+"""The paper's high-resolution sub-image split, as a pure function.
+
+LongLLaVA reads a large image as one *global* view followed by its sub-images
+("main image ``\\n`` sub-images, top-left to bottom-right, ``\\n`` between rows", paper
+section 3.2). :func:`split_high_res` produces exactly that structure; the images adapter
+(``longllava_plugins.images``) and the processor both call it.
+
+Two modes:
+
+``pad`` (the paper's split)
+    The image is padded with ``fill`` (white) up to the next multiple of ``tile`` on both
+    axes and cut into ``tile x tile`` sub-images. The padding is centred, and odd
+    padding is split ``before = p // 2``, ``after = p - p // 2``. (The official code pads
+    ``(new - old) // 2`` on *both* sides, so an odd padding makes the canvas one pixel short
+    and the last row/column of tiles misaligned; this implementation fixes that.) With
+    ``max_tiles`` the image is first shrunk (aspect ratio kept) to the largest size whose
+    padded grid has at most ``max_tiles`` tiles.
+
+``grid`` (capped grid)
+    Choose the ``(rows, cols)`` grid with ``rows * cols <= max_tiles`` whose aspect ratio
+    ``cols / rows`` is closest (in log space) to the image's ``width / height``; among equally
+    close grids, the smallest one that holds the image at native resolution, else the
+    largest. The image is resized (not padded) to ``cols * tile x rows * tile`` and cut.
+
+In both modes the global view is the whole image letterboxed into ``tile x tile`` (aspect
+ratio kept, centred, ``fill`` around it), so every returned image is ``tile x tile`` RGB.
+
+Example::
+
+    >>> from PIL import Image
+    >>> global_view, tiles, (rows, cols) = split_high_res(Image.new("RGB", (1000, 500)))
+    >>> (rows, cols), len(tiles), global_view.size
+    ((2, 3), 6, (336, 336))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+SplitMode = Literal["pad", "grid"]
+RGB = tuple[int, int, int]
+WHITE: RGB = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class HighResPlan:
+    """Geometry of a split, computed from the image size alone (no pixels touched).
+
+    Attributes:
+        mode: ``"pad"`` or ``"grid"``.
+        tile: side of each square sub-image, in output pixels.
+        grid: ``(rows, cols)``.
+        resized_size: ``(width, height)`` the image is resized to before padding/cutting
+            (equal to the input size in ``pad`` mode unless ``max_tiles`` forced a shrink).
+        padding: ``(left, top, right, bottom)`` fill added around the resized image
+            (all zero in ``grid`` mode).
+    """
+
+    mode: SplitMode
+    tile: int
+    grid: tuple[int, int]
+    resized_size: tuple[int, int]
+    padding: tuple[int, int, int, int]
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the padded canvas: ``(cols * tile, rows * tile)``."""
+        rows, cols = self.grid
+        return cols * self.tile, rows * self.tile
+
+    def tile_boxes(self) -> list[tuple[int, int, int, int]]:
+        """``(left, top, right, bottom)`` of each tile on the canvas, row-major."""
+        rows, cols = self.grid
+        t = self.tile
+        return [(c * t, r * t, (c + 1) * t, (r + 1) * t) for r in range(rows) for c in range(cols)]
+
+    def source_boxes(self, original_size: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+        """Each tile's ``(left, top, right, bottom)`` in the *original* image's pixel frame.
+
+        Parts of a tile that fall on padding map outside ``[0, width] x [0, height]``.
+        """
+        sx = original_size[0] / self.resized_size[0]
+        sy = original_size[1] / self.resized_size[1]
+        left_pad, top_pad = self.padding[0], self.padding[1]
+        return [
+            ((l - left_pad) * sx, (t - top_pad) * sy, (r - left_pad) * sx, (b - top_pad) * sy)
+            for l, t, r, b in self.tile_boxes()
+        ]
+
+
+def _split_padding(total: int) -> tuple[int, int]:
+    # The off-by-one fix: an odd total puts the extra pixel after, never drops it.
+    return total // 2, total - total // 2
+
+
+def _padded_grid(width: int, height: int, tile: int) -> tuple[int, int]:
+    return math.ceil(height / tile), math.ceil(width / tile)
+
+
+def _pad_plan(width: int, height: int, tile: int, max_tiles: int | None) -> HighResPlan:
+    new_w, new_h = width, height
+    rows, cols = _padded_grid(width, height, tile)
+    if max_tiles is not None and rows * cols > max_tiles:
+        # Largest scale s such that ceil(w*s/t) * ceil(h*s/t) <= max_tiles: for each admissible
+        # grid the best scale is min(cols*t/w, rows*t/h); take the best over all grids.
+        best: tuple[float, int, int] | None = None
+        for r in range(1, max_tiles + 1):
+            c = max_tiles // r
+            scale = min(c * tile / width, r * tile / height)
+            if best is None or scale > best[0]:
+                best = (scale, r, c)
+        assert best is not None
+        scale = best[0]
+        new_w = max(1, min(width, math.floor(width * scale)))
+        new_h = max(1, min(height, math.floor(height * scale)))
+        rows, cols = _padded_grid(new_w, new_h, tile)
+    left, right = _split_padding(cols * tile - new_w)
+    top, bottom = _split_padding(rows * tile - new_h)
+    return HighResPlan("pad", tile, (rows, cols), (new_w, new_h), (left, top, right, bottom))
+
+
+def _grid_plan(width: int, height: int, tile: int, max_tiles: int) -> HighResPlan:
+    target = math.log(width / height)
+    candidates = [(r, c) for r in range(1, max_tiles + 1) for c in range(1, max_tiles // r + 1)]
+    errors = {rc: abs(math.log(rc[1] / rc[0]) - target) for rc in candidates}
+    best_error = min(errors.values())
+    closest = sorted((rc for rc in candidates if errors[rc] <= best_error + 1e-9), key=lambda rc: rc[0] * rc[1])
+    # Among equally close grids: the smallest that needs no upsampling, else the largest.
+    covering = [rc for rc in closest if rc[1] * tile >= width and rc[0] * tile >= height]
+    rows, cols = covering[0] if covering else closest[-1]
+    return HighResPlan("grid", tile, (rows, cols), (cols * tile, rows * tile), (0, 0, 0, 0))
+
+
+def plan_high_res(
+    size: tuple[int, int], tile: int = 336, mode: SplitMode = "pad", max_tiles: int | None = None
+) -> HighResPlan:
+    """Compute the split geometry for an image of ``size = (width, height)``.
+
+    Raises:
+        ValueError: non-positive size or tile, unknown mode, ``max_tiles < 1``, or ``grid``
+            mode without ``max_tiles``.
+    """
+    width, height = size
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {size}")
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    if mode == "pad":
+        return _pad_plan(width, height, tile, max_tiles)
+    if mode == "grid":
+        if max_tiles is None:
+            raise ValueError("mode='grid' needs max_tiles (the cap on rows * cols)")
+        return _grid_plan(width, height, tile, max_tiles)
+    raise ValueError(f"unknown split mode {mode!r}; expected 'pad' or 'grid'")
+
+
+def to_rgb(image: Image.Image, background: RGB = WHITE) -> Image.Image:
+    """``image`` as RGB, with any transparency composited on ``background``."""
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def letterbox(image: Image.Image, side: int, fill: RGB = WHITE) -> Image.Image:
+    """``image`` scaled to fit in ``side x side`` (aspect ratio kept), centred on ``fill``."""
+    width, height = image.size
+    scale = side / max(width, height)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = image.resize(new_size, Image.Resampling.BICUBIC) if new_size != image.size else image
+    canvas = Image.new("RGB", (side, side), fill)
+    left, _ = _split_padding(side - new_size[0])
+    top, _ = _split_padding(side - new_size[1])
+    canvas.paste(resized, (left, top))
+    return canvas
+
+
+def apply_plan(image: Image.Image, plan: HighResPlan, fill: RGB = WHITE) -> list[Image.Image]:
+    """Cut ``image`` into the plan's tiles (row-major), each ``tile x tile`` RGB."""
+    rgb = to_rgb(image, fill)
+    if rgb.size != plan.resized_size:
+        rgb = rgb.resize(plan.resized_size, Image.Resampling.BICUBIC)
+    if plan.padding != (0, 0, 0, 0):
+        canvas = Image.new("RGB", plan.canvas_size, fill)
+        canvas.paste(rgb, (plan.padding[0], plan.padding[1]))
+    else:
+        canvas = rgb
+    return [canvas.crop(box) for box in plan.tile_boxes()]
+
+
+def split_high_res(
+    image: Image.Image,
+    tile: int = 336,
+    mode: SplitMode = "pad",
+    max_tiles: int | None = None,
+    fill: RGB = WHITE,
+) -> tuple[Image.Image, list[Image.Image], tuple[int, int]]:
+    """Split ``image`` into a global view plus sub-images, the paper's high-res input.
+
+    Args:
+        image: any PIL image; converted to RGB (transparency composited on ``fill``).
+        tile: side of each sub-image (336 = the CLIP-336 encoder's input).
+        mode: ``"pad"`` (paper: white-pad to a multiple of ``tile``) or ``"grid"``
+            (resize to the grid closest to the aspect ratio under ``max_tiles``).
+        max_tiles: cap on ``rows * cols``; required for ``grid``, optional for ``pad``
+            (where the image is shrunk until the padded grid fits).
+        fill: padding / letterbox colour (white, as in the paper).
+
+    Returns:
+        ``(global_image, tiles, (rows, cols))``: ``global_image`` is the whole image
+        letterboxed to ``tile x tile``; ``tiles`` has ``rows * cols`` images of
+        ``tile x tile``, row-major from the top-left.
+    """
+    plan = plan_high_res(image.size, tile=tile, mode=mode, max_tiles=max_tiles)
+    tiles = apply_plan(image, plan, fill)
+    return letterbox(to_rgb(image, fill), tile, fill), tiles, plan.grid

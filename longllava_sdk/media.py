@@ -1,0 +1,95 @@
+"""The contract between input adapters and the processor.
+
+An input adapter turns one source (a file, a folder, a list of files) into a :class:`Media`:
+an ordered list of RGB PIL images plus the structure the processor needs to render the
+paper's tag protocol:
+
+========  ===================================================  ===========================
+kind      images                                               rendered as
+========  ===================================================  ===========================
+images    independent images                                   ``<img><image></img>`` each
+video     frames in time order, ``metadata[i]["timestamp"]``   ``<vid>`` frames joined by
+                                                               ``<t>`` ``</vid>``
+volume    slices in patient order (``slice_position``)        ``<img><image></img>`` each
+tiled     ``images[0]`` = global view, then ``grid`` tiles     global, ``\\n``, tile rows
+          row-major, top-left to bottom-right                  separated by ``\\n``
+========  ===================================================  ===========================
+
+Adapters never return more than ``max_images`` images (they sample, keeping the first and
+last slice / frame) so the processor never has to drop anything silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+MediaKind = Literal["images", "video", "volume", "tiled"]
+MEDIA_KINDS: tuple[str, ...] = ("images", "video", "volume", "tiled")
+
+
+@dataclass
+class Media:
+    """Images from one source, in order, with the structure the tag protocol renders.
+
+    Attributes:
+        kind: one of ``images``, ``video``, ``volume``, ``tiled``.
+        images: RGB ``PIL.Image`` objects, in rendering order.
+        metadata: one dict per image (e.g. ``timestamp`` in seconds for video,
+            ``slice_position`` in mm for volumes, ``window`` and ``bounds`` for tiles).
+        source: the path (or description) the images came from; used in error messages.
+        grid: ``(rows, cols)`` of the tile grid that follows the global image (``tiled`` only).
+            When near-empty tiles were dropped, each remaining tile's metadata carries its
+            ``row`` and ``col``; the processor renders rows from those.
+        info: source-level facts (series UID, spacing, CRS, fps, warnings about gaps...).
+    """
+
+    kind: MediaKind
+    images: list[Image.Image]
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "<memory>"
+    grid: tuple[int, int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in MEDIA_KINDS:
+            raise ValueError(f"{self.source}: unknown media kind {self.kind!r}; expected one of {MEDIA_KINDS}")
+        if not self.metadata:
+            self.metadata = [{} for _ in self.images]
+        if len(self.metadata) != len(self.images):
+            raise ValueError(
+                f"{self.source}: {len(self.images)} images but {len(self.metadata)} metadata entries"
+            )
+        if self.kind == "tiled":
+            if self.grid is None:
+                raise ValueError(f"{self.source}: tiled media needs grid=(rows, cols)")
+            rows, cols = self.grid
+            n_tiles = len(self.images) - 1
+            if n_tiles == rows * cols:
+                for i, meta in enumerate(self.metadata[1:]):
+                    meta.setdefault("row", i // cols)
+                    meta.setdefault("col", i % cols)
+            elif not 0 <= n_tiles < rows * cols or not all("row" in m for m in self.metadata[1:]):
+                raise ValueError(
+                    f"{self.source}: tiled media with grid {rows}x{cols} needs 1 global image + at most "
+                    f"{rows * cols} tiles (each with a 'row' in its metadata when some were dropped), "
+                    f"got {len(self.images)} images"
+                )
+        elif self.grid is not None:
+            raise ValueError(f"{self.source}: grid is only meaningful for tiled media, not {self.kind}")
+        if not self.images:
+            raise ValueError(f"{self.source}: media holds no images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def tile_rows(self) -> list[list[int]]:
+        """Indices into ``images`` of the tiles of each non-empty grid row, top to bottom."""
+        if self.kind != "tiled":
+            raise ValueError(f"{self.source}: tile_rows() is only defined for tiled media")
+        rows: dict[int, list[int]] = {}
+        for index in range(1, len(self.images)):
+            rows.setdefault(int(self.metadata[index]["row"]), []).append(index)
+        return [rows[r] for r in sorted(rows)]

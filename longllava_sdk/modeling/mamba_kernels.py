@@ -1,0 +1,305 @@
+"""The one place where the SDK plugs its Mamba kernels into transformers' Jamba.
+
+transformers 5's ``JambaMambaMixer.forward`` calls the module-level functions
+``mamba_selective_scan`` and ``causal_conv1d_fn`` of ``transformers.models.jamba.modeling_jamba``
+by their global names at call time (the class decorator ``use_kernelized_func`` only registers
+them for the optional ``kernels`` Hub package and does not change that lookup). So replacing
+those two module attributes is enough, and :func:`install_mamba_kernels` does exactly that:
+
+* ``mamba_selective_scan`` -> :func:`dispatch_selective_scan`: mamba-ssm's CUDA
+  ``selective_scan_fn`` when mamba-ssm is importable, the tensors are on CUDA and neither an
+  initial state nor sequence boundaries are requested (the kernel supports neither); the SDK's
+  chunked :func:`~longllava_sdk.modeling.selective_scan.selective_scan` otherwise.
+* ``causal_conv1d_fn`` -> :func:`dispatch_causal_conv1d`: on CPU, or whenever sequence
+  boundaries are active, :func:`causal_conv1d_torch` (K shifted multiply-adds that can stop at
+  boundaries; several times faster to train on CPU than ``F.conv1d``'s depthwise backward);
+  otherwise the original function (the causal-conv1d CUDA kernel when installed).
+
+The single-token generation path (``mamba_selective_state_update`` / ``causal_conv1d_update``)
+is left untouched.
+
+Packed samples: wrap a forward in ``with mamba_sequence_boundaries(reset_mask):`` where
+``reset_mask`` (batch, length) is True at the first token of every packed sample. The mixer's
+signature stays as it is; the dispatchers read the mask from a context variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..errors import InputError
+from .selective_scan import selective_scan
+
+__all__ = [
+    "install_mamba_kernels",
+    "uninstall_mamba_kernels",
+    "mamba_kernels_installed",
+    "mamba_sequence_boundaries",
+    "current_reset_mask",
+    "boundaries_checkpoint_context_fn",
+    "reset_mask_from_position_ids",
+    "dispatch_selective_scan",
+    "dispatch_causal_conv1d",
+    "causal_conv1d_torch",
+]
+
+_JAMBA_MODULE = "transformers.models.jamba.modeling_jamba"
+_PATCHED_NAMES = ("mamba_selective_scan", "causal_conv1d_fn")
+_originals: dict[str, Callable] = {}
+_install_lock = threading.Lock()
+
+_reset_mask_var: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "longllava_mamba_reset_mask", default=None
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence boundaries (packed samples)
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def mamba_sequence_boundaries(reset_mask: torch.Tensor | None) -> Iterator[None]:
+    """Make every Mamba layer called inside the block respect packed-sample boundaries.
+
+    Args:
+        reset_mask: (batch, length) bool, True at the first token of each packed sample: the
+            SSM state is zeroed before that token and the causal convolution does not reach
+            back past it. ``None`` turns boundaries off inside the block.
+    """
+    if reset_mask is not None:
+        if not isinstance(reset_mask, torch.Tensor) or reset_mask.dim() != 2:
+            shape = tuple(reset_mask.shape) if isinstance(reset_mask, torch.Tensor) else type(reset_mask)
+            raise InputError(None, f"mamba_sequence_boundaries: reset_mask must be a (batch, length) tensor, got {shape}")
+        reset_mask = reset_mask.to(torch.bool)
+    token = _reset_mask_var.set(reset_mask)
+    try:
+        yield
+    finally:
+        _reset_mask_var.reset(token)
+
+
+def boundaries_checkpoint_context_fn():
+    """``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant) that keeps boundaries.
+
+    Gradient checkpointing reruns layer forwards during the backward, possibly after the
+    ``with mamba_sequence_boundaries(...)`` block has closed or on autograd's worker thread,
+    where the context variable is unset. This captures the mask active at the original forward
+    and re-activates it for the recomputation::
+
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False, "context_fn": boundaries_checkpoint_context_fn})
+    """
+    mask = _reset_mask_var.get()
+    return contextlib.nullcontext(), mamba_sequence_boundaries(mask)
+
+
+def current_reset_mask() -> torch.Tensor | None:
+    """The (batch, length) reset mask set by the innermost :func:`mamba_sequence_boundaries`."""
+    return _reset_mask_var.get()
+
+
+def reset_mask_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Reset mask for packed rows whose position ids restart at 0 for every sample.
+
+    (HF's ``DataCollatorWithFlattening`` produces such ``position_ids``.) (B, L) -> (B, L) bool.
+    """
+    return position_ids == 0
+
+
+def _mask_for(name: str, batch: int, length: int, device: torch.device, at_end: bool = False):
+    """The active reset mask checked against a (batch, ..., length) input; None if inactive."""
+    mask = _reset_mask_var.get()
+    if mask is None:
+        return None
+    if mask.shape[0] != batch or (mask.shape[1] != length and not (at_end and mask.shape[1] < length)):
+        raise InputError(
+            None,
+            f"{name}: the active mamba_sequence_boundaries mask has shape {tuple(mask.shape)} but the "
+            f"Mamba layer sees batch {batch} and length {length}",
+        )
+    return mask.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Selective scan dispatch
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _mamba_ssm_selective_scan() -> Callable | None:
+    """mamba-ssm's CUDA ``selective_scan_fn`` or None when the package cannot be imported."""
+    try:
+        module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except Exception:  # not installed, or installed without a usable CUDA build
+        return None
+    return getattr(module, "selective_scan_fn", None)
+
+
+def dispatch_selective_scan(
+    hidden_states: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
+    reset_mask: torch.Tensor | None = None,
+    **_ignored,
+):
+    """Drop-in for transformers' ``mamba_selective_scan`` (same arguments and results).
+
+    ``use_mambapy`` / ``use_associative_scan`` (passed by the mixer) are accepted and ignored.
+    ``reset_mask`` defaults to the one of the active :func:`mamba_sequence_boundaries`.
+    """
+    if reset_mask is None:
+        batch, _, length = hidden_states.shape
+        reset_mask = _mask_for("mamba_selective_scan", batch, length, hidden_states.device)
+    if hidden_states.is_cuda and initial_state is None and reset_mask is None:
+        kernel = _mamba_ssm_selective_scan()
+        if kernel is not None:
+            return kernel(
+                hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                delta_softplus=delta_softplus, return_last_state=return_last_state,
+            )
+    return selective_scan(
+        hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias,
+        delta_softplus=delta_softplus, return_last_state=return_last_state,
+        initial_state=initial_state, reset_mask=reset_mask,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Causal convolution with boundaries
+# --------------------------------------------------------------------------------------------
+
+
+def causal_conv1d_torch(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Depthwise causal conv1d as K shifted multiply-adds, optionally stopping at boundaries.
+
+    Same result as transformers' ``causal_conv1d_fn`` (``F.conv1d`` with K - 1 left padding).
+    On CPU it is also much faster in training: the backward of a depthwise ``F.conv1d`` on the
+    mixer's non-contiguous input dominated the tiny model's step time (see
+    docs/selective_scan.md).
+
+    Args:
+        hidden_states: (B, D, Lx). With a cache, the first Lx - L columns are the cached left
+            context (or zero padding); they count as part of the first sample of the row.
+        weight: (D, K); bias: (D,) or None; activation: an ``ACT2FN`` name or None.
+        reset_mask: (B, L) bool, L <= Lx, aligned with the last L columns of
+            ``hidden_states``; True where a packed sample starts. An output column then only
+            sees inputs of its own sample.
+
+    Returns:
+        (B, D, Lx) in ``hidden_states.dtype``.
+    """
+    from transformers.activations import ACT2FN
+
+    length = hidden_states.shape[-1]
+    kernel = weight.shape[-1]
+    x = hidden_states.to(weight.dtype)
+    segment = None
+    if reset_mask is not None:
+        starts = reset_mask.to(torch.int32)
+        if starts.shape[1] < length:
+            starts = torch.nn.functional.pad(starts, (length - starts.shape[1], 0))
+        segment = starts.cumsum(-1)  # (B, Lx): index of the packed sample of every column
+    out = x * weight[:, kernel - 1, None]
+    for lag in range(1, min(kernel, length)):
+        shifted = x[..., :-lag] * weight[:, kernel - 1 - lag, None]
+        if segment is not None:
+            # the input `lag` steps back counts only if it belongs to the same sample
+            shifted = shifted * (segment[:, lag:] == segment[:, :-lag]).to(x.dtype)[:, None, :]
+        out[..., lag:] += shifted
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation is not None:
+        out = ACT2FN[activation](out)
+    return out.to(hidden_states.dtype)
+
+
+def dispatch_causal_conv1d(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Drop-in for transformers' ``causal_conv1d_fn``; respects active sequence boundaries.
+
+    Boundaries active (any device) or CPU tensors -> :func:`causal_conv1d_torch`; otherwise
+    transformers' function (the causal-conv1d CUDA kernel when installed).
+    """
+    batch, _, length = hidden_states.shape
+    mask = _mask_for("causal_conv1d_fn", batch, length, hidden_states.device, at_end=True)
+    if mask is None and hidden_states.device.type != "cpu":
+        return _originals["causal_conv1d_fn"](hidden_states, weight, bias, activation=activation, **kwargs)
+    return causal_conv1d_torch(hidden_states, weight, bias, activation=activation, reset_mask=mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Installation
+# --------------------------------------------------------------------------------------------
+
+_replacements: dict[str, Callable] = {
+    "mamba_selective_scan": dispatch_selective_scan,
+    "causal_conv1d_fn": dispatch_causal_conv1d,
+}
+
+
+def install_mamba_kernels() -> bool:
+    """Point transformers' Jamba at the SDK's dispatchers. Idempotent and thread-safe.
+
+    Returns:
+        True if this call installed them, False if they were installed already.
+    """
+    module = importlib.import_module(_JAMBA_MODULE)
+    with _install_lock:
+        if all(getattr(module, name) is _replacements[name] for name in _PATCHED_NAMES):
+            return False
+        for name in _PATCHED_NAMES:
+            current = getattr(module, name)
+            if current is not _replacements[name]:
+                _originals[name] = current
+            setattr(module, name, _replacements[name])
+        return True
+
+
+def uninstall_mamba_kernels() -> bool:
+    """Restore transformers' own functions (used by tests and the benchmark).
+
+    Returns:
+        True if something was restored.
+    """
+    module = importlib.import_module(_JAMBA_MODULE)
+    with _install_lock:
+        restored = False
+        for name in _PATCHED_NAMES:
+            if getattr(module, name) is _replacements[name] and name in _originals:
+                setattr(module, name, _originals[name])
+                restored = True
+        return restored
+
+
+def mamba_kernels_installed() -> bool:
+    """Whether the Jamba mixer currently resolves to the SDK's dispatchers."""
+    module = importlib.import_module(_JAMBA_MODULE)
+    return all(getattr(module, name) is _replacements[name] for name in _PATCHED_NAMES)

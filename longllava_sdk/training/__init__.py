@@ -1,0 +1,1 @@
+"""Training: datasets, packing, stages, LoRA / full fine-tuning, checkpoints."""

@@ -1,0 +1,914 @@
+"""Training data: reading, whole-dataset validation and the lazy ``TrainingDataset``.
+
+Two input forms (details and examples in ``docs/data_formats.md``):
+
+* **LLaVA conversations** (``.json`` list or ``.jsonl``): ``id``, ``image`` (a path or a list),
+  optional ``video`` / ``volume`` / ``tiled`` sources (a path, a list of paths, or
+  ``{"path": ..., "adapter": ..., "options": {...}}``), ``conversations`` with
+  ``from: human|gpt`` and one ``<image>`` marker per source, optional ``labels``.
+* **Domain manifests** (``.csv`` or ``.jsonl``): one ``source`` per row (+ optional
+  ``adapter``, ``options``), ``question`` and ``answer``, or ``labels`` for a classification
+  head (one label for ``classify``; ``;``-separated or a list for ``multilabel``), optional
+  ``id`` and ``split``. The recipe's prompt templates turn a row into a conversation.
+
+Validation (:func:`validate_rows`) checks *every* row before training and raises one
+:class:`~longllava_sdk.errors.DatasetError` listing all bad rows: malformed rows, empty
+conversations / no assistant answer, unknown labels, ``<image>`` markers that do not match
+the sources, paths that are missing or leave the data root, sources no adapter can read
+(the adapter's message included), more images than ``max_images``, and samples longer than
+``max_length`` on their own (counted with ``tokens_per_image`` tokens per image).
+
+Media cost: an adapter has no header-only "probe", and both the image count (which fixes the
+token length) and whether pixel data is readable are only known after a load. So validation
+loads each source once, through its adapter with the recipe's options and the per-sample
+``max_images`` budget, and keeps the encoded sample in a :class:`SampleCache` bounded by a
+number of images (default 256). :class:`TrainingDataset` takes a cached sample on its first
+access instead of decoding again; samples that did not fit in the cache are decoded again
+when training reaches them. Only the per-row lengths are kept for every row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..adapters import available_adapters, resolve_adapter
+from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
+from ..media import Media
+from ..processing import protocol
+from ..processing.processor import EncodedSample, LongLLaVAProcessor
+
+__all__ = [
+    "SOURCE_KEYS",
+    "EVAL_SPLITS",
+    "MediaSource",
+    "DataRow",
+    "TrainingSample",
+    "SampleCache",
+    "MediaLoader",
+    "TrainingDataset",
+    "PreparedData",
+    "read_rows",
+    "resolve_data_path",
+    "validate_rows",
+    "split_rows",
+    "prepare_datasets",
+    "head_targets",
+    "as_tensor_head_labels",
+]
+
+#: LLaVA row keys holding media sources, in the order their ``<image>`` markers are matched.
+SOURCE_KEYS: tuple[str, ...] = ("image", "video", "volume", "tiled")
+#: ``split`` values that send a row to the evaluation set (anything else trains).
+EVAL_SPLITS: frozenset[str] = frozenset({"eval", "evaluation", "val", "valid", "validation", "test", "dev"})
+#: Adapter tried for a LLaVA ``video`` / ``volume`` / ``tiled`` source no adapter claims.
+_KEY_DEFAULT_ADAPTERS: dict[str, tuple[str, ...]] = {"video": ("video",), "volume": ("dicom", "nifti"),
+                                                     "tiled": ("geotiff",), "image": ("images",)}
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+# ------------------------------------------------------------------------------------------
+# Rows
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaSource:
+    """One media source of a row, as written in the data file (paths not yet resolved).
+
+    Attributes:
+        path: a path relative to the data root (or absolute inside it), or a tuple of them
+            (e.g. the files of one DICOM series).
+        key: where it came from: ``image``, ``video``, ``volume``, ``tiled`` or ``source``.
+        adapter: adapter name given in the row, if any.
+        options: adapter options given in the row (override the recipe's).
+    """
+
+    path: str | tuple[str, ...]
+    key: str = "source"
+    adapter: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def option_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass
+class DataRow:
+    """One sample as read from a data file, before media are loaded.
+
+    Attributes:
+        id: the row's ``id`` (or ``<file stem>-<index>``).
+        file: the data file it came from.
+        where: its location in the file (``line 7`` / ``item 3``), for error messages.
+        turns: ``[{"role": "user"|"assistant"|"system", "content": str}, ...]``.
+        sources: media sources in ``<image>`` marker order.
+        labels: head labels (``None`` when the row has none).
+        split: the row's ``split`` value, if any.
+        length: token length (media included), set by validation.
+        num_images: images after adapter sampling, set by validation.
+        problems: structural problems found while reading (reported by validation).
+    """
+
+    id: str
+    file: Path
+    where: str
+    turns: list[dict[str, str]] = field(default_factory=list)
+    sources: list[MediaSource] = field(default_factory=list)
+    labels: list[str] | None = None
+    split: str | None = None
+    length: int | None = None
+    num_images: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.file}::{self.where}"
+
+    def describe(self) -> str:
+        return f"{self.file.name} {self.where} (id {self.id!r})"
+
+
+@dataclass
+class TrainingSample(EncodedSample):
+    """An :class:`EncodedSample` plus what training needs about it.
+
+    Attributes:
+        input_ids, labels: ``list[int]`` of equal length (labels ``-100`` outside answers).
+        images: PIL images in placeholder order.
+        head_labels: class index (``classify``), multi-hot ``list[float]`` (``multilabel``)
+            or ``None`` (``generate``).
+        sample_id: the row id.
+    """
+
+    head_labels: int | list[float] | None = None
+    sample_id: str = ""
+
+
+def read_rows(path: str | os.PathLike[str], *, recipe: Any | None = None) -> list[DataRow]:
+    """Parse a data file into rows; malformed rows carry their problems (nothing is raised for them).
+
+    Args:
+        path: ``.json`` (a list of LLaVA rows), ``.jsonl`` (LLaVA or manifest rows) or
+            ``.csv`` (manifest rows with a ``source`` column).
+        recipe: a :class:`~longllava_sdk.recipes.Recipe` whose prompt templates and labels
+            turn manifest rows into conversations (defaults when ``None``).
+
+    Raises:
+        DatasetError: the file itself cannot be read or parsed as a whole (missing file,
+            invalid JSON document, CSV without a ``source`` column, unknown extension).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, ["data file does not exist"])
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(path, [f"cannot read data file: {exc}"]) from exc
+    raw_rows: list[tuple[str, Any]] = []
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(path, [f"not valid JSON: {exc}"]) from exc
+        if not isinstance(data, list):
+            raise DatasetError(path, [f"a .json data file must hold a list of rows, got {type(data).__name__}"])
+        raw_rows = [(f"item {i}", row) for i, row in enumerate(data)]
+    elif suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                raw_rows.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raw_rows.append((f"line {number}", _Invalid(f"not valid JSON: {exc.msg} at column {exc.colno}")))
+    elif suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "source" not in [f.strip() for f in reader.fieldnames]:
+            raise DatasetError(path, [f"a CSV manifest needs a 'source' column, got columns {reader.fieldnames}"])
+        for number, row in enumerate(reader, start=2):  # line 1 is the header
+            if None in row:
+                raw_rows.append((f"line {number}", _Invalid(f"{len(row[None])} more field(s) than header columns")))
+                continue
+            raw_rows.append((f"line {number}", {k.strip(): (v.strip() if isinstance(v, str) else v)
+                                                for k, v in row.items()}))
+    else:
+        raise DatasetError(path, [f"unknown data file type {suffix!r}; use .json, .jsonl or .csv"])
+    rows = [_parse_row(raw, path, where, index, recipe) for index, (where, raw) in enumerate(raw_rows)]
+    if not rows:
+        raise DatasetError(path, ["data file holds no rows"])
+    return rows
+
+
+class _Invalid:
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _parse_row(raw: Any, file: Path, where: str, index: int, recipe: Any | None) -> DataRow:
+    row = DataRow(id=f"{file.stem}-{index}", file=file, where=where)
+    if isinstance(raw, _Invalid):
+        row.problems.append(raw.problem)
+        return row
+    if not isinstance(raw, dict):
+        row.problems.append(f"a row must be an object, got {type(raw).__name__}")
+        return row
+    if raw.get("id") not in (None, ""):
+        row.id = str(raw["id"])
+    split = raw.get("split")
+    row.split = str(split).strip().lower() if split not in (None, "") else None
+    if "labels" in raw:
+        row.labels = _parse_labels(raw["labels"], row)
+    if "conversations" in raw:
+        _parse_llava(raw, row)
+    elif "source" in raw:
+        _parse_manifest(raw, row, recipe)
+    else:
+        row.problems.append("row has neither 'conversations' (LLaVA form) nor 'source' (manifest form)")
+    return row
+
+
+def _parse_labels(value: Any, row: DataRow) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(";") if part.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    row.problems.append(f"'labels' must be a string (';'-separated) or a list of strings, got {value!r}")
+    return None
+
+
+def _parse_source(value: Any, key: str, row: DataRow) -> list[MediaSource]:
+    """``str`` | ``{"path", "adapter", "options"}`` | list of those (``image``: one source each)."""
+    if isinstance(value, (str, os.PathLike)):
+        return [MediaSource(os.fspath(value), key)]
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"path", "adapter", "options"})
+        path = value.get("path")
+        adapter = value.get("adapter")
+        options = value.get("options") or {}
+        if unknown:
+            row.problems.append(f"'{key}' has unknown field(s) {unknown} (allowed: path, adapter, options)")
+        if isinstance(path, list) and path and all(isinstance(p, str) for p in path):
+            path_value: str | tuple[str, ...] = tuple(path)
+        elif isinstance(path, str) and path:
+            path_value = path
+        else:
+            row.problems.append(f"'{key}' needs a 'path' (a string or a list of strings), got {path!r}")
+            return []
+        if adapter is not None and not isinstance(adapter, str):
+            row.problems.append(f"'{key}.adapter' must be an adapter name, got {adapter!r}")
+            adapter = None
+        if not isinstance(options, dict):
+            row.problems.append(f"'{key}.options' must be an object, got {options!r}")
+            options = {}
+        return [MediaSource(path_value, key, adapter, tuple(sorted(options.items())))]
+    if isinstance(value, list):
+        if key == "image":  # LLaVA: a list of images, one <image> marker each
+            return [s for item in value for s in _parse_source(item, key, row)]
+        if value and all(isinstance(v, str) for v in value):  # one multi-file source (a DICOM series)
+            return [MediaSource(tuple(value), key)]
+    row.problems.append(f"'{key}' must be a path, a list of paths or an object with 'path', got {value!r}")
+    return []
+
+
+def _parse_llava(raw: dict[str, Any], row: DataRow) -> None:
+    for key in SOURCE_KEYS:
+        if raw.get(key) not in (None, "", []):
+            row.sources.extend(_parse_source(raw[key], key, row))
+    conversations = raw["conversations"]
+    if not isinstance(conversations, list) or not conversations:
+        row.problems.append("empty conversation: 'conversations' must be a non-empty list")
+        return
+    for turn_index, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            row.problems.append(f"turn {turn_index} must be an object with 'from' and 'value'")
+            continue
+        role = _ROLE.get(str(turn.get("from", turn.get("role", ""))).lower())
+        value = turn.get("value", turn.get("content"))
+        if role is None:
+            row.problems.append(f"turn {turn_index} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
+            continue
+        if not isinstance(value, str):
+            row.problems.append(f"turn {turn_index} ('{turn.get('from')}') has no string 'value'")
+            continue
+        if role == "system" and turn_index != 0:
+            row.problems.append(f"turn {turn_index}: a system turn may only open the conversation")
+            continue
+        row.turns.append({"role": role, "content": value})
+
+
+def _parse_manifest(raw: dict[str, Any], row: DataRow, recipe: Any | None) -> None:
+    from ..recipes import PromptTemplates
+
+    source = raw.get("source")
+    if not isinstance(source, (str, list)) or not source:
+        row.problems.append(f"'source' must be a path (or a list of paths), got {source!r}")
+    else:
+        adapter = raw.get("adapter") or None
+        options = raw.get("options") or {}
+        if isinstance(options, str):  # CSV: a JSON object in a cell
+            try:
+                options = json.loads(options)
+            except json.JSONDecodeError:
+                row.problems.append(f"'options' must be a JSON object, got {options!r}")
+                options = {}
+        if not isinstance(options, dict):
+            row.problems.append(f"'options' must be an object, got {options!r}")
+            options = {}
+        path: str | tuple[str, ...] = tuple(source) if isinstance(source, list) else source
+        row.sources.append(MediaSource(path, "source", adapter, tuple(sorted(options.items()))))
+    prompts = recipe.prompts if recipe is not None else PromptTemplates()
+    labels_all = list(recipe.head.labels) if recipe is not None else []
+    values = {"id": row.id, "label_list": ", ".join(labels_all), "labels": ", ".join(row.labels or [])}
+    question = raw.get("question")
+    question = question if isinstance(question, str) and question.strip() else prompts.render(prompts.question, values)
+    values["question"] = question
+    answer = raw.get("answer")
+    if isinstance(answer, str) and answer.strip():
+        values["answer"] = answer
+        reply = prompts.render(prompts.answer, values)
+    elif row.labels is not None:
+        reply = prompts.render(prompts.label_answer, values) if row.labels else prompts.no_labels
+    else:
+        row.problems.append("no assistant turn: the row has neither 'answer' nor 'labels'")
+        reply = ""
+    row.turns = [{"role": "user", "content": prompts.render(prompts.user, values)},
+                 {"role": "assistant", "content": reply}]
+
+
+# ------------------------------------------------------------------------------------------
+# Paths
+# ------------------------------------------------------------------------------------------
+
+
+def resolve_data_path(value: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
+    """Resolve a path from a data file against the data root; it may not leave the root.
+
+    Relative paths are joined to ``root``; absolute paths are allowed only inside it.
+    Symlinks are resolved before the check, so a link pointing outside the root is refused.
+
+    Raises:
+        InputError: a URL, a path leaving the root, or a path that does not exist.
+    """
+    text = os.fspath(value)
+    if _URL.match(text) or text.startswith("/vsi"):
+        raise InputError(text, "URLs and virtual file systems are not allowed in training data; use local files")
+    real_root = Path(os.path.realpath(root))
+    candidate = Path(text).expanduser()
+    joined = Path(os.path.abspath(candidate if candidate.is_absolute() else real_root / candidate))
+    real = Path(os.path.realpath(joined))
+    if not _inside(real, real_root):
+        how = "absolute path" if candidate.is_absolute() else "path"
+        via = " through a symlink" if _inside(joined, real_root) else ""
+        raise InputError(text, f"{how} leaves the data root {real_root}{via}")
+    if not real.exists():
+        raise InputError(text, f"file not found (looked for {real})")
+    return real
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+# ------------------------------------------------------------------------------------------
+# Media loading
+# ------------------------------------------------------------------------------------------
+
+
+class MediaLoader:
+    """Loads a row's sources through the adapters, with the recipe's options and budgets.
+
+    Args:
+        root: the data root (paths are resolved with :func:`resolve_data_path`).
+        recipe: supplies per-adapter options and ``max_images``; ``None`` for plain defaults.
+        max_images: image budget of one *sample* (all its sources together); ``None`` uses
+            the recipe's ``max_images``; both ``None`` leaves budgets to the adapters.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], recipe: Any | None = None, max_images: int | None = None) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.recipe = recipe
+        self.max_images = max_images if max_images is not None else getattr(recipe, "max_images", None)
+        self._adapters: dict[tuple[str, str], Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # adapters are rebuilt in DataLoader workers
+        state = dict(self.__dict__)
+        state["_adapters"] = {}
+        return state
+
+    def resolve_paths(self, source: MediaSource) -> list[Path]:
+        paths = source.path if isinstance(source.path, tuple) else (source.path,)
+        return [resolve_data_path(p, self.root) for p in paths]
+
+    def adapter_name(self, source: MediaSource, first: Path) -> str:
+        """The adapter for ``source``: the row's, else the first that claims the file, else by key."""
+        if source.adapter:
+            return source.adapter
+        adapters = available_adapters()
+        for cls in sorted(adapters.values(), key=lambda a: (a.priority, a.name)):
+            try:
+                if cls.claims(first):
+                    return cls.name
+            except Exception:  # noqa: BLE001 - a broken claims() must not hide the others
+                continue
+        for candidate in _KEY_DEFAULT_ADAPTERS.get(source.key, ()):
+            if candidate in adapters:
+                return candidate
+        installed = ", ".join(sorted(adapters)) or "none"
+        raise InputError(first, f"no installed adapter claims this source (installed: {installed}); "
+                                "name one with 'adapter'")
+
+    def budget(self, source: MediaSource, adapter: str, n_sources: int) -> int | None:
+        """Images allowed for one source: row option, recipe adapter setting, share of the sample budget."""
+        limits = []
+        row_limit = source.option_dict.get("max_images")
+        if isinstance(row_limit, int) and row_limit > 0:
+            limits.append(row_limit)
+        elif self.recipe is not None:
+            settings = self.recipe.adapters.get(adapter)
+            if settings is not None and settings.max_images is not None:
+                limits.append(settings.max_images)
+        if self.max_images is not None:
+            limits.append(max(1, self.max_images // max(1, n_sources)))
+        return min(limits) if limits else None
+
+    def load(self, source: MediaSource, n_sources: int = 1, paths: list[Path] | None = None) -> Media:
+        """Read one source into :class:`Media` (raises the path check's or the adapter's typed error)."""
+        paths = paths if paths is not None else self.resolve_paths(source)
+        name = self.adapter_name(source, paths[0])
+        options = self.recipe.adapter_options(name) if self.recipe is not None else {}
+        options.update({k: v for k, v in source.option_dict.items() if k != "max_images"})
+        cache_key = (name, json.dumps(options, sort_keys=True, default=str))
+        adapter = self._adapters.get(cache_key)
+        if adapter is None:
+            try:
+                adapter = resolve_adapter(paths[0], name, **options)
+            except LongLLaVAError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"adapter {name!r} rejects options {options}: {exc}") from exc
+            self._adapters[cache_key] = adapter
+        target: Any = [str(p) for p in paths] if isinstance(source.path, tuple) else str(paths[0])
+        media = adapter.load(target, max_images=self.budget(source, name, n_sources))
+        if not isinstance(media, Media):
+            raise InputError(paths[0], f"adapter {name!r} returned {type(media).__name__}, not Media")
+        return media
+
+
+# ------------------------------------------------------------------------------------------
+# Encoding and the bounded cache
+# ------------------------------------------------------------------------------------------
+
+
+class SampleCache:
+    """Encoded samples kept from validation, bounded by the number of images they hold.
+
+    Oldest entries are evicted first; :meth:`take` removes an entry (each sample is used
+    once per epoch, so memory shrinks as training reads them).
+    """
+
+    def __init__(self, max_images: int = 256) -> None:
+        self.max_images = max(0, int(max_images))
+        self._items: OrderedDict[str, EncodedSample] = OrderedDict()
+        self._images = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def images(self) -> int:
+        return self._images
+
+    def put(self, key: str, sample: EncodedSample) -> None:
+        cost = max(1, len(sample.images))
+        if cost > self.max_images:
+            return
+        self.discard(key)
+        while self._items and self._images + cost > self.max_images:
+            _, old = self._items.popitem(last=False)
+            self._images -= max(1, len(old.images))
+        self._items[key] = sample
+        self._images += cost
+
+    def take(self, key: str) -> EncodedSample | None:
+        sample = self._items.pop(key, None)
+        if sample is not None:
+            self._images -= max(1, len(sample.images))
+        return sample
+
+    def discard(self, key: str) -> None:
+        self.take(key)
+
+
+def _load_row_media(row: DataRow, loader: MediaLoader) -> tuple[list[Media], list[str]]:
+    """Check every source's paths, then load the sources (no load when any path is bad)."""
+    problems: list[str] = []
+    resolved: list[list[Path]] = []
+    for index, source in enumerate(row.sources):
+        try:
+            resolved.append(loader.resolve_paths(source))
+        except InputError as exc:
+            problems.append(f"{_source_label(row, index)}: {exc.problem}")
+    if problems:
+        return [], problems
+    media: list[Media] = []
+    for index, (source, paths) in enumerate(zip(row.sources, resolved)):
+        try:
+            media.append(loader.load(source, len(row.sources), paths))
+        except (LongLLaVAError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            problems.append(f"unreadable source {_source_label(row, index)}: {type(exc).__name__}: {exc}")
+    return media, problems
+
+
+def _source_label(row: DataRow, index: int) -> str:
+    source = row.sources[index]
+    path = source.path if isinstance(source.path, str) else f"{source.path[0]} (+{len(source.path) - 1} files)"
+    return f"{source.key} {path!r}" if len(row.sources) == 1 else f"{source.key} #{index} {path!r}"
+
+
+def _messages_for(row: DataRow, media: Sequence[Media]) -> list[dict[str, Any]]:
+    """Attach media to user turns by ``<image>`` markers (all to the first user turn if none)."""
+    messages = [dict(turn) for turn in row.turns]
+    markers = [m["content"].count(protocol.IMAGE_PLACEHOLDER) if m["role"] == "user" else 0 for m in messages]
+    remaining = list(media)
+    if sum(markers) == 0:
+        for message in messages:
+            if message["role"] == "user":
+                message["media"] = remaining
+                break
+        return messages
+    for message, count in zip(messages, markers):
+        if count:
+            message["media"], remaining = remaining[:count], remaining[count:]
+    return messages
+
+
+def _structural_problems(row: DataRow, head_type: str, label_names: Sequence[str]) -> list[str]:
+    problems = list(row.problems)
+    if row.problems and not row.turns:
+        return problems
+    if not row.turns:
+        problems.append("empty conversation")
+    elif not any(t["role"] == "assistant" and t["content"].strip() for t in row.turns):
+        if not any("no assistant turn" in p for p in problems):
+            problems.append("no assistant turn: the conversation has no non-empty gpt/assistant answer")
+    if not any(t["role"] == "user" for t in row.turns) and row.turns:
+        problems.append("no human/user turn")
+    for t in row.turns:
+        if t["role"] == "assistant" and protocol.IMAGE_PLACEHOLDER in t["content"]:
+            problems.append("an assistant (gpt) turn contains an <image> marker; media belong to human turns")
+            break
+    markers = sum(t["content"].count(protocol.IMAGE_PLACEHOLDER) for t in row.turns if t["role"] == "user")
+    if markers and markers != len(row.sources):
+        problems.append(f"placeholder/media count mismatch: {markers} <image> marker(s) but "
+                        f"{len(row.sources)} media source(s)")
+    if head_type in ("classify", "multilabel"):
+        if row.labels is None:
+            problems.append(f"no 'labels' for the {head_type} head")
+        else:
+            unknown = [label for label in row.labels if label not in label_names]
+            if unknown:
+                problems.append(f"unknown label(s) {unknown}; the recipe's labels are: {', '.join(label_names)}")
+            if head_type == "classify" and len(row.labels) != 1:
+                problems.append(f"a classify head needs exactly one label, got {len(row.labels)}: {row.labels}")
+    return problems
+
+
+def head_targets(labels: list[str] | None, head_type: str, label_names: Sequence[str]) -> int | list[float] | None:
+    """``classify``: class index; ``multilabel``: multi-hot list; ``generate``: ``None``."""
+    if head_type == "classify" and labels:
+        return list(label_names).index(labels[0])
+    if head_type == "multilabel" and labels is not None:
+        return [1.0 if name in labels else 0.0 for name in label_names]
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------
+
+
+def validate_rows(
+    rows: Sequence[DataRow],
+    processor: LongLLaVAProcessor,
+    loader: MediaLoader,
+    *,
+    max_length: int | None,
+    head_type: str = "generate",
+    label_names: Sequence[str] = (),
+    cache: SampleCache | None = None,
+    num_workers: int = 0,
+    raise_errors: bool = True,
+    source: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Check every row; set ``row.length`` / ``row.num_images`` on the good ones.
+
+    Args:
+        rows: rows from :func:`read_rows` (possibly from several files).
+        processor: tokenizes and counts ``tokens_per_image`` per image.
+        loader: reads media (each source once; see the module docstring).
+        max_length: context limit a sample must fit in on its own (``None``: no limit).
+        head_type, label_names: the task head, for label checks.
+        cache: keeps encoded samples for the dataset's first access (bounded).
+        num_workers: threads loading media in parallel (0: in this thread). Tokenizing
+            always happens in the calling thread.
+        raise_errors: raise :class:`DatasetError` listing every problem (else return them).
+        source: the name the error is reported under (default: the first row's file).
+
+    Returns:
+        ``"<file> <where> (id ...): <problem>"`` lines (empty when all rows are valid).
+    """
+    problems: list[str] = []
+    structural = {row.key: _structural_problems(row, head_type, label_names) for row in rows}
+    seen_ids: dict[str, DataRow] = {}
+    for row in rows:
+        if row.id in seen_ids and not structural[row.key]:
+            structural[row.key].append(f"duplicate id (also {seen_ids[row.id].where} of {seen_ids[row.id].file.name})")
+        seen_ids.setdefault(row.id, row)
+    per_row = dict(structural)
+    loadable = [row for row in rows if not structural[row.key]]
+    for row, (media, load_problems) in zip(loadable, _map_media(loadable, loader, num_workers)):
+        per_row[row.key] = load_problems or _encode_check(row, media, processor, loader, max_length, cache)
+    for row in rows:  # in file order
+        problems.extend(f"{row.describe()}: {p}" for p in per_row[row.key])
+    if problems and raise_errors:
+        raise DatasetError(source or (rows[0].file if rows else "<no rows>"), problems)
+    return problems
+
+
+def _map_media(rows: Sequence[DataRow], loader: MediaLoader, num_workers: int
+               ) -> Iterator[tuple[list[Media], list[str]]]:
+    """Load each row's media in order; with workers, at most ``2 * num_workers`` rows ahead."""
+    if num_workers <= 0:
+        for row in rows:
+            yield _load_row_media(row, loader)
+        return
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="longllava-validate") as pool:
+        pending: list[Any] = []
+        iterator = iter(rows)
+        for row in iterator:
+            pending.append(pool.submit(_load_row_media, row, loader))
+            if len(pending) >= 2 * num_workers:
+                break
+        while pending:
+            future = pending.pop(0)
+            next_row = next(iterator, None)
+            if next_row is not None:
+                pending.append(pool.submit(_load_row_media, next_row, loader))
+            yield future.result()
+
+
+def _encode_check(row: DataRow, media: list[Media], processor: LongLLaVAProcessor, loader: MediaLoader,
+                  max_length: int | None, cache: SampleCache | None) -> list[str]:
+    n_images = sum(len(m) for m in media)
+    if loader.max_images is not None and n_images > loader.max_images:
+        return [f"{n_images} images after sampling but max_images is {loader.max_images} "
+                f"(use fewer sources or a smaller per-source max_images)"]
+    try:
+        encoded = processor.encode_conversation(_messages_for(row, media))
+    except ProtocolError as exc:
+        return [f"placeholder/media count mismatch: {exc}"]
+    except LongLLaVAError as exc:
+        return [f"cannot encode: {exc}"]
+    assert encoded is not None
+    if not any(label != -100 for label in encoded.labels):
+        return ["no assistant turn: no answer tokens to learn from"]
+    if max_length is not None and len(encoded) > max_length:
+        text_tokens = len(encoded) - n_images * processor.tokens_per_image
+        return [f"too long for the context even alone: {len(encoded)} tokens ({n_images} images x "
+                f"{processor.tokens_per_image} + {text_tokens} text) > max_length {max_length}"]
+    row.length, row.num_images = len(encoded), n_images
+    if cache is not None:
+        cache.put(row.key, encoded)
+    return []
+
+
+# ------------------------------------------------------------------------------------------
+# The dataset
+# ------------------------------------------------------------------------------------------
+
+
+class TrainingDataset(Dataset):
+    """Validated rows -> :class:`TrainingSample` items, media loaded lazily through adapters.
+
+    Args:
+        rows: validated rows (``length`` set by :func:`validate_rows`).
+        processor: the model's processor.
+        loader: reads media with the recipe's adapter options and per-sample ``max_images``.
+        max_length: a sample longer than this raises (media are never cut).
+        head_type, label_names: build ``head_labels`` for ``classify`` / ``multilabel`` heads.
+        cache: encoded samples kept by validation (taken on first access).
+
+    Items: ``TrainingSample(input_ids, labels, images, head_labels, sample_id)``; use
+    :class:`~longllava_sdk.training.collator.TrainingCollator` to batch them.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[DataRow],
+        processor: LongLLaVAProcessor,
+        loader: MediaLoader,
+        *,
+        max_length: int | None = None,
+        head_type: str = "generate",
+        label_names: Sequence[str] = (),
+        cache: SampleCache | None = None,
+    ) -> None:
+        self.rows = list(rows)
+        self.processor = processor
+        self.loader = loader
+        self.max_length = max_length
+        self.head_type = head_type
+        self.label_names = list(label_names)
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token length of each sample (``tokens_per_image`` per image), from validation."""
+        missing = [row.describe() for row in self.rows if row.length is None]
+        if missing:
+            raise DatasetError(self.rows[0].file, [f"{m}: not validated (no length)" for m in missing])
+        return [int(row.length) for row in self.rows]  # type: ignore[arg-type]
+
+    @property
+    def ids(self) -> list[str]:
+        return [row.id for row in self.rows]
+
+    def encode(self, index: int) -> EncodedSample:
+        """Load and tokenize row ``index`` (no cache)."""
+        row = self.rows[index]
+        media, problems = _load_row_media(row, self.loader)
+        if problems:
+            raise DatasetError(row.file, [f"{row.describe()}: {p}" for p in problems])
+        try:
+            encoded = self.processor.encode_conversation(_messages_for(row, media), max_length=self.max_length)
+        except ProtocolError as exc:
+            raise DatasetError(row.file, [f"{row.describe()}: {exc}"]) from exc
+        assert encoded is not None
+        return encoded
+
+    def __getitem__(self, index: int) -> TrainingSample:
+        row = self.rows[index]
+        encoded = self.cache.take(row.key) if self.cache is not None else None
+        if encoded is None:
+            encoded = self.encode(index)
+        return TrainingSample(
+            input_ids=list(encoded.input_ids),
+            labels=list(encoded.labels),
+            images=list(encoded.images),
+            head_labels=head_targets(row.labels, self.head_type, self.label_names),
+            sample_id=row.id,
+        )
+
+    def subset(self, indices: Iterable[int]) -> "TrainingDataset":
+        """A dataset over some of the rows (same processor, loader and cache)."""
+        return TrainingDataset([self.rows[i] for i in indices], self.processor, self.loader,
+                               max_length=self.max_length, head_type=self.head_type,
+                               label_names=self.label_names, cache=self.cache)
+
+
+# ------------------------------------------------------------------------------------------
+# Splits and the one-call entry point
+# ------------------------------------------------------------------------------------------
+
+
+def split_rows(rows: Sequence[DataRow], eval_fraction: float = 0.0, seed: int = 0
+               ) -> tuple[list[DataRow], list[DataRow]]:
+    """(train, eval): by each row's ``split`` when any row has one, else a seeded ``eval_fraction``.
+
+    With a fraction, at least one row is held out (when there are two or more rows) and the
+    choice depends only on the row ids and ``seed``.
+    """
+    if any(row.split for row in rows):
+        return ([r for r in rows if (r.split or "train") not in EVAL_SPLITS],
+                [r for r in rows if (r.split or "train") in EVAL_SPLITS])
+    if not eval_fraction or len(rows) < 2:
+        return list(rows), []
+    order = sorted(range(len(rows)), key=lambda i: rows[i].id)
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(eval_fraction * len(rows))))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+@dataclass
+class PreparedData:
+    """What :func:`prepare_datasets` returns.
+
+    Attributes:
+        train: the training dataset.
+        eval: the held-out dataset (``None`` when there is none).
+        head_type: ``generate``, ``classify`` or ``multilabel``.
+        label_names: head labels in logit order.
+        skipped: problems of rows left out (only with ``skip_invalid=True``).
+        data_path: the training data file.
+        root: the data root.
+    """
+
+    train: TrainingDataset
+    eval: TrainingDataset | None
+    head_type: str
+    label_names: list[str]
+    skipped: list[str]
+    data_path: Path
+    root: Path
+
+
+def prepare_datasets(
+    processor: LongLLaVAProcessor,
+    recipe: Any | None = None,
+    *,
+    data_path: str | os.PathLike[str] | None = None,
+    eval_path: str | os.PathLike[str] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    max_length: int | None = None,
+    max_images: int | None = None,
+    eval_fraction: float | None = None,
+    seed: int | None = None,
+    head_type: str | None = None,
+    label_names: Sequence[str] | None = None,
+    skip_invalid: bool = False,
+    cache_images: int = 256,
+    num_workers: int = 0,
+) -> PreparedData:
+    """Read, split and validate the data of a run; return the train / eval datasets.
+
+    Every argument left ``None`` comes from ``recipe`` (``data.path``, ``data.root``,
+    ``data.eval_path``, ``data.eval_fraction``, ``training.max_length``, ``max_images``,
+    ``training.seed``, ``head``). ``data_path`` given explicitly uses its own folder as the
+    root (not the recipe's), unless ``data_root`` is given.
+
+    Raises:
+        DatasetError: listing every bad row of both splits (unless ``skip_invalid``, which
+            leaves them out and lists them in ``PreparedData.skipped``).
+        ConfigError: no data path at all.
+    """
+    data_settings = getattr(recipe, "data", None)
+    explicit = data_path is not None
+    path = Path(data_path) if explicit else getattr(data_settings, "path", None)
+    if path is None:
+        raise ConfigError("no training data: pass data_path or use a recipe with data.path")
+    path = Path(path).resolve()
+    root = Path(data_root) if data_root is not None else (
+        None if explicit else getattr(data_settings, "root", None)) or path.parent
+    if eval_path is None and not explicit:
+        eval_path = getattr(data_settings, "eval_path", None)
+    fraction = eval_fraction if eval_fraction is not None else getattr(data_settings, "eval_fraction", 0.0)
+    training = getattr(recipe, "training", None)
+    max_length = max_length if max_length is not None else getattr(training, "max_length", None)
+    seed = seed if seed is not None else getattr(training, "seed", 0)
+    head_type = head_type or (recipe.head.type if recipe is not None else "generate")
+    label_names = list(label_names) if label_names is not None else (list(recipe.head.labels) if recipe else [])
+
+    rows = read_rows(path, recipe=recipe)
+    if eval_path is not None:
+        train_rows, eval_rows = rows, read_rows(eval_path, recipe=recipe)
+    else:
+        train_rows, eval_rows = split_rows(rows, fraction or 0.0, seed)
+    loader = MediaLoader(root, recipe, max_images)
+    cache = SampleCache(cache_images)
+    problems = validate_rows(train_rows + eval_rows, processor, loader, max_length=max_length, head_type=head_type,
+                             label_names=label_names, cache=cache, num_workers=num_workers,
+                             raise_errors=not skip_invalid, source=path)
+    if skip_invalid:
+        train_rows = [r for r in train_rows if r.length is not None]
+        eval_rows = [r for r in eval_rows if r.length is not None]
+        if not train_rows:
+            raise DatasetError(path, ["no valid training rows left", *problems])
+
+    def make(selected: list[DataRow]) -> TrainingDataset:
+        return TrainingDataset(selected, processor, loader, max_length=max_length, head_type=head_type,
+                               label_names=label_names, cache=cache)
+
+    return PreparedData(train=make(train_rows), eval=make(eval_rows) if eval_rows else None, head_type=head_type,
+                        label_names=label_names, skipped=problems, data_path=path, root=Path(os.path.realpath(root)))
+
+
+def as_tensor_head_labels(values: Sequence[int | list[float] | None]) -> torch.Tensor | None:
+    """Stack per-sample head targets: ``(B,)`` long for classify, ``(B, C)`` float for multilabel."""
+    if not values or all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise ProtocolError("a batch mixes samples with and without head labels")
+    if isinstance(values[0], list):
+        return torch.tensor(values, dtype=torch.float32)
+    return torch.tensor(values, dtype=torch.long)

@@ -1,0 +1,1 @@
+"""Built-in plugins: input adapters and task heads, registered through entry points like any third-party plugin."""

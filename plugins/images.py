@@ -1,0 +1,334 @@
+"""Plain images and high-resolution images (Pillow).
+
+The ``images`` adapter reads one image file, a folder of images or a list of image files
+into RGB images. With ``high_res=True`` it reads one large image into the paper's
+global-view-plus-sub-images structure (kind ``tiled``) using
+:func:`longllava_sdk.highres.split_high_res`.
+
+Reading is strict and bounded:
+
+* **Format allowlist.** Only PNG, JPEG (and MPO, the multi-picture JPEG many phone cameras
+  write), BMP, TIFF, WebP and GIF are decoded: the allowlist is passed to ``Image.open`` so
+  no other Pillow plugin ever parses the bytes. An SVG or PDF renamed ``.png`` is refused
+  with an error saying what the file really is. Animated GIF / WebP and multi-page TIFF give
+  their first frame (counted in ``info["warnings"]``).
+* **Decompression bombs.** The declared size is checked against ``max_pixels`` right after
+  the header is parsed, before any pixel is decoded (Pillow's global
+  ``Image.MAX_IMAGE_PIXELS`` is never modified; it still refuses images over twice its
+  value on its own, which is reported the same way).
+* **Truncation.** ``Image.verify()`` (PNG chunk CRCs...) then a full decode with
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` left ``False``: a truncated or corrupt file is an
+  :class:`~longllava_sdk.errors.AdapterError`, never a partially grey image.
+* **Orientation.** The EXIF orientation tag is applied (a portrait phone photo comes out
+  portrait).
+* **Colour.** Everything becomes 8-bit RGB. Transparency is composited on ``background``
+  (white by default, the same white the paper pads sub-images with, so transparent margins
+  and padding look alike to the model; pass the CLIP mean ``(122, 116, 104)`` to match
+  LLaVA's ``expand2square`` instead). 16-bit greyscale is scaled by ``1/257`` (full range);
+  32-bit integer and float images are min-max scaled over their finite values.
+
+Output:
+
+* ``high_res=False``: kind ``images``, one image per file (a folder is read in natural
+  name order: ``img2`` before ``img10``), sampled evenly to ``max_images`` keeping the first
+  and last. ``metadata[i]``: ``path``, ``format``, ``size`` (after EXIF rotation),
+  ``n_frames``.
+* ``high_res=True``: kind ``tiled``, ``images[0]`` the whole image letterboxed to
+  ``tile x tile``, then ``rows x cols`` sub-images row-major, ``grid=(rows, cols)``. Each tile's
+  metadata has ``row``, ``col`` and ``box`` (its ``(left, top, right, bottom)`` in the
+  original image's pixels; parts on padding lie outside the image). The total, global view
+  included, never exceeds ``max_images``: in ``pad`` mode the image is shrunk until its
+  padded grid fits, in ``grid`` mode the grid is capped.
+
+Example::
+
+    from longllava_plugins.images import ImagesAdapter
+
+    media = ImagesAdapter(high_res=True, split_mode="grid", max_tiles=6).load("scan.png")
+    media.grid            # (2, 3) for a 3:2 page
+    media.images[0].size  # (336, 336): the global view
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from longllava_sdk.adapters import InputAdapter, Source, ensure_local_path, sample_indices
+from longllava_sdk.errors import AdapterError
+from longllava_sdk.highres import WHITE, SplitMode, apply_plan, letterbox, plan_high_res, to_rgb
+from longllava_sdk.hookspecs import hookimpl
+from longllava_sdk.media import Media
+
+#: Pillow format names that are decoded; everything else is refused before decoding.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+#: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``): ~179 megapixels.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+_ALLOWED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"RIFF", "WEBP"),
+)
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "a PDF document"),
+    (b"<svg", "an SVG drawing"),
+    (b"<?xml", "an XML document (SVG?)"),
+    (b"%!PS", "a PostScript/EPS file"),
+    (b"8BPS", "a Photoshop PSD file"),
+    (b"\x00\x00\x01\x00", "a Windows icon"),
+    (b"PK\x03\x04", "a ZIP archive"),
+)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def _require_local_file(path: str | os.PathLike[str]) -> Path:
+    return ensure_local_path(path, what="image file")
+
+
+def _describe_unknown(path: Path) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head:
+        return "empty file"
+    for magic, fmt in _ALLOWED_SIGNATURES:
+        if head.startswith(magic) and (fmt != "WEBP" or head[8:12] == b"WEBP"):
+            hint = " (for scientific / multi-band TIFFs try adapter='geotiff')" if fmt == "TIFF" else ""
+            return f"a {fmt} file that Pillow cannot decode (unsupported variant or corrupt header){hint}"
+    stripped = head.lstrip()
+    for magic, what in _SIGNATURES:
+        if stripped.startswith(magic) or head.startswith(magic):
+            return f"{what}, not an image in an allowed format ({', '.join(ALLOWED_FORMATS)})"
+    return f"not an image in an allowed format ({', '.join(ALLOWED_FORMATS)}); file starts with {head[:16]!r}"
+
+
+def _to_8bit_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """High-bit-depth greyscale to 8 bits, then RGB (alpha on ``background``)."""
+    if image.mode.startswith("I;16"):
+        array = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray((array // 257).astype(np.uint8))
+    elif image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        finite = np.isfinite(array)
+        if finite.any():
+            low, high = float(array[finite].min()), float(array[finite].max())
+            scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
+        else:
+            scaled = np.zeros_like(array)
+        scaled[~finite] = 0.0
+        image = Image.fromarray(np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8))
+    return to_rgb(image, background)
+
+
+class ImagesAdapter(InputAdapter):
+    """Image files (PNG, JPEG, BMP, TIFF, WebP, GIF) to RGB, optionally split for high resolution.
+
+    Args:
+        high_res: read a single image as global view + sub-images (kind ``tiled``).
+        tile: sub-image side in pixels (336 = the vision encoder's input).
+        split_mode: ``"pad"`` (paper: white-pad to a multiple of ``tile``) or ``"grid"``
+            (resize to the grid closest to the aspect ratio with at most ``max_tiles``).
+        max_tiles: cap on the number of sub-images (required for ``grid``; in ``pad``
+            mode the image is shrunk until it fits). ``max_images - 1`` caps it too.
+        max_pixels: refuse images declaring more pixels than this (decompression bombs);
+            ``None`` leaves only Pillow's own limit.
+        background: RGB colour transparency is composited on, and the padding colour.
+
+    Raises (from :meth:`load`):
+        AdapterError: missing / empty / truncated / corrupt file, a format outside the
+            allowlist, a declared size over ``max_pixels``, a URL, or ``high_res`` with
+            more than one image.
+    """
+
+    name = "images"
+    kind = "images"
+    extensions = IMAGE_EXTENSIONS
+    priority = 200  # generic fallback: the geotiff adapter claims georeferenced .tif first
+
+    def __init__(
+        self,
+        *,
+        high_res: bool = False,
+        tile: int = 336,
+        split_mode: SplitMode = "pad",
+        max_tiles: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        background: tuple[int, int, int] = WHITE,
+    ) -> None:
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1, got {tile}")
+        if split_mode not in ("pad", "grid"):
+            raise ValueError(f"split_mode must be 'pad' or 'grid', got {split_mode!r}")
+        if high_res and split_mode == "grid" and max_tiles is None:
+            raise ValueError("split_mode='grid' needs max_tiles")
+        if max_tiles is not None and max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+        self.high_res = high_res
+        self.tile = tile
+        self.split_mode: SplitMode = split_mode
+        self.max_tiles = max_tiles
+        self.max_pixels = max_pixels
+        self.background = tuple(background)
+
+    # -- source listing -------------------------------------------------------------------
+    def _list_files(self, source: Source) -> list[Path]:
+        if isinstance(source, (list, tuple)):
+            if not source:
+                raise AdapterError("<empty list>", "no image files given")
+            return [_require_local_file(item) for item in source]
+        path = ensure_local_path(source, what="image file", must_be_file=False)
+        if path.is_dir():
+            files = sorted(
+                (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and p.name.lower().endswith(IMAGE_EXTENSIONS)),
+                key=_natural_key,
+            )
+            if not files:
+                raise AdapterError(path, f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            return files
+        return [_require_local_file(path)]
+
+    # -- one image ------------------------------------------------------------------------
+    def _check_size(self, path: Path, image: Image.Image) -> None:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise AdapterError(path, f"declares an empty image size {width}x{height}")
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise AdapterError(
+                path,
+                f"declares {width}x{height} = {width * height:,} pixels, over the max_pixels limit of "
+                f"{self.max_pixels:,} (possible decompression bomb); pass max_pixels= to allow it",
+            )
+
+    def _open(self, path: Path) -> Image.Image:
+        Image.init()  # register every plugin so each allowlisted format name is known to open()
+        try:
+            with warnings.catch_warnings():
+                # Our own limit applies; Pillow's warning below its hard limit is noise here.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                # Only openers registered in this Pillow (MPO comes through the JPEG opener in new ones).
+                return Image.open(path, formats=[f for f in ALLOWED_FORMATS if f in Image.OPEN])
+        except Image.DecompressionBombError as exc:
+            raise AdapterError(path, f"refused by Pillow's decompression-bomb limit: {exc}") from exc
+        except Image.UnidentifiedImageError as exc:
+            raise AdapterError(path, _describe_unknown(path)) from exc
+        except Exception as exc:  # Pillow raises many types on malformed headers
+            raise AdapterError(path, f"unreadable image header: {type(exc).__name__}: {exc}") from exc
+
+    def read_image(self, path: Path) -> tuple[Image.Image, dict[str, Any]]:
+        """Decode one file fully and strictly into RGB; returns the image and its metadata."""
+        if path.stat().st_size == 0:
+            raise AdapterError(path, "empty file")
+        image = self._open(path)
+        fmt = image.format or "?"
+        try:
+            self._check_size(path, image)
+            image.verify()  # checks what the format allows without decoding (PNG CRCs...)
+        except AdapterError:
+            image.close()
+            raise
+        except Exception as exc:
+            image.close()
+            raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
+        image.close()
+        image = self._open(path)  # verify() leaves the image unusable: reopen to decode
+        try:
+            n_frames = int(getattr(image, "n_frames", 1))
+            image.seek(0)
+            image.load()
+            if ImageFile.LOAD_TRUNCATED_IMAGES:
+                warnings.warn(
+                    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
+                    "cannot be detected", RuntimeWarning, stacklevel=2,
+                )
+            oriented = ImageOps.exif_transpose(image)
+            rgb = _to_8bit_rgb(oriented, self.background)
+        except AdapterError:
+            raise
+        except Exception as exc:
+            raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
+        finally:
+            image.close()
+        meta = {"path": str(path), "format": fmt, "size": rgb.size, "n_frames": n_frames}
+        return rgb, meta
+
+    # -- public ---------------------------------------------------------------------------
+    def load(self, source: Source, *, max_images: int | None = None) -> Media:
+        """Read ``source`` (file, folder or list of files) into :class:`Media`.
+
+        Args:
+            source: one image, a folder of images, or a list of image paths.
+            max_images: budget on returned images (``None``: all); with ``high_res`` it
+                counts the global view plus the tiles and must be at least 2.
+        """
+        if max_images is not None and max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {max_images}")
+        files = self._list_files(source)
+        if self.high_res:
+            if len(files) != 1:
+                raise AdapterError(files[0], f"high_res splits one image, got {len(files)} files")
+            return self._load_high_res(files[0], max_images)
+        warnings_: list[str] = []
+        images, metadata = [], []
+        for index in sample_indices(len(files), max_images):
+            image, meta = self.read_image(files[index])
+            meta["index"] = index
+            if meta["n_frames"] > 1:
+                warnings_.append(f"{files[index]}: {meta['n_frames']} frames, first frame used")
+            images.append(image)
+            metadata.append(meta)
+        description = str(source) if not isinstance(source, (list, tuple)) else f"{files[0]} (+{len(files) - 1} more)"
+        info = {"n_files": len(files), "sampled": len(images) < len(files), "warnings": warnings_}
+        return Media("images", images, metadata, source=description, info=info)
+
+    def _load_high_res(self, path: Path, max_images: int | None) -> Media:
+        if max_images is not None and max_images < 2:
+            raise AdapterError(path, f"high_res needs max_images >= 2 (global view + tiles), got {max_images}")
+        image, meta = self.read_image(path)
+        cap = self.max_tiles
+        if max_images is not None:
+            cap = max_images - 1 if cap is None else min(cap, max_images - 1)
+        plan = plan_high_res(image.size, tile=self.tile, mode=self.split_mode, max_tiles=cap)
+        tiles = apply_plan(image, plan, self.background)
+        global_view = letterbox(image, self.tile, self.background)
+        rows, cols = plan.grid
+        tile_meta = [
+            {"row": i // cols, "col": i % cols, "box": tuple(round(v, 3) for v in box)}
+            for i, box in enumerate(plan.source_boxes(image.size))
+        ]
+        info = {
+            "format": meta["format"],
+            "size": image.size,
+            "split": {
+                "mode": plan.mode, "tile": plan.tile, "grid": plan.grid,
+                "resized_size": plan.resized_size, "padding": plan.padding,
+            },
+            "warnings": [f"{meta['n_frames']} frames, first frame used"] if meta["n_frames"] > 1 else [],
+        }
+        if plan.mode == "pad" and plan.resized_size != image.size:
+            info["warnings"].append(
+                f"shrunk from {image.size[0]}x{image.size[1]} to {plan.resized_size[0]}x{plan.resized_size[1]} "
+                f"to fit {cap} tiles"
+            )
+        return Media(
+            "tiled", [global_view, *tiles], [{"role": "global", **meta}, *tile_meta],
+            source=str(path), grid=(rows, cols), info=info,
+        )
+
+
+@hookimpl
+def longllava_register_adapters() -> list[type[InputAdapter]]:
+    """Register the images adapter."""
+    return [ImagesAdapter]

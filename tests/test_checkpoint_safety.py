@@ -1,0 +1,84 @@
+"""Checkpoint safety: safetensors only unless pickle is opted into; atomic saves; exact round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longllava_sdk import LongLLaVAForConditionalGeneration, Pipeline
+from longllava_sdk.checkpoint import atomic_directory, check_weights_safe
+from longllava_sdk.cli.cmd_model import create_model, save_model
+from longllava_sdk.errors import CheckpointError, UnsafeCheckpointError
+
+
+def _inputs(config, n_images: int = 2) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(3, 200, (1, 10), generator=gen)
+    image = torch.full((1, config.tokens_per_image), config.image_token_id)
+    ids = torch.cat([text[:, :4]] + [image] * n_images + [text[:, 4:]], dim=1)
+    return {"input_ids": ids, "pixel_values": torch.randn(n_images, 3, 336, 336, generator=gen)}
+
+
+@pytest.fixture
+def pickle_only_checkpoint(tmp_path, tiny_model):
+    """A complete tiny checkpoint whose weights are a pickle (``pytorch_model.bin``)."""
+    tiny_model.config.save_pretrained(tmp_path)
+    torch.save(tiny_model.state_dict(), tmp_path / "pytorch_model.bin")
+    return tmp_path
+
+
+def test_pickle_only_directory_is_refused(pickle_only_checkpoint):
+    with pytest.raises(UnsafeCheckpointError, match="pytorch_model.bin"):
+        check_weights_safe(pickle_only_checkpoint)
+    with pytest.raises(UnsafeCheckpointError, match="allow_pickle"):
+        Pipeline.from_pretrained(pickle_only_checkpoint, device="cpu")
+    assert check_weights_safe(pickle_only_checkpoint, allow_pickle=True) is False
+
+
+def test_pickle_loads_only_with_explicit_opt_in(pickle_only_checkpoint, tiny_model):
+    model = LongLLaVAForConditionalGeneration.from_pretrained(pickle_only_checkpoint, use_safetensors=False)
+    expected = tiny_model.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_safetensors_checkpoint_is_accepted_and_holds_no_pickle(tiny_checkpoint):
+    assert check_weights_safe(tiny_checkpoint) is True
+    names = [p.name for p in tiny_checkpoint.iterdir()]
+    assert any(n.endswith(".safetensors") for n in names)
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    pipe = Pipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    assert isinstance(pipe.model, LongLLaVAForConditionalGeneration)
+
+
+def test_missing_or_empty_directories_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        check_weights_safe(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no weight files"):
+        check_weights_safe(tmp_path)
+
+
+def test_save_load_round_trip_gives_identical_logits(tiny_model_and_processor, tiny_checkpoint):
+    model, _ = tiny_model_and_processor
+    loaded = LongLLaVAForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    original = model.state_dict()
+    assert set(loaded.state_dict()) == set(original)
+    assert all(torch.equal(v, original[k]) for k, v in loaded.state_dict().items())
+    batch = _inputs(model.config)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    assert loaded.config.pooling == model.config.pooling and loaded.config.tokens_per_image == 144
+
+
+def test_save_is_atomic_and_refuses_to_clobber(tmp_path):
+    model, processor = create_model("tiny", seed=1)
+    target = save_model(model, processor, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="not empty"):
+        save_model(model, processor, target)
+    # A failing write leaves the existing checkpoint untouched and no staging directory behind.
+    before = sorted(p.name for p in target.iterdir())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_directory(target, overwrite=True) as staging:
+            (staging / "partial.safetensors").write_bytes(b"")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -1,0 +1,72 @@
+"""Pipeline: load from a directory, generate, stream, multi-turn chat with per-turn images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from longllava_sdk import Pipeline
+from longllava_sdk.errors import UnsafeCheckpointError
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return Pipeline.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+def test_generate_returns_text_and_is_deterministic(pipe, rgb_images):
+    first = pipe("What colour is the square?", images=rgb_images[:1], max_new_tokens=6)
+    second = pipe("What colour is the square?", images=rgb_images[:1], max_new_tokens=6)
+    assert isinstance(first, str) and first == second
+
+
+def test_image_paths_and_pil_images_give_the_same_answer(pipe, rgb_images, tmp_path):
+    path = tmp_path / "red.png"
+    rgb_images[0].save(path)
+    pytest.importorskip("longllava_plugins.images", reason="images adapter plugin")
+    assert pipe("Describe.", images=[str(path)], max_new_tokens=5) == pipe("Describe.", images=rgb_images[:1],
+                                                                          max_new_tokens=5)
+
+
+def test_stream_yields_the_same_text(pipe, rgb_images):
+    whole = pipe("Describe.", images=rgb_images[:2], max_new_tokens=8)
+    pieces = list(pipe("Describe.", images=rgb_images[:2], max_new_tokens=8, stream=True))
+    assert "".join(pieces).strip() == whole
+
+
+def test_chat_history_keeps_each_turns_images(pipe, rgb_images, monkeypatch):
+    seen = []
+    original = pipe.processor.preprocess_images
+
+    def spy(images):
+        seen.append([img.getpixel((40, 40)) for img in images])
+        return original(images)
+
+    monkeypatch.setattr(pipe.processor, "preprocess_images", spy)
+    pipe.reset()
+    pipe.chat("What is this?", images=[rgb_images[0]], max_new_tokens=3)
+    pipe.chat("Now this one?", images=[rgb_images[2]], max_new_tokens=3)
+    pipe.chat("Which was first?", max_new_tokens=3)
+    # turn 1 saw red; turn 2 saw red (history) then blue; turn 3 still both, no stale re-attachment
+    assert seen == [[(255, 0, 0)], [(255, 0, 0), (0, 0, 255)], [(255, 0, 0), (0, 0, 255)]]
+    prompt = pipe.processor.apply_chat_template(pipe.history, add_generation_prompt=False)
+    assert prompt.count("<|User|>") == 3 and prompt.count("<img><image></img>") == 2
+    # each image sits in its own turn: image 1, turn-1 text, image 2, turn-2 text
+    assert (prompt.index("<img><image></img>") < prompt.index("What is this?")
+            < prompt.rindex("<img><image></img>") < prompt.index("Now this one?"))
+    pipe.reset()
+    assert pipe.history == []
+
+
+def test_pipeline_refuses_pickle_checkpoints(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="pickle"):
+        Pipeline.from_pretrained(tmp_path)
+
+
+def test_generation_options_are_honoured(pipe, rgb_images):
+    out = pipe("Describe.", images=rgb_images[:1], max_new_tokens=3, min_new_tokens=3)
+    ids = pipe.processor.tokenizer(out, add_special_tokens=False).input_ids
+    assert 1 <= len(ids) <= 4

@@ -1,0 +1,178 @@
+"""Checkpoints: atomic + marker, newest complete one picked, bit-exact resume, output-dir policy.
+
+The resume test follows transformers' own trainer tests: train N steps straight, then train
+again from the checkpoint at step k to N, and compare every parameter (exactly), the
+optimizer and scheduler states, the RNG state and the order of the samples seen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from longllava_sdk.errors import ConfigError, TrainingError
+from trainer_fixtures import ensure_builtin_plugins, make_micro_model, write_colour_dataset
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugins():
+    ensure_builtin_plugins()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class RecordingCollator:
+    """The training collator, remembering the sample ids of every batch it builds."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[list[str]] = []
+
+    def __call__(self, samples):
+        self.batches.append([s.sample_id for s in samples])
+        return self.inner(samples)
+
+
+def _trainer(data_root, output_dir, mode: str):
+    from transformers import set_seed
+
+    from longllava_sdk.heads import available_heads
+    from longllava_sdk.recipes import Recipe
+    from longllava_sdk.training.collator import TrainingCollator
+    from longllava_sdk.training.data import prepare_datasets
+    from longllava_sdk.training.lora import LoraOptions, apply_lora
+    from longllava_sdk.training.stages import apply_stage_freezing, get_stage
+    from longllava_sdk.training.trainer import (
+        LongLLaVATrainer, PromptOnlyCollator, TaskModel, build_training_arguments)
+
+    recipe = Recipe.from_yaml(data_root / "recipe.yaml")
+    model, processor = make_micro_model(seed=0)
+    prepared = prepare_datasets(processor, recipe)
+    set_seed(0)
+    head = available_heads()["classify"](64, recipe.head.labels, dropout=0.1)  # dropout: the RNG matters
+    if mode == "lora":
+        backbone, _ = apply_lora(model, LoraOptions(r=4, alpha=8), head_type="classify")
+    else:
+        apply_stage_freezing(model, get_stage("domain"), "classify", head)
+        backbone = model
+    args = build_training_arguments(output_dir, recipe.training, learning_rate=3e-3, epochs=1, max_steps=6,
+                                    save_steps=3, logging_steps=1)
+    collator = RecordingCollator(PromptOnlyCollator(TrainingCollator(processor)))
+    trainer = LongLLaVATrainer(TaskModel(backbone, head), args, processor=processor, train_dataset=prepared.train,
+                               data_collator=collator)
+    return trainer, collator
+
+
+def _optimizer_tensors(trainer):
+    state = trainer.optimizer.state_dict()["state"]
+    return {(k, name): v for k, entry in state.items() for name, v in entry.items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_resume_is_bit_exact(tmp_path, mode):
+    data_root = tmp_path / "data"
+    write_colour_dataset(data_root, n=16, head="classify", eval_fraction=0.0, training={"batch_size": 2})
+    straight, straight_data = _trainer(data_root, tmp_path / "straight", mode)
+    straight.train()
+    rng_straight = torch.random.get_rng_state()
+    assert straight.state.global_step == 6
+    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    assert (checkpoint / "checkpoint_complete.json").is_file()
+    weights = "adapter_model.safetensors" if mode == "lora" else "longllava_state.safetensors"
+    assert (checkpoint / weights).is_file() and (checkpoint / "head.safetensors").is_file()
+
+    resumed, resumed_data = _trainer(data_root, tmp_path / "resumed", mode)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    rng_resumed = torch.random.get_rng_state()
+    assert resumed.state.global_step == 6
+
+    a = dict(straight.model.named_parameters())
+    b = dict(resumed.model.named_parameters())
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert different == []
+    trained = [n for n, p in a.items() if p.requires_grad]
+    assert trained and not torch.equal(a[trained[0]].detach(), _trainer(data_root, tmp_path / "fresh", mode)[0]
+                                       .model.get_parameter(trained[0]))  # training did change the weights
+    opt_a, opt_b = _optimizer_tensors(straight), _optimizer_tensors(resumed)
+    assert opt_a.keys() == opt_b.keys() and all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+    assert straight.lr_scheduler.state_dict() == resumed.lr_scheduler.state_dict()
+    assert torch.equal(rng_straight, rng_resumed)
+    # same samples in the same order after the skipped ones (the loader may prefetch one batch more)
+    assert len(resumed_data.batches) >= 3
+    assert resumed_data.batches == straight_data.batches[3:3 + len(resumed_data.batches)]
+    assert sorted(sum(straight_data.batches[:6], [])) != sum(straight_data.batches[:6], [])  # shuffled
+
+
+def test_newest_complete_checkpoint_is_picked(tmp_path):
+    from longllava_sdk.training.checkpointing import latest_complete_checkpoint, list_checkpoints, staged_checkpoint
+
+    run = tmp_path / "run"
+    for step in (2, 4):
+        with staged_checkpoint(run, step) as staging:
+            (staging / "weights.bin").write_bytes(b"x" * (10 * step))
+            (staging / "sub").mkdir()
+            (staging / "sub" / "state.json").write_text("{}")
+    assert latest_complete_checkpoint(run) == run / "checkpoint-4"
+    # a newer folder without marker (killed mid-write by something else) is skipped
+    shutil.copytree(run / "checkpoint-4", run / "checkpoint-6")
+    (run / "checkpoint-6" / "checkpoint_complete.json").unlink()
+    assert latest_complete_checkpoint(run) == run / "checkpoint-4"
+    # a truncated file makes a checkpoint incomplete too
+    (run / "checkpoint-4" / "weights.bin").write_bytes(b"x")
+    assert latest_complete_checkpoint(run) == run / "checkpoint-2"
+    assert [(s, c) for s, _, c in list_checkpoints(run)] == [(2, True), (4, False), (6, False)]
+    marker = json.loads((run / "checkpoint-2" / "checkpoint_complete.json").read_text())
+    assert marker["step"] == 2 and marker["files"] == {"sub/state.json": 2, "weights.bin": 20}
+
+
+def test_a_failed_save_leaves_no_checkpoint(tmp_path):
+    from longllava_sdk.training.checkpointing import latest_complete_checkpoint, staged_checkpoint
+
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with staged_checkpoint(run, 5) as staging:
+            (staging / "weights.bin").write_bytes(b"partial")
+            raise RuntimeError("disk full")
+    assert not (run / "checkpoint-5").exists()
+    assert latest_complete_checkpoint(run) is None
+    with staged_checkpoint(run, 5) as staging:  # the stale partial folder is replaced
+        (staging / "weights.bin").write_bytes(b"complete")
+    assert latest_complete_checkpoint(run) == run / "checkpoint-5"
+    assert not (run / ".checkpoint-5.partial").exists()
+
+
+def test_output_directory_policy(tmp_path):
+    from longllava_sdk.training.checkpointing import prepare_output_dir, staged_checkpoint
+
+    run = tmp_path / "run"
+    assert prepare_output_dir(run, run_info={"recipe": "x"}) is None
+    assert json.loads((run / "longllava_run.json").read_text())["recipe"] == "x"
+    with pytest.raises(TrainingError, match="--resume .* --overwrite"):
+        prepare_output_dir(run)
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
+        prepare_output_dir(run, resume=True)
+    with staged_checkpoint(run, 7) as staging:
+        (staging / "w").write_text("1")
+    assert prepare_output_dir(run, resume=True) == run / "checkpoint-7"
+    assert prepare_output_dir(run, overwrite=True) is None
+    assert not (run / "checkpoint-7").exists()
+    with pytest.raises(ConfigError):
+        prepare_output_dir(run, resume=True, overwrite=True)
+    with pytest.raises(TrainingError, match="no previous run"):
+        prepare_output_dir(tmp_path / "never", resume=True)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(TrainingError, match="refuses to delete"):
+        prepare_output_dir(foreign, overwrite=True)
+    assert (foreign / "holiday.jpg").exists()
