@@ -5,13 +5,15 @@ Both run in the same process on the same model and the same tokens, side by side
 * ``reference``: transformers 5's own torch fallback for ``mamba_selective_scan`` (a Python
   loop over every time step) and its ``causal_conv1d_fn``;
 * ``ours``: the same model after :func:`longllava_sdk.modeling.mamba_kernels.install_mamba_kernels`
-  (chunked scan with a recomputing backward).
+  (chunked scan with a recomputing backward, shifted-sum causal conv).
 
-The reference takes minutes at 1024 tokens, so by default it only runs up to 512 tokens.
+The reference grows about quadratically (its backward allocates a full-sequence gradient per
+step): ~9 s at 1024 tokens on one quiet thread, minutes on a busy machine, so by default it only
+runs up to 512 tokens. One torch thread by default (``--threads``), for steady timings.
 
     python benchmarks/bench_scan.py            # 256/512/1024, reference up to 512
     python benchmarks/bench_scan.py --quick    # one timed run each, reference at 256 only
-    python benchmarks/bench_scan.py --full     # reference at every length (~3 min on 2 cores)
+    python benchmarks/bench_scan.py --full     # reference at every length
 """
 
 from __future__ import annotations
@@ -142,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="run the fallback at every length (slow)")
     parser.add_argument("--no-reference", action="store_true", help="time only the SDK's scan")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared 2-core machine two threads "
+                             "fight other jobs and times swing 10x; 0 = torch's default)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     reference_max = None if args.full else (256 if args.quick else 512)
     rows = run(

@@ -10,8 +10,9 @@ fed to the model, whether each step had images, losses, and digests of the full 
 before and after training (gathered from the ZeRO-3 shards when sharded).
 
 The dataset is read in order (no shuffling) so that the ranks get an image batch and a
-text-only batch in the same step: the case where ZeRO-3 would deadlock without the dummy
-image.
+text-only batch in the same step, and sample 0 carries 20 images (two CLIP calls of
+``vision_chunk_size`` 16) while its partner has none: the cases where ZeRO-3 ranks would
+issue different collectives without the SDK's dummy images.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ TEXT_ONLY = {1, 2}
 NUM_SAMPLES = 6
 
 
-def build_samples(processor: LongLLaVAProcessor) -> list[dict]:
+def build_samples(processor: LongLLaVAProcessor, first_images: int = 1) -> list[dict]:
+    """``NUM_SAMPLES`` one-turn samples; sample 0 carries ``first_images`` images."""
     samples = []
     names = list(COLOURS)
     for sample_id in range(NUM_SAMPLES):
@@ -48,8 +50,9 @@ def build_samples(processor: LongLLaVAProcessor) -> list[dict]:
         if sample_id in TEXT_ONLY:
             messages = [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
         else:
-            image = Image.new("RGB", (32, 24), COLOURS[colour])
-            messages = [{"role": "user", "content": "What color is the image?", "media": [image]},
+            count = first_images if sample_id == 0 else 1
+            media = [Image.new("RGB", (32, 24), COLOURS[colour]) for _ in range(count)]
+            messages = [{"role": "user", "content": "What color is the image?", "media": media},
                         {"role": "assistant", "content": colour}]
         encoded = processor.encode_conversation(messages)
         samples.append({"sample_id": sample_id, "input_ids": encoded.input_ids, "labels": encoded.labels,
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["ddp", "zero3"], required=True)
     parser.add_argument("--model", required=True, help="saved tiny model directory (identical init for all runs)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--first-images", type=int, default=20,
+                        help="images in sample 0 (> vision_chunk_size: several CLIP calls on one rank)")
     parser.add_argument("--no-safeguards", action="store_true",
                         help="skip prepare_model_for_distributed (shows the hazard it prevents)")
     args = parser.parse_args(argv)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             record["losses"].append(float(loss.detach()))
             return result
 
-    trainer = RecordingTrainer(model=model, args=training_args, train_dataset=build_samples(processor),
+    trainer = RecordingTrainer(model=model, args=training_args, train_dataset=build_samples(processor, args.first_images),
                                data_collator=Collator(processor))
     trainer.train()
 

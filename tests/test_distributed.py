@@ -394,6 +394,46 @@ def test_dummy_image_reaches_the_model_inside_peft():
     assert all(p.grad is not None for p in trainable.values())
 
 
+def test_dummy_image_arithmetic():
+    assert [D.vision_calls(n, 16) for n in (0, 1, 16, 17, 40)] == [0, 1, 1, 2, 3]
+    assert D.dummy_images_needed(0, 1, 16) == 1  # text-only: one dummy image
+    assert D.dummy_images_needed(1, 2, 16) == 16  # 17 images -> 2 calls
+    assert D.dummy_images_needed(0, 3, 16) == 33
+    assert D.dummy_images_needed(20, 2, 16) == D.dummy_images_needed(20, 1, 16) == 0
+    for n in range(0, 40):
+        for calls in range(1, 4):
+            pad = D.dummy_images_needed(n, calls, 16)
+            assert D.vision_calls(n + pad, 16) == max(calls, D.vision_calls(n, 16))
+
+
+@pytest.mark.parametrize("batch_kind", ["text", "image"])
+def test_zero3_ranks_make_the_same_number_of_clip_calls(monkeypatch, batch_kind):
+    """Under ZeRO-3 a rank pads its images with dummies up to the largest CLIP call count of all ranks."""
+    model = _tiny()
+    model.config.vision_chunk_size = 4
+    batch = _text_only_batch(model) if batch_kind == "text" else _image_batch(model)
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batch).logits
+    calls = []
+    model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    D.install_text_only_dummy_image(model)
+    monkeypatch.setattr(D, "_zero3_partitioned", lambda module: True)
+    monkeypatch.setattr(D, "_max_over_ranks", lambda value, device: 3)  # another rank has 9..12 images
+    with torch.no_grad():
+        padded = model(**batch).logits
+    assert len(calls) == 3  # evaluation too: ZeRO-3 gathers CLIP on every call
+    if batch_kind == "text":
+        assert torch.equal(padded, plain)
+    else:  # the real image now shares a CLIP batch with dummies: same values up to float noise
+        torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    monkeypatch.setattr(D, "_max_over_ranks", lambda value, device: value)  # nobody has more images
+    with torch.no_grad():
+        model(**_text_only_batch(model))  # e.g. generation's decode steps: no CLIP at all
+    assert calls == []
+
+
 def test_prepare_model_for_distributed_applies_what_the_setup_needs(no_launcher):
     model = _tiny()
     D.prepare_model_for_distributed(model, D.prepare_distributed(None))

@@ -161,3 +161,26 @@ def test_router_aux_loss_is_added_for_moe(tiny_model):
     assert with_aux.aux_loss is not None and with_aux.aux_loss > 0
     expected = plain.loss + tiny_model.config.text_config.router_aux_loss_coef * with_aux.aux_loss
     assert torch.allclose(with_aux.loss, expected, atol=1e-5)
+
+
+def test_gradient_checkpointing_keeps_packed_mamba_resets():
+    torch.manual_seed(0)
+    model = LongLLaVAForConditionalGeneration(LongLLaVAConfig.from_preset("tiny")).train()
+    ids = torch.randint(3, 500, (1, 40))
+    reset = torch.zeros(1, 40, dtype=torch.bool)
+    reset[0, [0, 17]] = True  # two packed samples: state restarts at token 17
+
+    def grads():
+        model.zero_grad()
+        model(input_ids=ids, labels=ids, reset_mask=reset).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    try:
+        checkpointed = grads()
+    finally:
+        model.gradient_checkpointing_disable()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-5), name

@@ -111,3 +111,49 @@ def write_colour_dataset(root: Path, n: int = 12, head: str = "classify", eval_f
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def sigterm_worker(data_root: Path, output: Path, resume: bool, stop_after: int) -> int:
+    """Train a LoRA + classify run for up to 400 steps, one sample per step, printing each step.
+
+    Used by the SIGTERM test in a subprocess (which gets the signal) and in-process to resume.
+    No periodic checkpoints: only a SIGTERM-triggered save writes one. Returns the final step.
+    """
+    import time
+
+    from transformers import TrainerCallback, set_seed
+
+    from longllava_sdk.heads import available_heads
+    from longllava_sdk.recipes import Recipe
+    from longllava_sdk.training.checkpointing import latest_complete_checkpoint
+    from longllava_sdk.training.collator import TrainingCollator
+    from longllava_sdk.training.data import prepare_datasets
+    from longllava_sdk.training.lora import LoraOptions, apply_lora
+    from longllava_sdk.training.trainer import (
+        LongLLaVATrainer, PromptOnlyCollator, TaskModel, build_training_arguments)
+
+    ensure_builtin_plugins()
+    recipe = Recipe.from_yaml(Path(data_root) / "recipe.yaml")
+    model, processor = make_micro_model(seed=0)
+    prepared = prepare_datasets(processor, recipe)
+    set_seed(0)
+    head = available_heads()["classify"](64, recipe.head.labels)
+    backbone, _ = apply_lora(model, LoraOptions(r=4, alpha=8), head_type="classify")
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            (Path(output) / f"step-{state.global_step}").touch()
+            print(f"step {state.global_step}", flush=True)
+            if state.global_step >= stop_after:
+                control.should_training_stop = True
+            time.sleep(0.05)
+
+    args = build_training_arguments(output, recipe.training, learning_rate=1e-3, epochs=1, max_steps=400,
+                                    save_steps=10_000, logging_steps=1000, extra={"disable_tqdm": True})
+    trainer = LongLLaVATrainer(TaskModel(backbone, head), args, processor=processor, train_dataset=prepared.train,
+                               data_collator=PromptOnlyCollator(TrainingCollator(processor)), callbacks=[Progress()])
+    start = latest_complete_checkpoint(output) if resume else None
+    print(f"start {start.name if start else 'fresh'}", flush=True)
+    trainer.train(resume_from_checkpoint=str(start) if start else None)
+    print(f"final {trainer.state.global_step}", flush=True)
+    return trainer.state.global_step

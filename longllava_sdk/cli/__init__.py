@@ -8,7 +8,8 @@ commands are listed in :data:`BUILTIN_COMMANDS`; plugins add more through the
 
 Conventions of the signature -> flags mapping:
 
-* a parameter without default becomes a positional argument;
+* a positional parameter without default becomes a positional argument
+  (``init-model OUT``); a keyword-only one (after ``*``) a required flag (``--model DIR``);
 * ``bool`` defaults become ``--flag`` / ``--no-flag``;
 * ``list[X]`` becomes ``--name A B C`` (or repeated with ``append`` semantics for paths);
 * underscores become dashes (``max_new_tokens`` -> ``--max-new-tokens``);
@@ -97,7 +98,14 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callabl
         help_text = param_docs.get(pname)
         flag = "--" + pname.replace("_", "-")
         origin = typing.get_origin(annotation)
-        if param.default is inspect.Parameter.empty:
+        if param.default is inspect.Parameter.empty and param.kind is param.KEYWORD_ONLY:
+            kwargs = {"help": help_text, "required": True, "dest": pname}
+            if origin is list:
+                kwargs.update(nargs="+", type=typing.get_args(annotation)[0])
+            elif annotation in (int, float):
+                kwargs["type"] = annotation
+            parser.add_argument(flag, **kwargs)
+        elif param.default is inspect.Parameter.empty:
             kwargs: dict[str, Any] = {"help": help_text}
             if origin is list:
                 kwargs.update(nargs="+", type=typing.get_args(annotation)[0])

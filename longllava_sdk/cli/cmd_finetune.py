@@ -32,7 +32,8 @@ def finetune(
 
     With only --domain (e.g. `longllava-sdk finetune --domain medical`) this builds a new
     tiny model, trains LoRA on the recipe's bundled sample data, evaluates the task head,
-    saves everything under runs/<domain>-<stage>-lora/ and prints how to run the result.
+    saves everything under runs/<domain>-<stage>-lora/ (adapter/ and the merged model in merged/)
+    and prints how to run the result.
 
     Args:
         domain: a registered domain (medical, remote_sensing, video, or a plugin's) or a recipe .yaml file.
@@ -84,7 +85,7 @@ def format_report(result: Any, wall_seconds: float) -> str:
         lines.append(f"LoRA adapter (peft format): {Path(result.adapter_dir).resolve()}")
     if result.model_dir is None:
         lines.append(f"merge the adapter into a standalone model with:\n  longllava-sdk merge {result.adapter_dir} "
-                     f"{Path(result.output_dir) / 'model'}")
+                     f"{Path(result.output_dir) / 'merged'}")
         return "\n".join(lines)
     model_dir = Path(result.model_dir).resolve()
     lines.append(f"model (load with Pipeline): {model_dir}")
@@ -102,6 +103,8 @@ def pipeline_snippet(model_dir: Path, head: str, example: dict[str, Any]) -> str
             args.append(f"adapter_options={example['adapter_options']!r}")
         if example.get("max_images"):
             args.append(f"max_images={int(example['max_images'])}")
+    if head == "generate":
+        args.append("max_new_tokens=32")
     call = "pipe.classify" if head != "generate" else "pipe"
     return (f"    from longllava_sdk import Pipeline\n"
             f"    pipe = Pipeline.from_pretrained({str(model_dir)!r})\n"

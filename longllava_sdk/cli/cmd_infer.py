@@ -6,6 +6,7 @@ import sys
 
 
 def infer(
+    *,
     model: str,
     prompt: str,
     image: list[str] | None = None,

@@ -10,10 +10,9 @@ those two module attributes is enough, and :func:`install_mamba_kernels` does ex
   ``selective_scan_fn`` when mamba-ssm is importable, the tensors are on CUDA and neither an
   initial state nor sequence boundaries are requested (the kernel supports neither); the SDK's
   chunked :func:`~longllava_sdk.modeling.selective_scan.selective_scan` otherwise.
-* ``causal_conv1d_fn`` -> :func:`dispatch_causal_conv1d`: on CPU, or whenever sequence
-  boundaries are active, :func:`causal_conv1d_torch` (K shifted multiply-adds that can stop at
-  boundaries; several times faster to train on CPU than ``F.conv1d``'s depthwise backward);
-  otherwise the original function (the causal-conv1d CUDA kernel when installed).
+* ``causal_conv1d_fn`` -> :func:`dispatch_causal_conv1d`: the original function (which uses
+  the causal-conv1d CUDA kernel when installed) unless sequence boundaries are active; then
+  :func:`causal_conv1d_torch`, K shifted multiply-adds whose window stops at the boundaries.
 
 The single-token generation path (``mamba_selective_state_update`` / ``causal_conv1d_update``)
 is left untouched.
@@ -77,8 +76,10 @@ def mamba_sequence_boundaries(reset_mask: torch.Tensor | None) -> Iterator[None]
     """
     if reset_mask is not None:
         if not isinstance(reset_mask, torch.Tensor) or reset_mask.dim() != 2:
-            shape = tuple(reset_mask.shape) if isinstance(reset_mask, torch.Tensor) else type(reset_mask)
-            raise InputError(None, f"mamba_sequence_boundaries: reset_mask must be a (batch, length) tensor, got {shape}")
+            got = tuple(reset_mask.shape) if isinstance(reset_mask, torch.Tensor) else type(reset_mask).__name__
+            raise InputError(
+                None, f"mamba_sequence_boundaries: reset_mask must be a (batch, length) tensor, got {got}"
+            )
         reset_mask = reset_mask.to(torch.bool)
     token = _reset_mask_var.set(reset_mask)
     try:
@@ -195,10 +196,8 @@ def causal_conv1d_torch(
 ) -> torch.Tensor:
     """Depthwise causal conv1d as K shifted multiply-adds, optionally stopping at boundaries.
 
-    Same result as transformers' ``causal_conv1d_fn`` (``F.conv1d`` with K - 1 left padding).
-    On CPU it is also much faster in training: the backward of a depthwise ``F.conv1d`` on the
-    mixer's non-contiguous input dominated the tiny model's step time (see
-    docs/selective_scan.md).
+    Without a mask, the same result as transformers' ``causal_conv1d_fn`` (``F.conv1d`` with
+    K - 1 left padding) up to float rounding; any device.
 
     Args:
         hidden_states: (B, D, Lx). With a cache, the first Lx - L columns are the cached left
@@ -245,12 +244,12 @@ def dispatch_causal_conv1d(
 ) -> torch.Tensor:
     """Drop-in for transformers' ``causal_conv1d_fn``; respects active sequence boundaries.
 
-    Boundaries active (any device) or CPU tensors -> :func:`causal_conv1d_torch`; otherwise
-    transformers' function (the causal-conv1d CUDA kernel when installed).
+    Boundaries active -> :func:`causal_conv1d_torch` (any device); otherwise transformers'
+    function, unchanged (the causal-conv1d CUDA kernel when installed).
     """
     batch, _, length = hidden_states.shape
     mask = _mask_for("causal_conv1d_fn", batch, length, hidden_states.device, at_end=True)
-    if mask is None and hidden_states.device.type != "cpu":
+    if mask is None:
         return _originals["causal_conv1d_fn"](hidden_states, weight, bias, activation=activation, **kwargs)
     return causal_conv1d_torch(hidden_states, weight, bias, activation=activation, reset_mask=mask)
 

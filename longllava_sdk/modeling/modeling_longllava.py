@@ -31,7 +31,7 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from ..config import LongLLaVAConfig
 from ..errors import ProtocolError
-from .mamba_kernels import install_mamba_kernels, mamba_sequence_boundaries
+from .mamba_kernels import boundaries_checkpoint_context_fn, install_mamba_kernels, mamba_sequence_boundaries
 from .pooling import pool_image_features
 from .projector import MultiModalProjector
 
@@ -68,6 +68,19 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         self.projector = MultiModalProjector(config.vision_config.hidden_size, config.text_config.hidden_size)
         self.language_model = JambaForCausalLM(config.text_config)
         self.post_init()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the recompute.
+
+        The recomputation runs in the backward, outside the forward's ``reset_mask`` context;
+        ``boundaries_checkpoint_context_fn`` re-activates the mask there (non-reentrant only).
+        """
+        kwargs: dict[str, Any] = {"use_reentrant": False}
+        kwargs.update(activation_checkpointing_kwargs or {})
+        if not kwargs["use_reentrant"]:
+            kwargs.setdefault("context_fn", boundaries_checkpoint_context_fn)
+        super().activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
 
     # -- embeddings API used by generate / peft / resize ---------------------------------------
     def get_input_embeddings(self) -> nn.Module:

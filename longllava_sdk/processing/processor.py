@@ -24,7 +24,8 @@ from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase
+from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
 
 from ..errors import InputError, ProtocolError
 from ..media import Media
@@ -128,7 +129,13 @@ class LongLLaVAProcessor:
         directory = Path(directory)
         if not directory.is_dir():
             raise InputError(directory, "processor directory does not exist")
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+        if (directory / "tokenizer.json").exists():
+            # The generic fast class reads tokenizer.json as written. The class named in the
+            # released tokenizer_config.json (LlamaTokenizer) would, in transformers 5, rebuild
+            # the pre-tokenizer with a "▁" prefix and change Jamba's ids.
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         tokenizer.padding_side = "left"
         if (directory / "preprocessor_config.json").exists():
             image_processor = CLIPImageProcessorPil.from_pretrained(directory, local_files_only=True)

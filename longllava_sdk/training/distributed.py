@@ -17,8 +17,9 @@ What the trainer calls, in this order::
   *leaf* (its expert weights are gathered on block entry, whatever experts this rank's
   tokens pick); :func:`install_text_only_dummy_image` makes a text-only batch still run
   the vision tower and projector on a dummy image whose contribution is multiplied by
-  exactly zero, so the graph (and the parameter all-gathers / gradient reductions) is the
-  same on every rank.
+  exactly zero, and pads ranks with fewer images with such dummies so that every rank
+  makes the same number of CLIP calls: the graph (and the parameter all-gathers /
+  gradient reductions) is the same on every rank.
 * CPU (gloo) runs: with no GPU, accelerate only builds a process group when told the run
   is on CPU (``use_cpu=True``), and in DeepSpeed mode it never does (its backend stays
   ``None``, so each process trains alone on all the data). :func:`prepare_distributed`
@@ -488,25 +489,64 @@ def _find_multimodal_model(model: nn.Module) -> nn.Module:
 
 
 def text_only_dummy_image(config: Any, dtype: torch.dtype = torch.float32,
-                          device: torch.device | str | None = None) -> torch.Tensor:
-    """The dummy image: ``(1, 3, S, S)`` zeros, i.e. the CLIP mean colour after normalisation."""
+                          device: torch.device | str | None = None, count: int = 1) -> torch.Tensor:
+    """Dummy images: ``(count, 3, S, S)`` zeros, i.e. the CLIP mean colour after normalisation."""
     size = int(config.vision_config.image_size)
-    return torch.zeros(1, 3, size, size, dtype=dtype, device=device)
+    return torch.zeros(count, 3, size, size, dtype=dtype, device=device)
+
+
+def _zero3_partitioned(module: nn.Module) -> bool:
+    """True when ``module``'s parameters are ZeRO-3 partitioned (gathered on every call)."""
+    first = next(module.parameters(), None)
+    return first is not None and hasattr(first, "ds_id")
+
+
+def _max_over_ranks(value: int, device: torch.device) -> int:
+    """``max(value)`` over all ranks (one scalar all-reduce; NCCL needs ``device`` on the GPU)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def vision_calls(num_images: int, chunk_size: int) -> int:
+    """CLIP forward calls ``get_image_features`` makes for ``num_images`` (``vision_chunk_size`` each)."""
+    return -(-num_images // max(1, chunk_size))
+
+
+def dummy_images_needed(num_images: int, calls: int, chunk_size: int) -> int:
+    """Dummy images to append to ``num_images`` so that encoding them takes exactly ``calls`` CLIP calls."""
+    chunk_size = max(1, chunk_size)
+    if calls <= vision_calls(num_images, chunk_size):
+        return 0
+    return (calls - 1) * chunk_size + 1 - num_images
 
 
 def install_text_only_dummy_image(model: nn.Module) -> Callable[[], None]:
-    """Make text-only training batches still run the vision tower and projector.
+    """Make every rank run the vision tower and projector the same way in every step.
 
-    When the model is in training mode and a forward call has no images, the wrapped
-    ``forward`` encodes :func:`text_only_dummy_image` and adds ``0.0 * features.sum()`` to
-    the input embeddings: the values (hence loss, logits, every head) are unchanged bit
-    for bit, but the vision tower / projector take part in the graph and receive (zero)
-    gradients. Every rank therefore gathers and reduces the same parameters each step,
-    which ZeRO-3 (parameter all-gathers) and DDP (gradient buckets) require.
+    Two ZeRO-3 / DDP hazards, one mechanism (dummy images whose features are multiplied
+    by exactly zero, so values, loss, logits and every head are unchanged while the
+    vision tower / projector stay in the graph and receive zero gradients):
+
+    * **text-only batches**: in training mode, a forward call without images encodes one
+      :func:`text_only_dummy_image` and adds ``0.0 * features.sum()`` to the input
+      embeddings. Without it, ranks with and without images in a step gather (ZeRO-3) or
+      reduce (DDP without ``find_unused_parameters``) different parameters and hang.
+    * **different image counts** (ZeRO-3 only, training and evaluation): CLIP runs
+      ``vision_chunk_size`` images per call and ZeRO-3 all-gathers its weights on every
+      call, so a rank with 40 images (3 calls) and one with 4 (1 call) issue different
+      collectives. When the parameters are partitioned, the ranks agree on the largest
+      call count (one scalar all-reduce per forward) and the others pad their images
+      with dummies up to it. In evaluation, steps where no rank has images stay
+      image-free (generation's decode steps).
 
     The wrapper is set on the LongLLaVA module's instance ``forward`` (found inside peft /
     DDP / DeepSpeed wrappers), so it runs whether a wrapper calls ``module(...)`` or
-    ``module.forward(...)``. Idempotent.
+    ``module.forward(...)``; it leaves ``inputs_embeds`` calls alone. Idempotent.
 
     Returns:
         A function that removes the wrapper.
@@ -516,32 +556,58 @@ def install_text_only_dummy_image(model: nn.Module) -> Callable[[], None]:
         return getattr(target, _DUMMY_HOOK_ATTR)
     original = target.forward  # bound method
     signature = inspect.signature(original)
+    encode = target.get_image_features  # bound method of the class
+
+    def zero_term(pad: int, device: torch.device) -> torch.Tensor:
+        """``0.0 * sum(features of pad dummy images)``: exactly zero, but in the graph."""
+        return encode(text_only_dummy_image(target.config, device=device, count=pad)).sum() * 0.0
+
+    def padded_features(pixel_values: torch.Tensor, pad: int) -> torch.Tensor:
+        """Features of ``pixel_values`` (N, 3, S, S) encoded in one call together with ``pad`` dummies."""
+        n = pixel_values.shape[0]
+        dummies = text_only_dummy_image(target.config, pixel_values.dtype, pixel_values.device, count=pad)
+        features = encode(torch.cat([pixel_values, dummies]))
+        return features[:n] + features[n:].sum() * 0.0  # x + 0.0 == x for every finite x
 
     @functools.wraps(original)
-    def forward_with_dummy_image(*args: Any, **kwargs: Any) -> Any:
-        if not target.training:
-            return original(*args, **kwargs)
+    def forward_with_dummy_images(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs)
         arguments = bound.arguments
-        pixel_values = arguments.get("pixel_values")
         input_ids = arguments.get("input_ids")
-        has_images = pixel_values is not None and pixel_values.shape[0] > 0
-        if has_images or input_ids is None or arguments.get("inputs_embeds") is not None:
+        if input_ids is None or arguments.get("inputs_embeds") is not None:
             return original(*args, **kwargs)
-        embeds = target.embed_inputs(input_ids, None)
-        dummy = text_only_dummy_image(target.config, device=embeds.device)
-        features = target.get_image_features(dummy)  # (1, tokens_per_image, hidden)
-        # x + 0.0 == x for every finite x: values untouched, graph connected.
-        arguments.pop("input_ids")
-        arguments.pop("pixel_values", None)
-        arguments["inputs_embeds"] = embeds + features.sum() * 0.0
-        extra = arguments.pop("kwargs", {}) if "kwargs" in arguments else {}
-        return original(**arguments, **extra)
+        pixel_values = arguments.get("pixel_values")
+        n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
+        chunk = int(target.config.vision_chunk_size)
+        local = vision_calls(n_images, chunk)
+        sharded = _zero3_partitioned(target.vision_tower)
+        if not (sharded or target.training):
+            return original(*args, **kwargs)
+        calls = _max_over_ranks(local, input_ids.device) if sharded else local
+        if target.training:
+            calls = max(calls, 1)
+        pad = dummy_images_needed(n_images, calls, chunk)
+        if pad == 0:
+            return original(*args, **kwargs)
+        if n_images == 0:
+            # Same module order as an image batch: token embedding, CLIP, projector, LLM.
+            embeds = target.embed_inputs(input_ids, None)
+            arguments.pop("input_ids")
+            arguments.pop("pixel_values", None)
+            arguments["inputs_embeds"] = embeds + zero_term(pad, embeds.device)
+            extra = arguments.pop("kwargs", {})
+            return original(**arguments, **extra)
+        # Images present: the model's own embed path runs, with the dummies encoded alongside.
+        target.get_image_features = lambda pixels: padded_features(pixels, pad)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            del target.get_image_features
 
-    target.forward = forward_with_dummy_image
+    target.forward = forward_with_dummy_images
 
     def remove() -> None:
-        if target.__dict__.get("forward") is forward_with_dummy_image:
+        if target.__dict__.get("forward") is forward_with_dummy_images:
             del target.forward
         target.__dict__.pop(_DUMMY_HOOK_ATTR, None)
 

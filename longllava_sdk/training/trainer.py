@@ -891,7 +891,8 @@ def run_finetune(
 
     # -- export --------------------------------------------------------------------------------------
     adapter_dir = output_dir / "adapter" if use_lora else None
-    model_dir_out: Path | None = output_dir / "model"
+    # what Pipeline loads: the merged model of a LoRA run, the model of a full run
+    model_dir_out: Path | None = output_dir / ("merged" if use_lora else "model")
     export_dir = adapter_dir if use_lora else model_dir_out
     trainer.save_model(str(export_dir))  # gathers ZeRO-3 weights when needed
     if is_main:

@@ -1,0 +1,70 @@
+"""The CLI: commands are plain functions; the parser is derived from their signatures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from longllava_sdk.cli import BUILTIN_COMMANDS, available_commands, build_parser, main
+
+
+def test_every_builtin_command_is_available_with_help():
+    commands = available_commands()
+    assert set(BUILTIN_COMMANDS) <= set(commands)
+    for name, func in commands.items():
+        assert func.__doc__, f"command {name} has no docstring"
+
+
+def test_signature_becomes_flags():
+    args = build_parser().parse_args(["infer", "--model", "m", "--prompt", "p", "--image", "a.png", "b.png",
+                                      "--max-new-tokens", "7", "--no-stream"])
+    assert args.image == ["a.png", "b.png"] and args.max_new_tokens == 7 and args.stream is False
+
+
+def test_info_prints_paper_parameter_counts(capsys):
+    assert main(["info", "--preset", "a13b", "--json-output"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 51e9 < report["total"] < 54e9 and 12e9 < report["active"] < 13.5e9
+    assert report["attention_layers"] == 4 and report["mamba_layers"] == 28
+
+
+def test_init_model_then_infer_from_the_console_script(tmp_path, rgb_images):
+    out = tmp_path / "tiny"
+    assert main(["init-model", str(out)]) == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    # a second init into the same non-empty folder is refused, nothing overwritten
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert main(["init-model", str(out)]) == 1
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    image = tmp_path / "red.png"
+    rgb_images[0].save(image)
+    run = subprocess.run(
+        [sys.executable, "-m", "longllava_sdk", "infer", "--model", str(out), "--image", str(image),
+         "--prompt", "What colour?", "--max-new-tokens", "4", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() != ""
+
+
+def test_sdk_errors_become_exit_code_1_with_message(tmp_path, capsys):
+    assert main(["infer", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_unknown_preset_is_a_clear_error(capsys):
+    assert main(["info", "--preset", "70b"]) == 1
+    assert "unknown preset '70b'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"]])
+def test_help_lists_commands(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse exits after --help
+        code = exc.code
+    text = capsys.readouterr().out
+    assert code in (0, 2) and "finetune" in text and "convert-official" in text

@@ -1,0 +1,144 @@
+"""``longllava-sdk finetune`` and ``merge`` end to end.
+
+The fast tests run the exact code path of ``finetune --domain X`` on a micro model and a
+generated recipe; the ``slow`` ones run the bundled domains with no other argument, from a
+fresh working directory, and execute the printed ``Pipeline`` snippet.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from longllava_sdk.cli import main
+from trainer_fixtures import ensure_builtin_plugins, write_colour_dataset, write_micro_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugins():
+    ensure_builtin_plugins()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def snippet_from(output: str) -> str:
+    """The indented Python block printed after "run it:"."""
+    block = output.split("run it:\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if not line.startswith("    "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def classify_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    recipe = write_colour_dataset(root / "data", n=8, head="classify")
+    base = write_micro_model(root / "base")
+    return root, recipe, base
+
+
+def test_finetune_end_to_end_and_the_printed_snippet_works(classify_run, capsys):
+    root, recipe, base = classify_run
+    out = root / "run"
+    assert main(["finetune", "--domain", str(recipe), "--model", str(base), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"model (load with Pipeline): {(out / 'merged').resolve()}" in printed
+    assert "metrics on the eval set: eval_accuracy=" in printed
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/head.safetensors",
+                 "adapter/tokenizer.json", "merged/model.safetensors", "merged/head_config.json",
+                 "merged/longllava_processor.json", "eval_metrics.json"):
+        assert (out / name).is_file(), name
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints and all((c / "checkpoint_complete.json").is_file() for c in checkpoints)
+    namespace: dict = {}
+    exec(snippet_from(printed), namespace)  # noqa: S102 - the snippet the user is told to run
+    result = capsys.readouterr().out
+    assert "'labels': [" in result and "'scores': {'red'" in result
+
+    # the same output folder again is refused, naming the way out
+    assert main(["finetune", "--domain", str(recipe), "--model", str(base), "--output", str(out)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_merge_writes_a_standalone_model_equal_to_the_run_export(classify_run, capsys):
+    from longllava_sdk import Pipeline
+    from trainer_fixtures import square_image
+
+    root, recipe, base = classify_run
+    out = root / "run"
+    if not (out / "adapter").is_dir():
+        pytest.skip("needs the run of the previous test")
+    merged = root / "merged-again"
+    assert main(["merge", str(out / "adapter"), str(merged)]) == 0
+    assert "Pipeline.from_pretrained" in capsys.readouterr().out
+    assert {"model.safetensors", "config.json", "tokenizer.json", "head_config.json", "head.safetensors"} <= \
+        {p.name for p in merged.iterdir()}
+    image = square_image("blue", seed=3)
+    a = Pipeline.from_pretrained(out / "merged", device="cpu").classify("What colour is the square?", images=[image])
+    b = Pipeline.from_pretrained(merged, device="cpu").classify("What colour is the square?", images=[image])
+    assert a["labels"] == b["labels"]
+    assert all(abs(a["scores"][k] - b["scores"][k]) < 1e-5 for k in a["scores"])
+    assert main(["merge", str(out / "adapter"), str(merged)]) == 1  # exists: refused without --overwrite
+    assert main(["merge", str(out / "merged"), str(root / "x")]) == 1  # not an adapter folder
+
+
+def test_full_finetune_generate_head_and_overwrite(tmp_path, capsys):
+    recipe = write_colour_dataset(tmp_path / "data", n=6, head="generate", eval_fraction=0.34)
+    base = write_micro_model(tmp_path / "base")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "longllava_run.json").write_text("{}")  # an earlier run of the SDK
+    (out / "stale.txt").write_text("from the earlier run")
+    args = ["finetune", "--domain", str(recipe), "--model", str(base), "--output", str(out), "--full",
+            "--max-steps", "2", "--overwrite", "--lr", "1e-3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "stage domain, full, head generate, 2 steps" in printed
+    assert not (out / "adapter").exists() and not (out / "stale.txt").exists()
+    assert (out / "model" / "model.safetensors").is_file()
+    namespace: dict = {}
+    exec(snippet_from(printed), namespace)  # noqa: S102
+    assert capsys.readouterr().out.strip() != ""  # the generated answer (random weights: any text)
+
+
+def test_finetune_errors_are_clear(tmp_path, capsys):
+    assert main(["finetune"]) == 1
+    assert "nothing to train on" in capsys.readouterr().err
+    assert main(["finetune", "--domain", "no-such-domain"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown domain 'no-such-domain'" in err and "medical" in err
+    recipe = write_colour_dataset(tmp_path / "data", n=4, head="classify")
+    assert main(["finetune", "--domain", str(recipe), "--stage", "align", "--output", str(tmp_path / "r")]) == 1
+    assert "freezes the task head" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["medical", "remote_sensing", "video"])
+def test_bundled_domain_with_no_other_argument(tmp_path, domain):
+    """`longllava-sdk finetune --domain X` from a fresh folder; the printed snippet runs."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "longllava_sdk", "finetune", "--domain", domain], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "runs" / f"{domain}-domain-lora" / "merged" / "model.safetensors").is_file()
+    ran = subprocess.run([sys.executable, "-c", snippet_from(done.stdout)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip()
