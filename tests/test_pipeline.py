@@ -24,7 +24,6 @@ def test_generate_returns_text_and_is_deterministic(pipe, rgb_images):
 def test_image_paths_and_pil_images_give_the_same_answer(pipe, rgb_images, tmp_path):
     path = tmp_path / "red.png"
     rgb_images[0].save(path)
-    pytest.importorskip("longllava_plugins.images", reason="images adapter plugin")
     assert pipe("Describe.", images=[str(path)], max_new_tokens=5) == pipe("Describe.", images=rgb_images[:1],
                                                                           max_new_tokens=5)
 

@@ -47,7 +47,7 @@ def finetune(
         resume: continue the run in --output from its newest complete checkpoint.
         overwrite: delete the previous run in --output and start again.
         epochs: number of epochs (default: the recipe's).
-        lr: peak learning rate (default: the recipe's; cosine schedule, 3% warm-up).
+        lr: peak learning rate (default: the recipe's; cosine schedule with warm-up over the first 3 percent of steps).
         batch_size: per-device batch size (default: the recipe's).
         max_steps: stop after this many optimizer steps (overrides --epochs).
         save_steps: checkpoint every N steps (default: 4 checkpoints per run).

@@ -481,11 +481,6 @@ class LongLLaVATrainer(Trainer):
         task_model = self.accelerator.unwrap_model(model if model is not None else self.model)
         load_task_model_weights(task_model, resume_from_checkpoint)
 
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        # The RNG file is written by this SDK's own run (torch.save of RNG tensors + python /
-        # numpy states); transformers loads it the same way.
-        super()._load_rng_state(checkpoint)
-
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any | None = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -937,7 +932,12 @@ _ADAPTER_KWARG = {"dicom": "volume", "nifti": "volume", "geotiff": "tiled", "vid
 
 
 def _usage_example(prepared: Any, dataset: Any, recipe: Any) -> dict[str, Any]:
-    """One sample's question and source, written as ``Pipeline`` arguments (for the printed snippet)."""
+    """One sample's question and media, written as ``Pipeline`` arguments (for the printed snippet).
+
+    Rows whose media are all plain images become ``images=[...]``; a row with one video /
+    volume / GeoTIFF source becomes ``video=`` / ``volume=`` / ``tiled=``; other mixes are
+    not expressible as keyword arguments and give a text-only example.
+    """
     try:
         row = dataset.rows[0]
         loader = dataset.loader
@@ -946,16 +946,22 @@ def _usage_example(prepared: Any, dataset: Any, recipe: Any) -> dict[str, Any]:
     prompt = next((t["content"] for t in row.turns if t["role"] == "user"), "")
     if not row.sources:
         return {"prompt": prompt}
-    source = row.sources[0]
     try:
-        paths = loader.resolve_paths(source)
-        adapter = loader.adapter_name(source, paths[0])
+        resolved = []
+        for source in row.sources:
+            paths = loader.resolve_paths(source)
+            resolved.append((source, paths, loader.adapter_name(source, paths[0])))
     except Exception:  # noqa: BLE001 - the snippet is a convenience; training already validated the data
-        return {"prompt": prompt}
-    kwarg = _ADAPTER_KWARG.get(adapter, "images")
-    value: Any = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
-    if kwarg == "images" and not isinstance(value, list):
-        value = [value]
+        return {}
+    kwargs = {_ADAPTER_KWARG.get(adapter, "images") for _, _, adapter in resolved}
+    source, paths, adapter = resolved[0]
+    if kwargs == {"images"}:
+        kwarg, value = "images", [str(p) for _, ps, _ in resolved for p in ps]
+    elif len(resolved) == 1:
+        kwarg = kwargs.pop()
+        value = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
+    else:
+        return {}
     options = recipe.adapter_options(adapter) if hasattr(recipe, "adapter_options") else {}
     options.update(source.option_dict)
     return {"prompt": prompt, "kwarg": kwarg, "source": value, "adapter": adapter, "adapter_options": options,
