@@ -68,3 +68,12 @@ def test_help_lists_commands(argv, capsys):
         code = exc.code
     text = capsys.readouterr().out
     assert code in (0, 2) and "finetune" in text and "convert-official" in text
+
+
+def test_bench_rejects_unknown_suites_and_knows_its_scripts(capsys):
+    from longllava_sdk.cli.cmd_bench import SUITES, benchmarks_dir
+
+    assert main(["bench", "--suite", "nope"]) == 1
+    assert "unknown benchmark suite" in capsys.readouterr().err
+    for script, _args in SUITES.values():
+        assert (benchmarks_dir() / script).is_file(), script

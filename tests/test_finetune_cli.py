@@ -7,6 +7,8 @@ fresh working directory, and execute the printed ``Pipeline`` snippet.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -14,25 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from longllava_sdk.cli import main
-from trainer_fixtures import ensure_builtin_plugins, write_colour_dataset, write_micro_model
+from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
+from trainer_fixtures import write_colour_dataset, write_micro_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugins():
-    ensure_builtin_plugins()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def snippet_from(output: str) -> str:
@@ -48,17 +37,20 @@ def snippet_from(output: str) -> str:
 
 @pytest.fixture(scope="module")
 def classify_run(tmp_path_factory):
+    """One `finetune` run shared by the tests below: (root, recipe, base model, run folder, stdout)."""
     root = tmp_path_factory.mktemp("cli")
     recipe = write_colour_dataset(root / "data", n=8, head="classify")
     base = write_micro_model(root / "base")
-    return root, recipe, base
+    out = root / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(["finetune", "--domain", str(recipe), "--model", str(base), "--output", str(out)])
+    assert status == 0, stdout.getvalue()[-2000:]
+    return root, recipe, base, out, stdout.getvalue()
 
 
 def test_finetune_end_to_end_and_the_printed_snippet_works(classify_run, capsys):
-    root, recipe, base = classify_run
-    out = root / "run"
-    assert main(["finetune", "--domain", str(recipe), "--model", str(base), "--output", str(out)]) == 0
-    printed = capsys.readouterr().out
+    root, recipe, base, out, printed = classify_run
     assert f"model (load with Pipeline): {(out / 'merged').resolve()}" in printed
     assert "metrics on the eval set: eval_accuracy=" in printed
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/head.safetensors",
@@ -81,10 +73,7 @@ def test_merge_writes_a_standalone_model_equal_to_the_run_export(classify_run, c
     from longllava_sdk import Pipeline
     from trainer_fixtures import square_image
 
-    root, recipe, base = classify_run
-    out = root / "run"
-    if not (out / "adapter").is_dir():
-        pytest.skip("needs the run of the previous test")
+    root, recipe, base, out, _printed = classify_run
     merged = root / "merged-again"
     assert main(["merge", str(out / "adapter"), str(merged)]) == 0
     assert "Pipeline.from_pretrained" in capsys.readouterr().out

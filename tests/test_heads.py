@@ -8,21 +8,8 @@ import pytest
 import torch
 
 from longllava_sdk.errors import CheckpointError, ConfigError
-from trainer_fixtures import ensure_builtin_plugins, make_micro_model, square_image
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugins():
-    ensure_builtin_plugins()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
+from trainer_fixtures import make_micro_model, square_image
 
 
 @pytest.fixture(scope="module")

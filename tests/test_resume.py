@@ -14,20 +14,8 @@ import pytest
 import torch
 
 from longllava_sdk.errors import ConfigError, TrainingError
-from trainer_fixtures import ensure_builtin_plugins, make_micro_model, write_colour_dataset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def plugins():
-    ensure_builtin_plugins()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
+from trainer_fixtures import make_micro_model, write_colour_dataset
 
 
 class RecordingCollator:

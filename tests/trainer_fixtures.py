@@ -11,6 +11,7 @@ import csv
 import random
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
@@ -157,3 +158,18 @@ def sigterm_worker(data_root: Path, output: Path, resume: bool, stop_after: int)
     trainer.train(resume_from_checkpoint=str(start) if start else None)
     print(f"final {trainer.state.global_step}", flush=True)
     return trainer.state.global_step
+
+
+@pytest.fixture(scope="module", autouse=True)
+def builtin_plugins():
+    """Autouse in the trainer test modules that import it: the built-in plugins are registered."""
+    ensure_builtin_plugins()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP spin contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
