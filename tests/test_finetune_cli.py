@@ -131,3 +131,30 @@ def test_bundled_domain_with_no_other_argument(tmp_path, domain):
                          capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("deepspeed", [None, "zero3"])
+def test_two_process_finetune_through_the_cli(tmp_path, deepspeed):
+    """`torchrun --nproc_per_node 2 -m longllava_sdk finetune ...` on CPU (gloo): DDP and ZeRO-3."""
+    if deepspeed:
+        pytest.importorskip("deepspeed")
+    recipe = write_colour_dataset(tmp_path / "data", n=8, head="classify")
+    base = write_micro_model(tmp_path / "base")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "longllava_sdk",
+               "finetune", "--domain", str(recipe), "--model", str(base), "--output", str(out), "--max-steps", "2"]
+    if deepspeed:
+        command += ["--deepspeed", deepspeed]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "checkpoint_complete.json").is_file()
+    if deepspeed:  # ZeRO shards of both ranks inside the one atomic checkpoint; merge is a separate step
+        assert len(list((checkpoint / "global_step2").glob("*optim_states.pt"))) == 2
+        assert not (out / "merged").exists() and "longllava-sdk merge" in done.stdout
+    else:
+        assert (out / "merged" / "model.safetensors").is_file()

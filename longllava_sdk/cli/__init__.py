@@ -89,13 +89,15 @@ def _unwrap_optional(annotation: Any) -> Any:
 def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callable[..., Any]) -> None:
     """Add ``func`` as sub-command ``name``, with flags derived from its signature."""
     summary, param_docs = _arg_docs(func)
-    parser = subparsers.add_parser(name, help=summary, description=inspect.getdoc(func))
+    parser = subparsers.add_parser(name, help=summary.replace("%", "%%"), description=inspect.getdoc(func))
     hints = typing.get_type_hints(func)
     for pname, param in inspect.signature(func).parameters.items():
         if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         annotation = _unwrap_optional(hints.get(pname, str))
         help_text = param_docs.get(pname)
+        if help_text:
+            help_text = help_text.replace("%", "%%")  # argparse formats help with %
         flag = "--" + pname.replace("_", "-")
         origin = typing.get_origin(annotation)
         if param.default is inspect.Parameter.empty and param.kind is param.KEYWORD_ONLY:

@@ -56,6 +56,8 @@ def finetune(
         merge: after LoRA, also write a standalone merged model (what Pipeline loads).
         preset: model preset for a new model when --model is not given (tiny runs on CPU).
     """
+    import os
+
     from ..training.trainer import run_finetune
 
     started = time.time()
@@ -66,6 +68,8 @@ def finetune(
         output_router_logits=router_aux_loss_coef is not None and router_aux_loss_coef > 0,
         router_aux_loss_coef=router_aux_loss_coef, merge=merge, preset=preset,
     )
+    if os.environ.get("RANK", "0") != "0":  # one report per run, from the main process
+        return 0
     if result.model_dir is None and result.adapter_dir is None:
         print(f"stopped at step {result.global_step}; resume with --resume --output {result.output_dir}")
         return 0

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import rotate_checkpoints
 
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..processing.processor import IGNORE_INDEX, EncodedSample
@@ -772,8 +772,11 @@ def run_finetune(
         raise ConfigError(f"unknown head {head_type!r}; installed heads: {', '.join(sorted(heads)) or 'none'}")
     head_cls = heads[head_type]
     if head_cls.problem_type != "generate":
+        if not labels and data is not None:
+            labels = _labels_in(data, recipe)
         if not labels:
-            raise ConfigError(f"the {head_type} head needs labels: the recipe {recipe.name!r} has none")
+            raise ConfigError(f"the {head_type} head needs labels: the recipe {recipe.name!r} has none "
+                              "(and the data rows name none)")
         if not stage_obj.head:
             raise ConfigError(f"stage {stage_obj.name} freezes the task head, so a {head_type} head would never train; "
                               "use --stage domain or unfreeze the head in the recipe")
@@ -869,7 +872,7 @@ def run_finetune(
         training_args=args, recipe=recipe) for cb in (batch or [])]
     info = {**run_info, "base_model": str(base_dir.resolve()), "labels": labels}
     trainer = LongLLaVATrainer(task_model, args, processor=processor, train_dataset=train_dataset,
-                               data_collator=collator, callbacks=[*callbacks, *plugin_callbacks],
+                               eval_dataset=eval_dataset, data_collator=collator, callbacks=[*callbacks, *plugin_callbacks],
                                exit_on_sigterm=exit_on_sigterm, run_info=info)
     started = time.time()
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -890,28 +893,35 @@ def run_finetune(
     model_dir_out: Path | None = output_dir / ("merged" if use_lora else "model")
     export_dir = adapter_dir if use_lora else model_dir_out
     trainer.save_model(str(export_dir))  # gathers ZeRO-3 weights when needed
+    merge_here = use_lora and merge and not _zero3(trainer)  # ZeRO-3: shards only; merge afterwards
+    if use_lora and not merge_here:
+        model_dir_out = None
     if is_main:
         processor.save_pretrained(export_dir)
-        if use_lora:
-            if merge and not _zero3(trainer):
-                from .lora import merge_lora
-                from ..checkpoint import atomic_directory
+        if merge_here:
+            from ..checkpoint import atomic_directory
+            from .lora import merge_lora
 
-                merged = merge_lora(backbone)
-                with atomic_directory(model_dir_out, overwrite=True) as staging:
-                    merged.save_pretrained(staging, safe_serialization=True)
-                    processor.save_pretrained(staging)
-                    save_head(task_head, staging)
-                    (staging / TRAINING_INFO_NAME).write_text(json.dumps({**info, "format": "merged",
-                                                                          "adapter": str(adapter_dir)}, indent=2) + "\n")
-            else:
-                model_dir_out = None
+            merged = merge_lora(backbone)
+            with atomic_directory(model_dir_out, overwrite=True) as staging:
+                merged.save_pretrained(staging, safe_serialization=True)
+                processor.save_pretrained(staging)
+                save_head(task_head, staging)
+                (staging / TRAINING_INFO_NAME).write_text(json.dumps({**info, "format": "merged",
+                                                                      "adapter": str(adapter_dir)}, indent=2) + "\n")
         summary = {"metrics": metrics, "evaluated_on": evaluated_on, "train_seconds": train_seconds,
                    "global_step": trainer.state.global_step, **info}
         (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     example = _usage_example(prepared, eval_dataset if evaluated_on == "eval" else prepared.train, recipe)
     return FinetuneResult(output_dir, model_dir_out, adapter_dir, metrics, evaluated_on, head_type, stage_obj.name,
                           mode, resume_from, train_seconds, trainer.state.global_step, example)
+
+
+def _labels_in(data: str | os.PathLike[str], recipe: Any) -> list[str]:
+    """The sorted label names used by the rows of ``data`` (for a head whose recipe lists none)."""
+    from .data import read_rows
+
+    return sorted({label for row in read_rows(data, recipe=recipe) for label in (row.labels or [])})
 
 
 def _zero3(trainer: Trainer) -> bool:
