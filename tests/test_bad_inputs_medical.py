@@ -29,9 +29,12 @@ def test_corpus_is_large_enough():
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", MEDICAL_BAD_INPUTS, ids=lambda case: case.name)
 def test_bad_input_gives_typed_error_naming_the_file(case: BadInput, tmp_path):
-    if case.needs_missing_decoder and get_decoder(UID(case.needs_missing_decoder)).is_available:
-        pytest.skip(f"a decoder for {case.needs_missing_decoder} is installed here")
     source = Path(case.build(tmp_path))
+    if case.needs_missing_decoder and get_decoder(UID(case.needs_missing_decoder)).is_available:
+        # the decoder is installed here, so this "bad" input is in fact readable: it must decode
+        media = ADAPTERS[case.adapter](**case.options).load(source)
+        assert len(media.images) >= 1
+        return
     with pytest.raises(AdapterError) as caught:
         ADAPTERS[case.adapter](**case.options).load(source)
     error = caught.value
