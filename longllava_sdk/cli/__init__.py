@@ -42,15 +42,9 @@ BUILTIN_COMMANDS: dict[str, str] = {
 }
 
 
-def _load(target: str) -> Callable[..., Any] | None:
+def _load(target: str) -> Callable[..., Any]:
     module_name, func_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:  # a command whose module is not written yet / optional
-        if exc.name and module_name.startswith(exc.name):
-            return None
-        raise
-    return getattr(module, func_name)
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
@@ -131,9 +125,7 @@ def available_commands() -> dict[str, Callable[..., Any]]:
     """Built-in commands plus the ones plugins register, by command name."""
     commands: dict[str, Callable[..., Any]] = {}
     for name, target in BUILTIN_COMMANDS.items():
-        func = _load(target)
-        if func is not None:
-            commands[name] = func
+        commands[name] = _load(target)
     from ..plugin_manager import get_plugin_manager
 
     for _plugin, batch in get_plugin_manager().collect("longllava_register_commands"):
