@@ -66,7 +66,8 @@ class LongLLaVAConfig(PretrainedConfig):
     """Configuration of :class:`~longllava_sdk.LongLLaVAForConditionalGeneration`.
 
     Args:
-        vision_config: CLIP vision tower settings (dict or ``CLIPVisionConfig``).
+        vision_config: CLIP vision tower settings (dict or ``CLIPVisionConfig``; default CLIP
+            ViT-L/14 at 336 px, the paper's).
         text_config: Jamba LLM settings (dict or ``JambaConfig``).
         vision_feature_layer: hidden-state index taken from CLIP (-2: the penultimate layer,
             as in LLaVA); the CLS token is always dropped.
@@ -96,8 +97,12 @@ class LongLLaVAConfig(PretrainedConfig):
         max_context: int = 262144,
         **kwargs: Any,
     ) -> None:
-        if isinstance(vision_config, dict) or vision_config is None:
-            vision_config = CLIPVisionConfig(**(vision_config or {}))
+        if vision_config is None:
+            # The paper's tower. (transformers builds ``LongLLaVAConfig()`` with no arguments to
+            # find default values, so the defaults must form a valid config.)
+            vision_config = CLIPVisionConfig(**_CLIP_L14_336)
+        elif isinstance(vision_config, dict):
+            vision_config = CLIPVisionConfig(**vision_config)
         if isinstance(text_config, dict) or text_config is None:
             text_config = JambaConfig(**(text_config or {}))
         self.vision_config = vision_config

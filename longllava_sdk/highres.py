@@ -22,8 +22,10 @@ Two modes:
     close grids, the smallest one that holds the image at native resolution, else the
     largest. The image is resized (not padded) to ``cols * tile x rows * tile`` and cut.
 
-In both modes the global view is the whole image letterboxed into ``tile x tile`` (aspect
-ratio kept, centred, ``fill`` around it), so every returned image is ``tile x tile`` RGB.
+In both modes the global view is what the released model saw: the whole image padded to a
+centred square in the CLIP mean colour (122, 116, 104), as the official ``expand2square``,
+then resized to ``tile x tile`` (bicubic, as CLIP's processor resizes), so every returned
+image is ``tile x tile`` RGB. Sub-image padding stays white, as in the official split.
 
 Example::
 
@@ -39,11 +41,43 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from typing import Sequence
+
 from PIL import Image
 
 SplitMode = Literal["pad", "grid"]
 RGB = tuple[int, int, int]
 WHITE: RGB = (255, 255, 255)
+#: OpenAI CLIP's per-channel normalisation mean (the LongLLaVA vision tower's).
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+
+
+def mean_colour(image_mean: Sequence[float]) -> RGB:
+    """The pad colour the released models were trained with: ``int(m * 255)`` per channel.
+
+    Truncated, not rounded, as the official ``expand2square(image, tuple(int(x*255) for x in
+    image_mean))`` (``cli.py`` / ``llava/train/train.py``): CLIP's mean gives (122, 116, 104).
+    """
+    return tuple(int(m * 255) for m in image_mean)  # type: ignore[return-value]
+
+
+CLIP_MEAN_RGB: RGB = mean_colour(CLIP_MEAN)
+
+
+def expand_to_square(image: Image.Image, background: RGB) -> Image.Image:
+    """Pad ``image`` to a centred square of its longer side, filled with ``background``.
+
+    LongLLaVA was trained on images padded with the CLIP mean colour (LLaVA's ``pad``
+    aspect-ratio mode), so inference must pad the same way rather than centre-crop. The
+    offset is ``(long - short) // 2`` before, as the official ``expand2square``.
+    """
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
 
 @dataclass(frozen=True)
@@ -175,17 +209,16 @@ def to_rgb(image: Image.Image, background: RGB = WHITE) -> Image.Image:
     return image.convert("RGB")
 
 
-def letterbox(image: Image.Image, side: int, fill: RGB = WHITE) -> Image.Image:
-    """``image`` scaled to fit in ``side x side`` (aspect ratio kept), centred on ``fill``."""
-    width, height = image.size
-    scale = side / max(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = image.resize(new_size, Image.Resampling.BICUBIC) if new_size != image.size else image
-    canvas = Image.new("RGB", (side, side), fill)
-    left, _ = _split_padding(side - new_size[0])
-    top, _ = _split_padding(side - new_size[1])
-    canvas.paste(resized, (left, top))
-    return canvas
+def global_view(image: Image.Image, tile: int = 336, background: RGB = CLIP_MEAN_RGB) -> Image.Image:
+    """The whole image as a ``tile x tile`` global view, the way the released model saw it.
+
+    Padded to a centred square in ``background`` (the CLIP mean colour), then resized with
+    bicubic resampling; fed to CLIP's processor, this gives the very pixels the official code
+    produces from the original image (``expand2square`` + ``CLIPImageProcessor``), while only a
+    ``tile x tile`` image is kept.
+    """
+    square = expand_to_square(to_rgb(image), background)
+    return square if square.size == (tile, tile) else square.resize((tile, tile), Image.Resampling.BICUBIC)
 
 
 def apply_plan(image: Image.Image, plan: HighResPlan, fill: RGB = WHITE) -> list[Image.Image]:
@@ -217,13 +250,13 @@ def split_high_res(
             (resize to the grid closest to the aspect ratio under ``max_tiles``).
         max_tiles: cap on ``rows * cols``; required for ``grid``, optional for ``pad``
             (where the image is shrunk until the padded grid fits).
-        fill: padding / letterbox colour (white, as in the paper).
+        fill: sub-image padding colour (white, as in the paper).
 
     Returns:
-        ``(global_image, tiles, (rows, cols))``: ``global_image`` is the whole image
-        letterboxed to ``tile x tile``; ``tiles`` has ``rows * cols`` images of
+        ``(global_image, tiles, (rows, cols))``: ``global_image`` is :func:`global_view`;
+        ``tiles`` has ``rows * cols`` images of
         ``tile x tile``, row-major from the top-left.
     """
     plan = plan_high_res(image.size, tile=tile, mode=mode, max_tiles=max_tiles)
     tiles = apply_plan(image, plan, fill)
-    return letterbox(to_rgb(image, fill), tile, fill), tiles, plan.grid
+    return global_view(image, tile), tiles, plan.grid

@@ -35,6 +35,11 @@ from .processing.processor import LongLLaVAProcessor, MediaLike
 
 PathLike = str | os.PathLike[str]
 
+#: Frames sampled from a video unless ``max_images`` says otherwise: the official chat's
+#: ``frameNum=128`` and the paper's evaluation setting (its 1000-image results are an explicit
+#: raise, e.g. ``max_images=1000``).
+DEFAULT_VIDEO_FRAMES = 128
+
 
 class Pipeline:
     """Generation with a LongLLaVA model and its processor.
@@ -111,7 +116,8 @@ class Pipeline:
             else:
                 media.append(self.load_media(item, adapter, max_images, **options))
         if video is not None:
-            media.append(self.load_media(video, adapter or "video", max_images, **options))
+            frames = max_images or min(DEFAULT_VIDEO_FRAMES, self.default_max_images)
+            media.append(self.load_media(video, adapter or "video", frames, **options))
         if volume is not None:
             media.append(self.load_media(volume, adapter, max_images, **options))
         if tiled is not None:
@@ -185,7 +191,8 @@ class Pipeline:
         Args:
             prompt: the question; may place media with ``<image>`` markers (one per item).
             images: image paths, PIL images or ``Media`` objects.
-            video: a video file (sampled to ``max_images`` frames, first and last kept).
+            video: a video file (sampled evenly to ``max_images`` frames, first and last kept;
+                default 128, the paper's setting).
             volume: a DICOM file/folder/list or a NIfTI file.
             tiled: a GeoTIFF (global thumbnail + tiles).
             high_res: split each image into 336 px sub-images after a global view.

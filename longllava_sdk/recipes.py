@@ -177,7 +177,9 @@ class TrainingSettings:
     """
 
     epochs: float = 3.0
-    learning_rate: float = 2e-4
+    #: ``None``: the stage's default (the paper's 1e-4 for ``align``, 1e-5 for the instruction
+    #: stages; 2e-4 for LoRA ``domain``), see :data:`longllava_sdk.training.stages.STAGES`.
+    learning_rate: float | None = None
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     max_length: int = 4096
@@ -592,8 +594,8 @@ def _parse_training(value: Any, c: _Checker) -> TrainingSettings:
     d = TrainingSettings()
     return TrainingSettings(
         epochs=c.number(value.get("epochs"), "training.epochs", d.epochs, 0.0, low_open=True),
-        learning_rate=c.number(value.get("learning_rate"), "training.learning_rate", d.learning_rate, 0.0,
-                               low_open=True),
+        learning_rate=(None if value.get("learning_rate") is None else
+                       c.number(value.get("learning_rate"), "training.learning_rate", 0.0, 0.0, low_open=True)),
         batch_size=c.integer(value.get("batch_size"), "training.batch_size", d.batch_size),
         gradient_accumulation_steps=c.integer(value.get("gradient_accumulation_steps"),
                                               "training.gradient_accumulation_steps", d.gradient_accumulation_steps),

@@ -33,8 +33,9 @@ Output:
   name order: ``img2`` before ``img10``), sampled evenly to ``max_images`` keeping the first
   and last. ``metadata[i]``: ``path``, ``format``, ``size`` (after EXIF rotation),
   ``n_frames``.
-* ``high_res=True``: kind ``tiled``, ``images[0]`` the whole image letterboxed to
-  ``tile x tile``, then ``rows x cols`` sub-images row-major, ``grid=(rows, cols)``. Each tile's
+* ``high_res=True``: kind ``tiled``, ``images[0]`` the whole image as the released model's
+  global view (padded to a square in the CLIP mean colour, resized to ``tile x tile``: see
+  :func:`longllava_sdk.highres.global_view`), then ``rows x cols`` sub-images row-major, ``grid=(rows, cols)``. Each tile's
   metadata has ``row``, ``col`` and ``box`` (its ``(left, top, right, bottom)`` in the
   original image's pixels; parts on padding lie outside the image). The total, global view
   included, never exceeds ``max_images``: in ``pad`` mode the image is shrunk until its
@@ -62,7 +63,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from longllava_sdk.adapters import InputAdapter, Source, ensure_local_path, sample_indices
 from longllava_sdk.errors import AdapterError
-from longllava_sdk.highres import WHITE, SplitMode, apply_plan, letterbox, plan_high_res, to_rgb
+from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
 
@@ -302,7 +303,7 @@ class ImagesAdapter(InputAdapter):
             cap = max_images - 1 if cap is None else min(cap, max_images - 1)
         plan = plan_high_res(image.size, tile=self.tile, mode=self.split_mode, max_tiles=cap)
         tiles = apply_plan(image, plan, self.background)
-        global_view = letterbox(image, self.tile, self.background)
+        overview = global_view(image, self.tile)
         rows, cols = plan.grid
         tile_meta = [
             {"row": i // cols, "col": i % cols, "box": tuple(round(v, 3) for v in box)}
@@ -323,7 +324,7 @@ class ImagesAdapter(InputAdapter):
                 f"to fit {cap} tiles"
             )
         return Media(
-            "tiled", [global_view, *tiles], [{"role": "global", **meta}, *tile_meta],
+            "tiled", [overview, *tiles], [{"role": "global", **meta}, *tile_meta],
             source=str(path), grid=(rows, cols), info=info,
         )
 

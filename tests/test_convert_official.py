@@ -26,6 +26,8 @@ from longllava_sdk import LongLLaVAConfig, LongLLaVAForConditionalGeneration, Lo
 from longllava_sdk.convert_official import REPORT_FILE, build_sdk_config, convert_official
 from longllava_sdk.errors import CheckpointError, UnsafeCheckpointError
 
+pytestmark = pytest.mark.compat  # also run on the oldest allowed dependency versions (.ci/run)
+
 TINY = LongLLaVAConfig.from_preset("tiny")
 TEXT, VISION = TINY.text_config, TINY.vision_config
 CLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."

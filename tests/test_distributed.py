@@ -469,6 +469,7 @@ def _assert_sharded(ranks: list[dict]) -> None:
     assert ranks[0]["step_has_images"] != ranks[1]["step_has_images"]
 
 
+@pytest.mark.compat
 @pytest.mark.distributed
 def test_ddp_two_processes(ddp_run):
     _assert_sharded(ddp_run)
@@ -481,6 +482,7 @@ def test_ddp_two_processes(ddp_run):
     assert rank0["after"]["sha256"] == rank1["after"]["sha256"]
 
 
+@pytest.mark.compat
 @pytest.mark.distributed
 @requires_deepspeed
 def test_zero3_two_processes(zero3_out, ddp_run):

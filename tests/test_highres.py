@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longllava_sdk.highres import letterbox, plan_high_res, split_high_res
+from longllava_sdk.highres import CLIP_MEAN_RGB, global_view, plan_high_res, split_high_res
 
 
 def _gradient(width: int, height: int) -> Image.Image:
@@ -29,10 +29,10 @@ def _reassemble(tiles: list[Image.Image], grid: tuple[int, int], tile: int) -> n
 
 
 def test_pad_mode_grid_sizes_and_global_first():
-    global_view, tiles, grid = split_high_res(Image.new("RGB", (1000, 500), (10, 20, 30)))
+    overview, tiles, grid = split_high_res(Image.new("RGB", (1000, 500), (10, 20, 30)))
     assert grid == (2, 3)
     assert len(tiles) == 6
-    assert global_view.size == (336, 336)
+    assert overview.size == (336, 336)
     assert all(t.size == (336, 336) and t.mode == "RGB" for t in tiles)
 
 
@@ -95,10 +95,10 @@ def test_pad_mode_max_tiles_shrinks_to_the_largest_fitting_size():
     ],
 )
 def test_grid_mode_picks_closest_aspect_under_cap(size, max_tiles, expected):
-    global_view, tiles, grid = split_high_res(Image.new("RGB", size), mode="grid", max_tiles=max_tiles)
+    overview, tiles, grid = split_high_res(Image.new("RGB", size), mode="grid", max_tiles=max_tiles)
     assert grid == expected
     assert len(tiles) == expected[0] * expected[1]
-    assert global_view.size == (336, 336)
+    assert overview.size == (336, 336)
 
 
 def test_grid_mode_resizes_without_padding():
@@ -112,12 +112,13 @@ def test_grid_mode_resizes_without_padding():
     np.testing.assert_array_equal(canvas, expected)
 
 
-def test_global_view_is_letterboxed_not_squashed():
+def test_global_view_is_padded_in_the_clip_mean_not_squashed():
     image = Image.new("RGB", (1000, 250), (0, 0, 0))
-    view = letterbox(image, 336)
+    view = global_view(image, 336)
     array = np.asarray(view)
     assert view.size == (336, 336)
-    assert (array[0] == 255).all() and (array[-1] == 255).all()  # white bands above and below
+    # CLIP-mean bands above and below (the released model's padding), never white
+    assert (array[0] == CLIP_MEAN_RGB).all() and (array[-1] == CLIP_MEAN_RGB).all()
     assert (array[168] == 0).all()  # the image itself spans the full width
 
 

@@ -21,6 +21,7 @@ def _batch(processor, answer="red"):
             "pixel_values": processor.preprocess_images(sample.images)}
 
 
+@pytest.mark.compat
 def test_default_targets_attach_where_the_measurements_say():
     from longllava_sdk.training.lora import LoraOptions, apply_lora
 
@@ -72,6 +73,7 @@ def test_nothing_attached_fails_loudly():
         apply_lora(model, LoraOptions(target_modules=["no_such_proj"], target_parameters=[]))
 
 
+@pytest.mark.compat
 def test_every_trainable_parameter_gets_a_gradient_in_the_first_step():
     from longllava_sdk.training.lora import LoraOptions, apply_lora, check_gradients
 
@@ -157,6 +159,7 @@ def test_apply_lora_hook_replaces_the_default_wrapping():
     assert {m.rsplit(".", 1)[-1] for m in report.modules} == {"q_proj", "v_proj"}
 
 
+@pytest.mark.compat
 def test_merged_model_matches_the_adapted_model(tmp_path):
     from longllava_sdk.training.lora import LoraOptions, apply_lora, merge_lora
 

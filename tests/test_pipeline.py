@@ -9,6 +9,8 @@ from PIL import Image
 from longllava_sdk import Pipeline
 from longllava_sdk.errors import UnsafeCheckpointError
 
+pytestmark = pytest.mark.compat  # also run on the oldest allowed dependency versions (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def pipe(tiny_checkpoint):

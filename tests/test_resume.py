@@ -65,6 +65,7 @@ def _optimizer_tensors(trainer):
     return {(k, name): v for k, entry in state.items() for name, v in entry.items() if torch.is_tensor(v)}
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_resume_is_bit_exact(tmp_path, mode):
     data_root = tmp_path / "data"

@@ -382,13 +382,14 @@ def tiny_jamba(seed=0):
 def restore_jamba():
     """Leave transformers' Jamba as each test found it."""
     was_installed = mamba_kernels_installed()
-    originals = {n: getattr(modeling_jamba, n) for n in ("mamba_selective_scan", "causal_conv1d_fn")}
+    originals = {n: getattr(modeling_jamba, n) for n in mamba_kernels._PATCHED_NAMES}
     yield
     for name, fn in originals.items():
         setattr(modeling_jamba, name, fn)
     assert mamba_kernels_installed() == was_installed
 
 
+@pytest.mark.compat
 def test_install_is_idempotent_and_reversible(restore_jamba):
     uninstall_mamba_kernels()
     original = modeling_jamba.mamba_selective_scan
@@ -403,6 +404,7 @@ def test_install_is_idempotent_and_reversible(restore_jamba):
     assert uninstall_mamba_kernels() is False
 
 
+@pytest.mark.compat
 def test_mixer_really_calls_the_installed_scan(restore_jamba, monkeypatch):
     """Count calls, and show that a deliberately different function changes the logits."""
     model = tiny_jamba()
@@ -491,6 +493,7 @@ def test_packed_samples_do_not_leak_through_the_mamba_mixer(restore_jamba):
     assert mamba_kernels.current_reset_mask() is None  # context restored
 
 
+@pytest.mark.compat
 def test_gradient_checkpointing_keeps_the_boundaries(restore_jamba):
     """The backward (and the checkpoint's recomputation) runs after the block has closed."""
     from torch.utils.checkpoint import checkpoint

@@ -53,6 +53,7 @@ def test_freeze_switches_and_unreachable_parameters():
         get_stage("align").with_freeze({"decoder": True})
 
 
+@pytest.mark.compat
 def test_cosine_schedule_with_three_percent_warmup(tmp_path):
     from longllava_sdk.recipes import TrainingSettings
     from longllava_sdk.training.trainer import LongLLaVATrainer, TaskModel, build_training_arguments
@@ -131,6 +132,7 @@ def test_classification_heads_never_see_the_answer():
     assert sample.input_ids == [5, 6, 7, 8, 9, 2]  # the original is untouched
 
 
+@pytest.mark.compat
 def test_finetune_run_with_hook_callbacks_and_head_metrics(tmp_path):
     from transformers import TrainerCallback
 
@@ -190,6 +192,7 @@ def test_trainer_stops_on_a_parameter_without_gradient(tmp_path):
         trainer.train()
 
 
+@pytest.mark.compat
 def test_generate_evaluation_reports_vqa_metrics(tmp_path):
     from longllava_sdk.heads import available_heads
     from longllava_sdk.recipes import Recipe

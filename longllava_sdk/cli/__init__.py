@@ -145,7 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_sdk_info_logs() -> None:
+    """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
+
+    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
+    loggers keep their own levels.
+    """
+    import logging
+
+    sdk = logging.getLogger("longllava_sdk")
+    if not sdk.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        sdk.addHandler(handler)
+        sdk.setLevel(logging.INFO)
+        sdk.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _show_sdk_info_logs()
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     func = args.pop("_command", None)

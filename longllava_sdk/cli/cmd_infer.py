@@ -32,7 +32,8 @@ def infer(
         tiled: a GeoTIFF scene.
         high_res: split images into 336 px sub-images after a global view.
         adapter: force an input adapter by name.
-        max_images: image budget per source (default: what fits the context).
+        max_images: image budget per source (default: 128 frames for a video, the paper's setting;
+            what fits the context for other sources).
         max_new_tokens: generation length limit.
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).

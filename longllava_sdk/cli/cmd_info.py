@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI starts fast
     from ..config import LongLLaVAConfig
@@ -48,7 +48,7 @@ def parameter_report(config: "LongLLaVAConfig") -> dict[str, float | int | str]:
 
 
 def info(preset: str | None = None, model: str | None = None, json_output: bool = False) -> None:
-    """Print parameter counts (total, active, per component) and the layer layout.
+    """Print parameter counts (total, active, per component), the layer layout and the Mamba kernels in use.
 
     Args:
         preset: a preset name (tiny, 9b, a13b); built on the meta device, no memory used.
@@ -62,13 +62,31 @@ def info(preset: str | None = None, model: str | None = None, json_output: bool 
     if model is None:
         preset = preset or "tiny"
     config = LongLLaVAConfig.from_pretrained(model) if model else LongLLaVAConfig.from_preset(preset)
-    report = parameter_report(config)
+    report: dict[str, Any] = parameter_report(config)
+    report["kernels"] = kernels = kernel_paths()
     if json_output:
         print(json.dumps(report, indent=2))
         return
     print(f"LongLLaVA {'preset ' + preset if preset else model}")
     for key, value in report.items():
+        if key == "kernels":
+            continue
         if isinstance(value, int) and value > 10_000:
             print(f"  {key:<17} {value:>16,d}  ({value / 1e9:.2f} B)")
         else:
             print(f"  {key:<17} {value}")
+    for device, paths in kernels.items():
+        print(f"  Mamba kernels on {device}:")
+        for op, path in paths.items():
+            print(f"    {op:<15} {path}")
+
+
+def kernel_paths() -> dict[str, dict[str, str]]:
+    """Which selective-scan and causal-conv implementations run, on CPU and (if present) CUDA."""
+    import torch
+
+    from ..modeling.mamba_kernels import install_mamba_kernels, kernel_report
+
+    install_mamba_kernels()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {device: {k: v for k, v in kernel_report(device).items() if k != "installed"} for device in devices}

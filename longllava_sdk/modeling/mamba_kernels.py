@@ -1,21 +1,29 @@
 """The one place where the SDK plugs its Mamba kernels into transformers' Jamba.
 
-transformers 5's ``JambaMambaMixer.forward`` calls the module-level functions
-``mamba_selective_scan`` and ``causal_conv1d_fn`` of ``transformers.models.jamba.modeling_jamba``
-by their global names at call time (the class decorator ``use_kernelized_func`` only registers
-them for the optional ``kernels`` Hub package and does not change that lookup). So replacing
-those two module attributes is enough, and :func:`install_mamba_kernels` does exactly that:
+transformers 5's ``JambaMambaMixer.forward`` calls four module-level functions of
+``transformers.models.jamba.modeling_jamba`` by their global names at call time (the class
+decorator ``use_kernelized_func`` only registers them for the optional ``kernels`` Hub
+package and does not change that lookup). :func:`install_mamba_kernels` replaces those four
+module attributes with the SDK's dispatchers:
 
-* ``mamba_selective_scan`` -> :func:`dispatch_selective_scan`: mamba-ssm's CUDA
-  ``selective_scan_fn`` when mamba-ssm is importable, the tensors are on CUDA and neither an
-  initial state nor sequence boundaries are requested (the kernel supports neither); the SDK's
-  chunked :func:`~longllava_sdk.modeling.selective_scan.selective_scan` otherwise.
-* ``causal_conv1d_fn`` -> :func:`dispatch_causal_conv1d`: the original function (which uses
-  the causal-conv1d CUDA kernel when installed) unless sequence boundaries are active; then
-  :func:`causal_conv1d_torch`, K shifted multiply-adds whose window stops at the boundaries.
+===============================  ==============================================================
+transformers' name               SDK dispatcher: CUDA kernel when usable, else the SDK's torch path
+===============================  ==============================================================
+``mamba_selective_scan``         :func:`dispatch_selective_scan` -- mamba-ssm ``selective_scan_fn``
+                                 on CUDA without initial state / boundaries; else the SDK's chunked
+                                 :func:`~longllava_sdk.modeling.selective_scan.selective_scan`
+``causal_conv1d_fn``             :func:`dispatch_causal_conv1d` -- causal-conv1d on CUDA; else
+                                 ``F.conv1d`` (or :func:`causal_conv1d_torch` at packed boundaries)
+``causal_conv1d_update``         :func:`dispatch_causal_conv1d_update` (one decode step)
+``mamba_selective_state_update`` :func:`dispatch_selective_state_update` (one decode step)
+===============================  ==============================================================
 
-The single-token generation path (``mamba_selective_state_update`` / ``causal_conv1d_update``)
-is left untouched.
+Why all four: transformers' own CPU fallbacks print "falling back to its reference PyTorch
+implementation ... install causal_conv1d" on every run, advice a CPU user cannot follow
+(those packages need CUDA). The SDK's torch paths compute the same thing without it, and the
+CUDA packages are still used whenever they are installed and the tensors are on a GPU.
+``tests/test_kernel_dispatch.py`` runs a model and fails if transformers stops routing
+through these names.
 
 Packed samples: wrap a forward in ``with mamba_sequence_boundaries(reset_mask):`` where
 ``reset_mask`` (batch, length) is True at the first token of every packed sample. The mixer's
@@ -28,11 +36,13 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 from .selective_scan import selective_scan
@@ -47,11 +57,16 @@ __all__ = [
     "reset_mask_from_position_ids",
     "dispatch_selective_scan",
     "dispatch_causal_conv1d",
+    "dispatch_causal_conv1d_update",
+    "dispatch_selective_state_update",
     "causal_conv1d_torch",
+    "kernel_report",
 ]
 
+logger = logging.getLogger(__name__)
+
 _JAMBA_MODULE = "transformers.models.jamba.modeling_jamba"
-_PATCHED_NAMES = ("mamba_selective_scan", "causal_conv1d_fn")
+_PATCHED_NAMES = ("mamba_selective_scan", "causal_conv1d_fn", "causal_conv1d_update", "mamba_selective_state_update")
 _originals: dict[str, Callable] = {}
 _install_lock = threading.Lock()
 
@@ -94,10 +109,11 @@ def boundaries_checkpoint_context_fn():
     Gradient checkpointing reruns layer forwards during the backward, possibly after the
     ``with mamba_sequence_boundaries(...)`` block has closed or on autograd's worker thread,
     where the context variable is unset. This captures the mask active at the original forward
-    and re-activates it for the recomputation::
+    and re-activates it for the recomputation; ``LongLLaVAForConditionalGeneration`` installs it
+    whenever activation checkpointing is turned on::
 
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-            "use_reentrant": False, "context_fn": boundaries_checkpoint_context_fn})
+        torch.utils.checkpoint.checkpoint(layer, hidden, use_reentrant=False,
+                                          context_fn=boundaries_checkpoint_context_fn)
     """
     mask = _reset_mask_var.get()
     return contextlib.nullcontext(), mamba_sequence_boundaries(mask)
@@ -143,6 +159,21 @@ def _mamba_ssm_selective_scan() -> Callable | None:
     except Exception:  # not installed, or installed without a usable CUDA build
         return None
     return getattr(module, "selective_scan_fn", None)
+
+
+@functools.cache
+def _package_importable(name: str) -> bool:
+    """Whether the CUDA kernel package ``name`` (``causal_conv1d``, ``mamba_ssm``) imports."""
+    try:
+        importlib.import_module(name)
+    except Exception:  # not installed, or built without a usable CUDA
+        return False
+    return True
+
+
+def _use_cuda_package(tensor: torch.Tensor, package: str) -> bool:
+    """Hand the call to transformers' function (which then runs ``package``'s kernel)?"""
+    return tensor.is_cuda and _package_importable(package)
 
 
 def dispatch_selective_scan(
@@ -210,8 +241,6 @@ def causal_conv1d_torch(
     Returns:
         (B, D, Lx) in ``hidden_states.dtype``.
     """
-    from transformers.activations import ACT2FN
-
     length = hidden_states.shape[-1]
     kernel = weight.shape[-1]
     x = hidden_states.to(weight.dtype)
@@ -230,9 +259,15 @@ def causal_conv1d_torch(
         out[..., lag:] += shifted
     if bias is not None:
         out = out + bias[:, None]
-    if activation is not None:
-        out = ACT2FN[activation](out)
-    return out.to(hidden_states.dtype)
+    return _activate(out, activation).to(hidden_states.dtype)
+
+
+def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation is None:
+        return x
+    from transformers.activations import ACT2FN
+
+    return ACT2FN[activation](x)
 
 
 def dispatch_causal_conv1d(
@@ -244,14 +279,96 @@ def dispatch_causal_conv1d(
 ) -> torch.Tensor:
     """Drop-in for transformers' ``causal_conv1d_fn``; respects active sequence boundaries.
 
-    Boundaries active -> :func:`causal_conv1d_torch` (any device); otherwise transformers'
-    function, unchanged (the causal-conv1d CUDA kernel when installed).
+    Args:
+        hidden_states: ``(B, D, L)``; weight: ``(D, K)``; bias: ``(D,)`` or None.
+
+    Returns:
+        ``(B, D, L)``.
+
+    Paths: boundaries active -> :func:`causal_conv1d_torch` (any device); CUDA with
+    causal-conv1d installed -> transformers' function (the fused kernel); otherwise a
+    depthwise ``F.conv1d`` with ``K - 1`` left padding (the same arithmetic as transformers'
+    reference path, without its "install causal_conv1d" warning).
     """
-    batch, _, length = hidden_states.shape
+    batch, channels, length = hidden_states.shape
     mask = _mask_for("causal_conv1d_fn", batch, length, hidden_states.device, at_end=True)
-    if mask is None:
+    if mask is not None:
+        return causal_conv1d_torch(hidden_states, weight, bias, activation=activation, reset_mask=mask)
+    if _use_cuda_package(hidden_states, "causal_conv1d"):
         return _originals["causal_conv1d_fn"](hidden_states, weight, bias, activation=activation, **kwargs)
-    return causal_conv1d_torch(hidden_states, weight, bias, activation=activation, reset_mask=mask)
+    out = F.conv1d(hidden_states.to(weight.dtype), weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1,
+                   groups=channels)[..., :length]
+    return _activate(out, activation).to(hidden_states.dtype)
+
+
+def dispatch_causal_conv1d_update(
+    hidden_states: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Drop-in for transformers' ``causal_conv1d_update`` (decode: new columns through the conv).
+
+    Args:
+        hidden_states: ``(B, D, S)`` the new columns (``S = 1`` when decoding).
+        conv_state: ``(B, D, K)`` the last ``K`` inputs; updated in place to end with the new ones.
+        weight: ``(D, K)``; bias: ``(D,)`` or None.
+
+    Returns:
+        ``(B, D, S)``.
+    """
+    if _use_cuda_package(hidden_states, "causal_conv1d"):
+        return _originals["causal_conv1d_update"](hidden_states, conv_state, weight, bias, activation=activation,
+                                                  **kwargs)
+    steps = hidden_states.shape[-1]
+    window = torch.cat([conv_state, hidden_states], dim=-1).to(weight.dtype)
+    conv_state.copy_(window[..., -conv_state.shape[-1]:])
+    out = F.conv1d(window, weight.unsqueeze(1), bias, groups=hidden_states.shape[1])[..., -steps:]
+    return _activate(out, activation).to(hidden_states.dtype)
+
+
+def dispatch_selective_state_update(
+    state: torch.Tensor,
+    hidden_states: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    **kwargs,
+) -> torch.Tensor:
+    """Drop-in for transformers' ``mamba_selective_state_update``: one recurrent step.
+
+    Args:
+        state: ``(B, D, N)`` SSM state, updated in place.
+        hidden_states, dt, z: ``(B, D)``; A: ``(D, N)``; B, C: ``(B, N)``; D, dt_bias: ``(D,)``.
+
+    Returns:
+        ``(B, D)``: ``y = C . h + D * x``, gated by ``silu(z)``, in ``hidden_states.dtype``.
+    """
+    if _use_cuda_package(hidden_states, "mamba_ssm"):
+        return _originals["mamba_selective_state_update"](state, hidden_states, dt, A, B, C, D, z=z,
+                                                          dt_bias=dt_bias, dt_softplus=dt_softplus, **kwargs)
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    x = hidden_states.float()
+    decay = torch.exp(dt.unsqueeze(-1) * A.float())                      # (B, D, N)
+    new_state = state.float() * decay + (dt * x).unsqueeze(-1) * B.float().unsqueeze(1)
+    state.copy_(new_state.to(state.dtype))
+    out = torch.einsum("bdn,bn->bd", new_state, C.float())
+    if D is not None:
+        out = out + x * D.float()
+    if z is not None:
+        out = out * F.silu(z.float())
+    return out.to(hidden_states.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,6 +378,8 @@ def dispatch_causal_conv1d(
 _replacements: dict[str, Callable] = {
     "mamba_selective_scan": dispatch_selective_scan,
     "causal_conv1d_fn": dispatch_causal_conv1d,
+    "causal_conv1d_update": dispatch_causal_conv1d_update,
+    "mamba_selective_state_update": dispatch_selective_state_update,
 }
 
 
@@ -274,11 +393,18 @@ def install_mamba_kernels() -> bool:
     with _install_lock:
         if all(getattr(module, name) is _replacements[name] for name in _PATCHED_NAMES):
             return False
+        missing = [name for name in _PATCHED_NAMES if not callable(getattr(module, name, None))]
+        if missing:
+            # transformers moved or renamed a function the SDK replaces: the mixer would bypass
+            # the SDK (a ~50x slower scan, no packed-sample boundaries). Refuse loudly.
+            raise RuntimeError(f"{_JAMBA_MODULE} no longer defines {missing}; this longllava-sdk version does "
+                               "not support the installed transformers (see the range in pyproject.toml)")
         for name in _PATCHED_NAMES:
             current = getattr(module, name)
             if current is not _replacements[name]:
                 _originals[name] = current
             setattr(module, name, _replacements[name])
+        logger.info("Mamba kernels: %s", describe_kernels("cuda" if torch.cuda.is_available() else "cpu"))
         return True
 
 
@@ -302,3 +428,24 @@ def mamba_kernels_installed() -> bool:
     """Whether the Jamba mixer currently resolves to the SDK's dispatchers."""
     module = importlib.import_module(_JAMBA_MODULE)
     return all(getattr(module, name) is _replacements[name] for name in _PATCHED_NAMES)
+
+
+def kernel_report(device: torch.device | str = "cpu") -> dict[str, str]:
+    """Which implementation each Mamba operation uses on ``device`` (for ``info`` and logs)."""
+    on_cuda = torch.device(device).type == "cuda"
+    conv = "causal-conv1d CUDA kernel" if on_cuda and _package_importable("causal_conv1d") else "torch conv1d"
+    ssm = on_cuda and _package_importable("mamba_ssm")
+    return {
+        "selective_scan": ("mamba-ssm CUDA kernel (SDK chunked scan for packed / initial-state calls)" if ssm
+                           else "SDK chunked scan (torch, custom backward)"),
+        "causal_conv1d": conv + " (SDK boundary-aware conv for packed samples)",
+        "decode_step": ("mamba-ssm selective_state_update" if ssm else "SDK torch single-step update")
+        + " + " + ("causal-conv1d update" if conv.startswith("causal") else "torch conv update"),
+        "installed": "yes" if mamba_kernels_installed() else "no",
+    }
+
+
+def describe_kernels(device: torch.device | str = "cpu") -> str:
+    """One line: the scan, conv and decode-step implementations in use on ``device``."""
+    report = kernel_report(device)
+    return f"scan: {report['selective_scan']}; conv: {report['causal_conv1d']}; decode: {report['decode_step']}"

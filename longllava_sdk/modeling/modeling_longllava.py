@@ -21,6 +21,7 @@ Submodules (and so checkpoint key prefixes): ``vision_tower`` (transformers
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import torch
@@ -36,6 +37,70 @@ from .pooling import pool_image_features
 from .projector import MultiModalProjector
 
 
+def _cache_argument(forward: Any) -> str:
+    """The keyword under which ``forward`` takes the generation cache.
+
+    transformers renamed it from ``past_key_values`` to ``cache`` in 5.24 (the old name is
+    accepted with a deprecation warning until 5.40). The SDK passes the cache under the name
+    the installed version declares, read from the signature: no warning, and an upgrade that
+    drops both names fails loudly here (and in ``tests/test_generation_cache.py``).
+    """
+    parameters = inspect.signature(forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise RuntimeError(
+        "the installed transformers' JambaForCausalLM.forward takes neither `cache` nor `past_key_values`; "
+        "this longllava-sdk version does not support it (see the transformers range in pyproject.toml)"
+    )
+
+
+#: ``cache`` on transformers >= 5.24, ``past_key_values`` before.
+JAMBA_CACHE_ARGUMENT = _cache_argument(JambaForCausalLM.forward)
+
+
+def images_in_step(input_ids: torch.Tensor, step_length: int, tokens_per_image: int,
+                   image_token_id: int) -> torch.Tensor | None:
+    """Indices of the images whose placeholders lie in the last ``step_length`` columns.
+
+    Generation feeds the model the prompt (or a chunk of it), then one token per step; a step
+    needs exactly the images whose placeholder runs it contains, whatever the cache argument
+    is called. Images are numbered row-major over the batch (as :meth:`embed_inputs` counts
+    them).
+
+    Args:
+        input_ids: ``(B, L)`` the whole sequence so far.
+        step_length: how many trailing columns this step feeds.
+
+    Returns:
+        ``(K,)`` long tensor of image indices, or ``None`` when the step holds no placeholder.
+
+    Raises:
+        ProtocolError: the step boundary cuts through an image's placeholder run.
+    """
+    is_image = input_ids == image_token_id
+    start = input_ids.shape[1] - step_length
+    inside = is_image[:, start:].sum(dim=1)
+    if int(inside.sum()) == 0:
+        return None
+    before = is_image[:, :start].sum(dim=1)
+    if bool(((before % tokens_per_image) != 0).any()) or bool(((inside % tokens_per_image) != 0).any()):
+        raise ProtocolError(f"a generation step starting at column {start} cuts through an image's placeholders")
+    per_row_total = (before + inside) // tokens_per_image
+    row_offsets = torch.cumsum(per_row_total, 0) - per_row_total
+    first = row_offsets + before // tokens_per_image
+    return torch.cat([torch.arange(int(f), int(f) + int(n)) for f, n in zip(first, inside // tokens_per_image)])
+
+
+def _keep_boundaries(checkpoint_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``torch.utils.checkpoint`` kwargs that re-activate Mamba reset masks in the recompute."""
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    kwargs.update(checkpoint_kwargs or {})
+    if not kwargs["use_reentrant"]:
+        kwargs.setdefault("context_fn", boundaries_checkpoint_context_fn)
+    return kwargs
+
+
 class LongLLaVAPreTrainedModel(PreTrainedModel):
     config_class = LongLLaVAConfig
     config: LongLLaVAConfig
@@ -43,7 +108,7 @@ class LongLLaVAPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["JambaAttentionDecoderLayer", "JambaMambaDecoderLayer", "CLIPEncoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = True
     # Mamba layers carry recurrent state: no assisted decoding / cache cropping.
@@ -69,18 +134,44 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         self.language_model = JambaForCausalLM(config.text_config)
         self.post_init()
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
-                                        every_n_layers: int = 1, offload: bool = False) -> None:
-        """Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the recompute.
+    # Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the
+    # recompute: the recomputation runs in the backward, outside the forward's ``reset_mask``
+    # context; ``boundaries_checkpoint_context_fn`` re-activates the mask there (non-reentrant
+    # only). transformers 5.23 renamed the entry point (``gradient_checkpointing_enable`` became
+    # a deprecated alias of ``activation_checkpointing_enable``, which the Trainer calls); the
+    # SDK overrides whichever one the installed version routes through, and
+    # :meth:`enable_activation_checkpointing` calls it without a deprecation warning.
+    if hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers >= 5.23
 
-        The recomputation runs in the backward, outside the forward's ``reset_mask`` context;
-        ``boundaries_checkpoint_context_fn`` re-activates the mask there (non-reentrant only).
-        """
-        kwargs: dict[str, Any] = {"use_reentrant": False}
-        kwargs.update(activation_checkpointing_kwargs or {})
-        if not kwargs["use_reentrant"]:
-            kwargs.setdefault("context_fn", boundaries_checkpoint_context_fn)
-        super().activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
+        def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                            every_n_layers: int = 1, offload: bool = False) -> None:
+            super().activation_checkpointing_enable(_keep_boundaries(activation_checkpointing_kwargs),
+                                                    every_n_layers=every_n_layers, offload=offload)
+
+    else:  # transformers < 5.23
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                          every_n_layers: int = 1, offload: bool = False) -> None:
+            super().gradient_checkpointing_enable(_keep_boundaries(gradient_checkpointing_kwargs),
+                                                  every_n_layers=every_n_layers, offload=offload)
+
+    if hasattr(PreTrainedModel, "is_activation_checkpointing"):  # transformers >= 5.23
+
+        @property
+        def is_gradient_checkpointing(self) -> bool:
+            # peft still reads the pre-5.23 name, which now warns on every read.
+            return self.is_activation_checkpointing
+
+    def enable_activation_checkpointing(self, every_n_layers: int = 1, offload: bool = False,
+                                        **checkpoint_kwargs: Any) -> None:
+        """Turn activation checkpointing on (packed-sample boundaries kept), on any supported transformers."""
+        enable = getattr(self, "activation_checkpointing_enable", None) or self.gradient_checkpointing_enable
+        enable(checkpoint_kwargs or None, every_n_layers=every_n_layers, offload=offload)
+
+    def disable_activation_checkpointing(self) -> None:
+        """Turn activation checkpointing off again."""
+        disable = getattr(self, "activation_checkpointing_disable", None) or self.gradient_checkpointing_disable
+        disable()
 
     # -- embeddings API used by generate / peft / resize ---------------------------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -161,13 +252,14 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | dict[str, Any] | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         reset_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
         **kwargs: Any,
     ) -> MoeCausalLMOutputWithPast:
         """Run the model.
@@ -176,6 +268,9 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
             input_ids: ``(B, L)`` token ids with ``image_token_id`` placeholders.
             pixel_values: ``(N, 3, H, W)`` images for the placeholders in ``input_ids``.
             attention_mask: ``(B, L)`` 1 for real tokens, or a precomputed mask mapping.
+            cache: the hybrid generation cache (attention KV + Mamba conv/SSM states);
+                ``past_key_values`` is accepted as the older name. It is handed to the
+                backbone under whichever name the installed transformers declares.
             labels: ``(B, L)`` targets, ``-100`` where no loss is taken.
             reset_mask: ``(B, L)`` bool, True at the first token of each packed sample: the
                 Mamba layers restart their state there (see ``PackedCollator``).
@@ -199,13 +294,15 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
             output_router_logits = False
         # Packed samples: Mamba state restarts at each sample (an outer boundaries block, if any, stays in force
         # when no reset_mask is passed).
+        if cache is None:
+            cache = past_key_values
+        kwargs[JAMBA_CACHE_ARGUMENT] = cache
         boundaries = mamba_sequence_boundaries(reset_mask) if reset_mask is not None else contextlib.nullcontext()
         with boundaries:
             return self.language_model(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 labels=labels,
                 use_cache=use_cache,
                 output_router_logits=output_router_logits,
@@ -214,12 +311,22 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
             )
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                                      is_first_iteration: bool | None = False, **kwargs: Any) -> dict[str, Any]:
-        inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
-        # Images are consumed by the prefill; later steps feed one new token each and the
-        # Mamba/attention caches already hold everything the images contributed.
-        if is_first_iteration or kwargs.get("past_key_values") is None:
-            inputs["pixel_values"] = pixel_values
+                                      **kwargs: Any) -> dict[str, Any]:
+        """transformers' step preparation, plus the images of this step's placeholders.
+
+        Decided by the step's tokens, never by which cache keyword is present: the prefill
+        (or a prefill chunk) gets the images it holds placeholders for; decode steps, whose
+        single new token is never a placeholder, get none (the caches hold what the images
+        contributed).
+        """
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        step_ids = inputs.get("input_ids")
+        if pixel_values is None or step_ids is None:
+            return inputs
+        index = images_in_step(input_ids, step_ids.shape[1], self.config.tokens_per_image,
+                               self.config.image_token_id)
+        if index is not None:
+            inputs["pixel_values"] = pixel_values if len(index) == len(pixel_values) else pixel_values[index]
         return inputs
 
 

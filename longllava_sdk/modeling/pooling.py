@@ -20,8 +20,10 @@ def pool_image_features(features: torch.Tensor, mode: str, tokens_per_image: int
         mode: ``"2d"`` bilinear resize of the ``sqrt(P) x sqrt(P)`` grid to
             ``sqrt(T) x sqrt(T)`` (the paper's bilinear pooling; exactly the official
             ``F.interpolate(..., "bilinear", align_corners=False)``, which at a 2x factor is
-            a 2x2 average up to float rounding), ``"1d"`` average pooling along the
-            flattened patch sequence, ``"none"`` identity.
+            a 2x2 average up to float rounding), ``"1d"`` linear interpolation along the
+            flattened patch sequence (exactly the official ``F.interpolate(..., mode="linear",
+            align_corners=False)`` of ``clip_encoder.py``, used by the released alignment
+            stage), ``"none"`` identity.
         tokens_per_image: ``T``, tokens per image after pooling.
 
     Returns:
@@ -31,8 +33,10 @@ def pool_image_features(features: torch.Tensor, mode: str, tokens_per_image: int
     if mode == "none":
         return features
     if mode == "1d":
-        pooled = F.adaptive_avg_pool1d(features.transpose(1, 2), tokens_per_image)
-        return pooled.transpose(1, 2)
+        # (N, P, C) -> (N, C, P) -> linear resample along P -> (N, T, C)
+        pooled = F.interpolate(features.transpose(1, 2).float(), size=tokens_per_image, mode="linear",
+                               align_corners=False)
+        return pooled.to(features.dtype).transpose(1, 2)
     if mode != "2d":
         raise ValueError(f"unknown pooling mode {mode!r}")
     side_in = math.isqrt(p)

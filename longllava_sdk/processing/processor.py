@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -28,6 +28,7 @@ from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, Pr
                           PreTrainedTokenizerFast)
 
 from ..errors import InputError, ProtocolError
+from ..highres import expand_to_square, mean_colour
 from ..media import Media
 from . import protocol
 from .tokenizer import build_tokenizer
@@ -35,6 +36,11 @@ from .tokenizer import build_tokenizer
 IGNORE_INDEX = -100
 PROCESSOR_CONFIG = "longllava_processor.json"
 Truncation = Literal["error", "drop"]
+#: How a template segment is labelled: ``ignore`` (-100), ``copy`` (its own ids, an answer) or
+#: ``eos`` (the separator after a non-final answer: ``\n`` in the input, ``<|endoftext|>`` as
+#: its label, as the official ``preprocess_jamba`` pairs ``conv_jambaInput`` / ``conv_jambaLabel``).
+LabelMode = Literal["ignore", "copy", "eos"]
+Segment = Tuple[str, LabelMode]
 MediaLike = Media | Image.Image | str | os.PathLike[str]
 
 
@@ -60,21 +66,6 @@ def as_media(item: MediaLike) -> Media:
     from ..adapters import resolve_adapter
 
     return resolve_adapter(path).load(path)
-
-
-def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Pad ``image`` to a centred square of its longer side, filled with ``background``.
-
-    LongLLaVA was trained on images padded with the CLIP mean colour (LLaVA's ``pad``
-    aspect-ratio mode), so inference must pad the same way rather than centre-crop.
-    """
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new("RGB", (side, side), background)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
 
 
 class LongLLaVAProcessor:
@@ -155,7 +146,7 @@ class LongLLaVAProcessor:
     # -- images ------------------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``(N, 3, S, S)`` CLIP-normalised pixels for ``N`` RGB images (pad-to-square first)."""
-        background = tuple(int(round(m * 255)) for m in self.image_processor.image_mean)
+        background = mean_colour(self.image_processor.image_mean)
         prepared = [img.convert("RGB") for img in images]
         if self.pad_to_square:
             prepared = [expand_to_square(img, background) for img in prepared]
@@ -185,13 +176,20 @@ class LongLLaVAProcessor:
         return "".join(text for text, _ in self._segments(messages, add_generation_prompt)[0])
 
     def _segments(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool
-                  ) -> tuple[list[tuple[str, bool]], list[Image.Image]]:
-        """(text, is_target) pieces of the templated conversation, plus images in order."""
-        segments: list[tuple[str, bool]] = []
+                  ) -> tuple[list[Segment], list[Image.Image]]:
+        """(text, label mode) pieces of the templated conversation, plus images in order.
+
+        The layout is the official ``conv_jambaInput`` one: every answer but the last of the
+        conversation ends with ``\n`` (labelled ``<|endoftext|>``), the last with
+        ``<|endoftext|>``; a history rendered for generation therefore ends each earlier answer
+        with ``\n``, exactly as the released model saw multi-turn data in training.
+        """
+        segments: list[Segment] = []
         images: list[Image.Image] = []
         system = ""
-        for index, message in enumerate(messages):
-            role = message.get("role") or {"human": "user", "gpt": "assistant"}.get(message.get("from", ""), "")
+        roles = [self._role(message) for message in messages]
+        last_answer = max((i for i, role in enumerate(roles) if role == "assistant"), default=-1)
+        for index, (role, message) in enumerate(zip(roles, messages)):
             content = message.get("content", message.get("value", "")) or ""
             text, message_images = self.render_content(content, message.get("media", message.get("images", ())))
             images.extend(message_images)
@@ -200,16 +198,22 @@ class LongLLaVAProcessor:
                     raise ProtocolError("a system message may only open the conversation")
                 system = text + "\n"
             elif role == "user":
-                segments.append((system + protocol.user_turn(text), False))
+                segments.append((system + protocol.user_turn(text), "ignore"))
                 system = ""
             elif role == "assistant":
-                segments.append((protocol.ASSISTANT_HEADER, False))
-                segments.append((text + protocol.EOS, True))
+                segments.append((protocol.ASSISTANT_HEADER, "ignore"))
+                segments.append((text, "copy"))
+                final = index == last_answer and not add_generation_prompt
+                segments.append((protocol.EOS, "copy") if final else (protocol.TURN_SEPARATOR, "eos"))
             else:
                 raise ProtocolError(f"message {index} has unknown role {role!r} (user, assistant or system)")
         if add_generation_prompt:
-            segments.append((protocol.ASSISTANT_HEADER, False))
+            segments.append((protocol.ASSISTANT_HEADER, "ignore"))
         return segments, images
+
+    @staticmethod
+    def _role(message: dict[str, Any]) -> str:
+        return message.get("role") or {"human": "user", "gpt": "assistant"}.get(message.get("from", ""), "")
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text``, each ``<image>`` expanded to ``tokens_per_image`` placeholder ids."""
@@ -229,19 +233,25 @@ class LongLLaVAProcessor:
         max_length: int | None = None,
         truncation: Truncation = "error",
     ) -> EncodedSample | None:
-        """Tokenize a conversation; labels keep only assistant answers (and their ``<|endoftext|>``).
+        """Tokenize a conversation; labels keep only assistant answers, each closed by ``<|endoftext|>``.
 
         Media are never cut: a sample longer than ``max_length`` raises
         :class:`ProtocolError` (``truncation="error"``) or is dropped whole (``"drop"``:
         returns ``None``, the caller reports it).
         """
         segments, images = self._segments(messages, add_generation_prompt)
+        eos_id = self.tokenizer.convert_tokens_to_ids(protocol.EOS)
         input_ids: list[int] = []
         labels: list[int] = []
-        for text, is_target in segments:
+        for text, mode in segments:
             ids = self.tokenize(text)
             input_ids.extend(ids)
-            labels.extend(ids if is_target else [IGNORE_INDEX] * len(ids))
+            if mode == "copy":
+                labels.extend(ids)
+            elif mode == "eos":  # the answer's end is learnt as <|endoftext|> where the input has "\n"
+                labels.extend([eos_id] + [IGNORE_INDEX] * (len(ids) - 1))
+            else:
+                labels.extend([IGNORE_INDEX] * len(ids))
         n_placeholders = input_ids.count(self.image_token_id)
         if n_placeholders != len(images) * self.tokens_per_image:
             raise ProtocolError(

@@ -10,9 +10,15 @@ wrapped in tags that tell the model how the images relate:
 * high resolution / tiled: the global image, ``\\n``, then the sub-image rows from top-left
   to bottom-right, each row's sub-images concatenated and rows separated by ``\\n``.
 
-And the released model's chat template::
+And the released model's chat template (official ``llava/conversation.py``,
+``conv_jambaInput``)::
 
-    <|startoftext|><|User|>\\n{question}\\n<|startoftext|><|Assistant|>\\n{answer}<|endoftext|>
+    <|startoftext|><|User|>\\n{question}\\n<|startoftext|><|Assistant|>\\n{answer}\\n
+    <|startoftext|><|User|>\\n{question}\\n<|startoftext|><|Assistant|>\\n{last answer}<|endoftext|>
+
+(one line per turn here; nothing separates the turns). Every answer but the conversation's
+last ends with ``\\n``; in training its label at that position is ``<|endoftext|>``
+(``conv_jambaLabel``), so the model learns to stop there.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 USER_HEADER = f"{BOS}<|User|>\n"
 ASSISTANT_HEADER = f"{BOS}<|Assistant|>\n"
+#: Ends every answer but a conversation's last in the *input* (labelled ``EOS``).
+TURN_SEPARATOR = "\n"
 
 
 def render_images(count: int) -> str:
@@ -56,6 +64,3 @@ def render_media(media: Media) -> str:
 def user_turn(content: str) -> str:
     return f"{USER_HEADER}{content}\n"
 
-
-def assistant_turn(content: str) -> str:
-    return f"{ASSISTANT_HEADER}{content}{EOS}"

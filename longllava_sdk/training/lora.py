@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -223,7 +224,11 @@ def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_pr
         from peft import get_peft_model
 
         try:
-            wrapped = get_peft_model(model, config)
+            with warnings.catch_warnings():
+                # peft < 0.19 flags transformers' fused-expert module type as "unsupported" although
+                # its target_parameters path adapts it correctly (checked by lora_report below).
+                warnings.filterwarnings("ignore", message="Unsupported layer type .*Experts", category=UserWarning)
+                wrapped = get_peft_model(model, config)
         except ValueError as exc:  # peft's NoMatchingPeftModuleError and target errors
             raise TrainingError(f"no LoRA adapter attached: peft could not wrap the targets {options.target_modules} / "
                                 f"{options.target_parameters} in the language model: {exc}") from exc

@@ -53,8 +53,10 @@ class Stage:
         vision, projector, llm, head: whether each component trains.
         finetune: default method for the LLM (``lora`` or ``full``); irrelevant when the
             LLM is frozen (only the projector trains in ``align``, in full).
-        learning_rate: default peak learning rate (the paper's 1e-5 for full stages at
-            9B scale is too small for LoRA and for small models; see docs/training.md).
+        learning_rate: default peak learning rate when the recipe sets none: the official
+            scripts' values for the paper's stages (``Align.sh`` 1e-4; ``SingleImageSFT.sh`` /
+            ``MultiImageSFT.sh`` 1e-5), 2e-4 for the SDK's LoRA ``domain`` stage. Tiny-model
+            recipes set their own, explicitly (see docs/training.md).
         epochs: default number of epochs.
     """
 
@@ -90,13 +92,13 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("align", "single-image alignment: train the projector only", vision=False, projector=True,
-              llm=False, head=False, finetune="full", learning_rate=1e-3),
+              llm=False, head=False, finetune="full", learning_rate=1e-4),
         Stage("sft-single", "single-image instruction tuning: LLM + projector", vision=False, projector=True,
-              llm=True, head=False, finetune="full", learning_rate=2e-5),
+              llm=True, head=False, finetune="full", learning_rate=1e-5),
         Stage("sft-multi", "multi-image / video instruction tuning: LLM + projector", vision=False,
-              projector=True, llm=True, head=False, finetune="full", learning_rate=2e-5),
+              projector=True, llm=True, head=False, finetune="full", learning_rate=1e-5),
         Stage("text-sft", "pure-text instruction tuning: LLM only", vision=False, projector=False, llm=True,
-              head=False, finetune="full", learning_rate=2e-5),
+              head=False, finetune="full", learning_rate=1e-5),
         Stage("domain", "domain fine-tuning: LLM (LoRA) + projector + task head", vision=False, projector=True,
               llm=True, head=True, finetune="lora", learning_rate=2e-4, epochs=3.0),
     )

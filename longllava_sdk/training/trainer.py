@@ -261,7 +261,10 @@ def save_task_model(task_model: TaskModel, directory: str | os.PathLike[str], *,
     backbone_state, head_state = _split_state(state_dict) if state_dict is not None else (None, None)
     backbone = task_model.backbone
     if _is_peft(backbone):
-        backbone.save_pretrained(str(directory), state_dict=backbone_state, safe_serialization=True)
+        # The SDK never resizes the vocabulary: embeddings are not part of an adapter (and peft's
+        # "auto" would look for a hub config to decide).
+        backbone.save_pretrained(str(directory), state_dict=backbone_state, safe_serialization=True,
+                                 save_embedding_layers=False)
         fmt = "lora"
     elif checkpoint:
         from safetensors.torch import save_file
@@ -787,7 +790,7 @@ def run_finetune(
         recipe = recipe.with_overrides(batch_size=int(batch_size))
         training = recipe.training
     epochs = float(epochs if epochs is not None else training.epochs)
-    learning_rate = float(lr if lr is not None else training.learning_rate)
+    learning_rate = float(next(v for v in (lr, training.learning_rate, stage_obj.learning_rate) if v is not None))
     mode = "lora" if use_lora else "full"
     output_dir = Path(output) if output is not None else Path("runs") / f"{recipe.name}-{stage_obj.name}-{mode}"
 
@@ -849,11 +852,10 @@ def run_finetune(
     task_head = head_cls(hidden, labels) if head_cls.problem_type != "generate" else head_cls(hidden)
     task_head.to(dtype)
     if use_lora:
-        backbone, report = apply_lora(model, LoraOptions.from_settings(recipe.lora), train_projector=stage_obj.projector,
+        backbone, _ = apply_lora(model, LoraOptions.from_settings(recipe.lora), train_projector=stage_obj.projector,
                                       train_vision=stage_obj.vision, head_type=head_type)
         for param in task_head.parameters():
             param.requires_grad_(stage_obj.head)
-        logger.info(report.summary())
     else:
         apply_stage_freezing(model, stage_obj, head_type, task_head)
         backbone = model
