@@ -194,11 +194,12 @@ def run(settings: Settings | None = None, verbose: bool = True) -> dict[str, Any
     """Train from scratch, evaluate on held-out 8-image samples; returns accuracy, chance and timings."""
     import tempfile
 
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_heads
     from longllava_sdk.recipes import TrainingSettings
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.stages import apply_stage_freezing, get_stage
-    from longllava_sdk.training.trainer import LongLLaVATrainer, PromptOnlyCollator, TaskModel, build_training_arguments
+    from longllava_sdk.modeling.task_model import TaskModel
+    from longllava_sdk.training.trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_arguments
 
     settings = settings or Settings()
     torch.set_num_threads(settings.threads)

@@ -5,8 +5,11 @@ Public API::
     from longllava_sdk import Pipeline, LongLLaVAConfig, LongLLaVAForConditionalGeneration
     from longllava_sdk import LongLLaVAProcessor, Media, InputAdapter, TaskHead, hookimpl
 
-Heavy modules (torch, transformers) load on first use of a name that needs them, so
-``import longllava_sdk`` and the CLI's start-up stay fast.
+``import longllava_sdk`` registers the model with transformers' Auto classes
+(``AutoConfig``, ``AutoModel``, ``AutoModelForCausalLM``, ``AutoModelForImageTextToText``,
+``AutoProcessor``), so a saved model folder loads with plain transformers + peft after a bare
+import. That needs torch and transformers' configuration / model modules (about 3 s on a
+cold start); everything else loads on first use of a name that needs it.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "InputAdapter": ".adapters",
-    "resolve_adapter": ".adapters",
     "sample_indices": ".adapters",
-    "available_adapters": ".adapters",
+    "resolve_adapter": ".plugin_manager",
+    "available_adapters": ".plugin_manager",
+    "available_heads": ".plugin_manager",
     "LongLLaVAConfig": ".config",
     "Media": ".media",
     "LongLLaVAForConditionalGeneration": ".modeling.modeling_longllava",
@@ -31,11 +35,14 @@ _LAZY: dict[str, str] = {
     "LongLLaVAProcessor": ".processing",
     "build_tokenizer": ".processing",
     "TaskHead": ".heads",
-    "available_heads": ".heads",
     "get_plugin_manager": ".plugin_manager",
 }
 
 __all__ = ["LongLLaVAError", "hookimpl", *_LAZY]
+
+# Registration with transformers' Auto classes happens when these modules are imported.
+from .modeling import modeling_longllava as _modeling  # noqa: E402,F401
+from .processing import processor as _processor  # noqa: E402,F401
 
 
 def __getattr__(name: str) -> Any:

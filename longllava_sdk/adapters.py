@@ -1,22 +1,48 @@
-"""Input adapters: the base class every adapter plugin subclasses, and adapter lookup.
+"""Input adapters: the base class every adapter plugin subclasses.
 
 An adapter is registered through the ``longllava_register_adapters`` hook (see
-:mod:`longllava_sdk.hookspecs`), built-ins exactly like third-party ones. The
-:class:`~longllava_sdk.Pipeline` and the trainer pick the adapter for a source by explicit
-name, else by asking each adapter whether it :meth:`~InputAdapter.claims` the path
-(extension first, then a cheap header sniff).
+:mod:`longllava_sdk.hookspecs`), built-ins exactly like third-party ones. Which adapter reads
+a source is decided in one place, :func:`longllava_sdk.plugin_manager.resolve_adapter`: the
+one named, else among the adapters of the requested :attr:`~InputAdapter.kind` the first
+that :meth:`~InputAdapter.claims` the path (extension first, then a cheap header sniff).
+
+An adapter's options are the keyword arguments of its ``__init__``; their type hints are the
+contract (:meth:`InputAdapter.options`), so values given as text (``--adapter-option
+window=lung`` on the command line, a CSV cell) are converted by :meth:`InputAdapter.coerce_options`.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import re
+import types
+import typing
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
-from .errors import AdapterError, UnsupportedSourceError
+from .errors import AdapterError, ConfigError
 from .media import Media, MediaKind
+
+
+@dataclass(frozen=True)
+class AdapterOption:
+    """One option an adapter declares (a keyword argument of its ``__init__``).
+
+    Attributes:
+        name: the keyword.
+        annotation: its type hint as text (``"bool"``, ``"str | None"``...).
+        default: its default value.
+        doc: its description from the ``Args:`` section of ``__init__`` or the class docstring.
+    """
+
+    name: str
+    annotation: str
+    default: Any
+    doc: str
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -47,6 +73,54 @@ class InputAdapter(ABC):
         """Cheap test (extension, then a few header bytes) of whether this adapter reads ``path``."""
         name = path.name.lower()
         return any(name.endswith(ext) for ext in cls.extensions)
+
+    # -- options ---------------------------------------------------------------------------
+    @classmethod
+    def options(cls) -> dict[str, AdapterOption]:
+        """The options this adapter declares: its ``__init__`` keyword arguments, in order."""
+        init = cls.__init__
+        if init is InputAdapter.__init__:
+            return {}
+        docs = {**_arg_docs(inspect.getdoc(cls) or ""), **_arg_docs(inspect.getdoc(init) or "")}
+        hints = _type_hints(init)
+        found = {}
+        for name, param in inspect.signature(init).parameters.items():
+            if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                continue
+            annotation = hints.get(name, param.annotation)
+            found[name] = AdapterOption(name, _describe_type(annotation),
+                                        None if param.default is param.empty else param.default, docs.get(name, ""))
+        return found
+
+    @classmethod
+    def coerce_options(cls, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``options`` converted to the declared types; text values (CLI, CSV) are parsed.
+
+        ``"true"``/``"false"`` for bools, numbers for ints / floats, comma-separated or JSON
+        lists for sequences, ``"none"`` for optional values; values that already have a
+        Python type pass through (the adapter validates them).
+
+        Raises:
+            ConfigError: an option the adapter does not declare (the error lists those it
+                does), or a text value that does not parse as the declared type.
+        """
+        options = dict(options or {})
+        declared = cls.options()
+        unknown = sorted(set(options) - set(declared))
+        if unknown:
+            listing = ", ".join(declared) or "none"
+            raise ConfigError(f"adapter {cls.name!r} has no option(s) {unknown}; its options: {listing}")
+        hints = _type_hints(cls.__init__)
+        out = {}
+        for name, value in options.items():
+            if isinstance(value, str):
+                try:
+                    value = _parse_text(value, hints.get(name, str))
+                except ValueError as exc:
+                    raise ConfigError(f"adapter {cls.name!r} option {name}={value!r}: expected "
+                                      f"{declared[name].annotation} ({exc})") from None
+            out[name] = value
+        return out
 
     @abstractmethod
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
@@ -99,35 +173,101 @@ def single_source(source: Source, adapter_name: str) -> str | os.PathLike[str]:
     return source
 
 
-def available_adapters() -> dict[str, type[InputAdapter]]:
-    """All adapters registered through the plugin manager, by name."""
-    from .plugin_manager import get_plugin_manager
+# -- option parsing helpers -------------------------------------------------------------------
 
-    # Plugin by plugin: one broken plugin must not hide the others' adapters.
-    return get_plugin_manager().registered_classes("longllava_register_adapters", InputAdapter, "adapter")
-
-
-def resolve_adapter(source: Source, adapter: str | None = None, **options: Any) -> InputAdapter:
-    """Instantiate the adapter for ``source``: the one named ``adapter``, else the first that claims it."""
-    adapters = available_adapters()
-    if adapter is not None:
-        if adapter not in adapters:
-            raise UnsupportedSourceError(
-                _describe(source), f"no adapter named {adapter!r}; installed: {', '.join(sorted(adapters))}"
-            )
-        return adapters[adapter](**options)
-    first = Path(source[0] if isinstance(source, (list, tuple)) else source)
-    for adapter_cls in sorted(adapters.values(), key=lambda a: (a.priority, a.name)):
-        if adapter_cls.claims(first):
-            return adapter_cls(**options)
-    raise UnsupportedSourceError(
-        _describe(source),
-        f"no installed adapter claims this source (installed: {', '.join(sorted(adapters))}); "
-        "pass adapter=NAME to choose one",
-    )
+def _type_hints(func: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to raw annotations
+        return dict(getattr(func, "__annotations__", {}))
 
 
-def _describe(source: Source) -> str:
-    if isinstance(source, (list, tuple)):
-        return f"{source[0]} (+{len(source) - 1} more)" if source else "<empty list>"
-    return str(source)
+def _describe_type(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "any"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """``{name: text}`` from a Google-style ``Args:`` section."""
+    docs: dict[str, str] = {}
+    current = None
+    in_args = False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Arguments:", "Options:"):
+            in_args, current = True, None
+            continue
+        if not in_args:
+            continue
+        match = re.match(r"^\s{4}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if match:
+            current = match.group(1)
+            docs[current] = match.group(2).strip()
+        elif line.startswith("        ") and current:
+            docs[current] += " " + line.strip()
+        elif line.strip():
+            in_args = False
+    return docs
+
+
+_NONE_WORDS = {"none", "null", ""}
+
+
+def _parse_text(text: str, annotation: Any) -> Any:
+    """Parse ``text`` as a value of ``annotation`` (the subset of types adapter options use)."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation)]
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and text.strip().lower() in _NONE_WORDS:
+            return None
+        errors = []
+        listish = "," in text or text.strip().startswith("[")
+        for candidate in sorted((a for a in args if a is not type(None)), key=lambda a: _parse_order(a, listish)):
+            try:
+                return _parse_text(text, candidate)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors) or "no alternative matched")
+    if origin is typing.Literal:
+        for choice in args:
+            if str(choice).lower() == text.strip().lower():
+                return choice
+        raise ValueError(f"one of {', '.join(map(str, args))}")
+    if annotation is bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("true or false")
+    if annotation is int:
+        return int(text)
+    if annotation is float:
+        return float(text)
+    if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+        stripped = text.strip()
+        items = json.loads(stripped) if stripped.startswith("[") else [p.strip() for p in stripped.split(",") if p.strip()]
+        if not isinstance(items, list):
+            raise ValueError("a list")
+        item_types = [a for a in args if a is not Ellipsis] or [str]
+        if origin is tuple and len(item_types) == len(items) and Ellipsis not in args:
+            parsed = [_parse_text(str(v), t) if isinstance(v, str) else v for v, t in zip(items, item_types)]
+        else:
+            parsed = [_parse_text(str(v), item_types[0]) if isinstance(v, str) else v for v in items]
+        return tuple(parsed) if origin is tuple or annotation is tuple else parsed
+    return text  # str, paths, and types the adapter parses itself
+
+
+def _parse_order(annotation: Any, listish: bool) -> int:
+    """Try the strictest reading first: bool, int, float, literals, then text or a list
+    (a list first when the text has commas or brackets)."""
+    order = {bool: 0, int: 1, float: 2}
+    if annotation in order:
+        return order[annotation]
+    if typing.get_origin(annotation) is typing.Literal:
+        return 3
+    if typing.get_origin(annotation) in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+        return 4 if listish else 6
+    return 5

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError, option_hint
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -39,7 +39,8 @@ def check_weights_safe(directory: str | os.PathLike[str], allow_pickle: bool = F
     if pickles and not allow_pickle:
         raise UnsafeCheckpointError(
             f"{directory}: weights are stored as pickle ({', '.join(pickles[:3])}), which can run arbitrary "
-            "code when loaded; convert them to safetensors, or pass allow_pickle=True if you trust the source"
+            f"code when loaded; convert them to safetensors, or pass {option_hint('allow_pickle')} if you trust "
+            "the source"
         )
     if not pickles:
         raise CheckpointError(f"{directory}: no weight files (*.safetensors) found")
@@ -74,7 +75,8 @@ def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) ->
     """
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise CheckpointError(f"{target}: output exists and is not empty (pass overwrite=True to replace it)")
+        raise CheckpointError(f"{target}: output exists and is not empty (pass {option_hint('overwrite')} to "
+                              "replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

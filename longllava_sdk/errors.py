@@ -7,7 +7,57 @@ All of them derive from :class:`LongLLaVAError`, so callers can catch one type.
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
 from os import PathLike
+from typing import Any, Iterator
+
+# Errors tell the user what to change. A Python caller changes a keyword argument, a shell user
+# a flag: the same error renders its advice for whichever interface is running it.
+_interface: contextvars.ContextVar[str] = contextvars.ContextVar("longllava_interface", default="python")
+
+
+@contextmanager
+def cli_interface() -> Iterator[None]:
+    """Inside this block, errors phrase their advice as command-line flags (the CLI sets it)."""
+    token = _interface.set("cli")
+    try:
+        yield
+    finally:
+        _interface.reset(token)
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def option_hint(name: str, value: Any = True) -> str:
+    """How to set option ``name`` to ``value``: ``overwrite=True`` in Python, ``--overwrite`` on the CLI.
+
+    ``value`` may be a placeholder string such as ``"NAME"`` or ``"DIR"``.
+    """
+    if _interface.get() == "cli":
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            return flag
+        if value is False:
+            return f"--no-{name.replace('_', '-')}"
+        return f"{flag} {_cli_value(value)}"
+    shown = value if isinstance(value, bool) or not isinstance(value, str) or value.isupper() else repr(value)
+    return f"{name}={shown}"
+
+
+def adapter_option_hint(name: str, value: Any = True) -> str:
+    """How to pass adapter option ``name``: ``allow_non_parallel=True`` in Python (in
+    ``adapter_options`` / the adapter's constructor), ``--adapter-option allow_non_parallel=true`` on the CLI."""
+    if _interface.get() == "cli":
+        return f"--adapter-option {name}={_cli_value(value)}"
+    shown = value if not isinstance(value, str) or value.isupper() or value.endswith("...") else repr(value)
+    return f"{name}={shown}"
 
 
 class LongLLaVAError(Exception):

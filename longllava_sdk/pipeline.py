@@ -14,23 +14,28 @@
 
     pipe.chat("What is in this image?", images=["a.png"])       # history keeps each turn's
     pipe.chat("And what colour is it?")                          # images with that turn
+
+Every method takes the same media keywords (:class:`MediaOptions`, written once); each media
+keyword asks for adapters of that media kind (``volume=`` only considers adapters whose
+``kind`` is ``volume``...), so an installed plugin adapter is used exactly like a built-in.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence, TypedDict, Unpack
 
 import torch
 from PIL import Image
 
-from .adapters import resolve_adapter
-from .checkpoint import check_weights_safe, resolve_device, resolve_dtype
 from .config import LongLLaVAConfig
+from .errors import ConfigError
+from .heads import TaskHead
 from .media import Media
+from .model_folders import load_head, load_model
 from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
+from .plugin_manager import get_plugin_manager, resolve_adapter
 from .processing.processor import LongLLaVAProcessor, MediaLike
 
 PathLike = str | os.PathLike[str]
@@ -41,88 +46,123 @@ PathLike = str | os.PathLike[str]
 DEFAULT_VIDEO_FRAMES = 128
 
 
+class MediaOptions(TypedDict, total=False):
+    """The media keywords of every :class:`Pipeline` method.
+
+    Attributes:
+        video: a video file (kind ``video``; 128 frames by default, first and last kept).
+        volume: a DICOM file / folder / list of files or a NIfTI file (kind ``volume``).
+        tiled: a large raster such as a GeoTIFF scene (kind ``tiled``: global view + tiles).
+        high_res: split each image into 336 px sub-images after a global view.
+        adapter: force an adapter by name (it must read the kind the keyword asks for).
+        adapter_options: options for the adapter; text values are typed by its declared
+            options (``{"window": "lung"}``, ``{"allow_non_parallel": "true"}``).
+        max_images: image budget per source (default: what fits the context; 128 for video).
+    """
+
+    video: PathLike
+    volume: PathLike | Sequence[PathLike]
+    tiled: PathLike
+    high_res: bool
+    adapter: str
+    adapter_options: dict[str, Any]
+    max_images: int
+
+
+class CallOptions(MediaOptions, total=False):
+    """Media keywords plus the usual ``generate`` options (any other ``generate`` keyword works too)."""
+
+    max_new_tokens: int
+    min_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    num_beams: int
+    repetition_penalty: float
+
+
+_MEDIA_KEYS = frozenset(MediaOptions.__annotations__)
+#: Which media kind each keyword asks for.
+_KIND_OF = {"video": "video", "volume": "volume", "tiled": "tiled"}
+
+
 class Pipeline:
-    """Generation with a LongLLaVA model and its processor.
+    """Generation (and task-head prediction) with a LongLLaVA model and its processor.
 
     Args:
         model: a :class:`LongLLaVAForConditionalGeneration` (already on its device).
         processor: the matching :class:`LongLLaVAProcessor`.
-        head: a fine-tuned ``classify`` / ``multilabel`` task head (see :meth:`classify`);
-            ``from_pretrained`` restores it from ``head_config.json`` + ``head.safetensors``.
+        head: a fine-tuned task head other than ``generate`` (see :meth:`classify`);
+            ``from_pretrained`` restores it from ``head_config.json`` + ``head.safetensors``
+            through the installed plugins, whichever plugin provides it.
     """
 
     def __init__(self, model: LongLLaVAForConditionalGeneration, processor: LongLLaVAProcessor,
-                 head: Any | None = None) -> None:
+                 head: TaskHead | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
         self.head = head
         self.history: list[dict[str, Any]] = []
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: PathLike,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype | None = None,
-        allow_pickle: bool = False,
-    ) -> "Pipeline":
-        """Load model + processor from a local directory (safetensors only unless ``allow_pickle``)."""
-        path = Path(path)
-        use_safetensors = check_weights_safe(path, allow_pickle=allow_pickle)
-        target = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, target)
-        config = LongLLaVAConfig.from_pretrained(path, local_files_only=True)
-        model = LongLLaVAForConditionalGeneration.from_pretrained(
-            path, config=config, dtype=torch_dtype, use_safetensors=use_safetensors, local_files_only=True,
-        ).to(target)
-        processor = LongLLaVAProcessor.from_pretrained(path, config=config)
-        from .plugin_manager import get_plugin_manager
+    def from_pretrained(cls, path: PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
+                        allow_pickle: bool = False) -> "Pipeline":
+        """Load model, processor and task head from a local model folder (safetensors only unless ``allow_pickle``)."""
+        model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        get_plugin_manager().hook.longllava_model_loaded(model=model, config=model.config)
+        head = load_head(path, device=next(model.parameters()).device)
+        return cls(model, processor, head=None if head is None or head.generates else head)
 
-        get_plugin_manager().hook.longllava_model_loaded(model=model, config=config)
-        from .training.checkpointing import load_classification_head
-
-        return cls(model, processor, head=load_classification_head(path, device=target))
+    @property
+    def config(self) -> LongLLaVAConfig:
+        return self.model.config
 
     # -- media ----------------------------------------------------------------------------------
     @property
     def default_max_images(self) -> int:
         """Images that fit the model's context next to a short prompt (adapters sample down to this)."""
-        cfg = self.model.config
+        cfg = self.config
         per_image = cfg.tokens_per_image + 8  # tag tokens around each image
         return max(1, (cfg.max_context - 1024) // per_image)
 
-    def load_media(self, source: PathLike | Sequence[PathLike], adapter: str | None = None,
-                   max_images: int | None = None, **options: Any) -> Media:
-        """Read ``source`` through the adapter that claims it (or the one named ``adapter``)."""
-        budget = max_images or self.default_max_images
-        return resolve_adapter(source, adapter, **options).load(source, max_images=budget)
+    def load_media(self, source: PathLike | Sequence[PathLike], *, kind: str | None = None, adapter: str | None = None,
+                   max_images: int | None = None, options: Mapping[str, Any] | None = None) -> Media:
+        """Read ``source`` through the adapter named ``adapter``, else the first of ``kind`` that claims it."""
+        reader = resolve_adapter(source, adapter, kind=kind, options=options)
+        return reader.load(source, max_images=max_images or self.default_max_images)
 
-    def _collect_media(self, images: Sequence[MediaLike] | None, video: PathLike | None,
-                       volume: PathLike | Sequence[PathLike] | None, tiled: PathLike | None,
-                       high_res: bool, adapter: str | None, adapter_options: dict[str, Any] | None,
-                       max_images: int | None) -> list[Media | Image.Image]:
-        options = dict(adapter_options or {})
-        media: list[Media | Image.Image] = []
+    def collect_media(self, images: Sequence[MediaLike] | None = None, **media: Unpack[MediaOptions]
+                      ) -> list[Media | Image.Image]:
+        """The media of one message, in order: ``images`` then ``video`` / ``volume`` / ``tiled``."""
+        unknown = sorted(set(media) - _MEDIA_KEYS)
+        if unknown:
+            raise TypeError(f"unknown media option(s) {unknown}; expected {', '.join(sorted(_MEDIA_KEYS))}")
+        adapter, budget = media.get("adapter"), media.get("max_images")
+        options = dict(media.get("adapter_options") or {})
+        high_res = bool(media.get("high_res", False))
+        collected: list[Media | Image.Image] = []
         for item in images or ():
-            if isinstance(item, (Image.Image, Media)) and not high_res:
-                media.append(item)
+            if isinstance(item, Media) or (isinstance(item, Image.Image) and not high_res):
+                collected.append(item)
             elif isinstance(item, Image.Image):
                 from .highres import split_high_res
 
-                global_view, tiles, grid = split_high_res(item)
-                media.append(Media(kind="tiled", images=[global_view, *tiles], grid=grid, source="<PIL image>"))
-            elif high_res:  # the sub-image split is the images adapter's option
-                media.append(self.load_media(item, adapter or "images", max_images, high_res=True, **options))
-            else:
-                media.append(self.load_media(item, adapter, max_images, **options))
-        if video is not None:
-            frames = max_images or min(DEFAULT_VIDEO_FRAMES, self.default_max_images)
-            media.append(self.load_media(video, adapter or "video", frames, **options))
-        if volume is not None:
-            media.append(self.load_media(volume, adapter, max_images, **options))
-        if tiled is not None:
-            media.append(self.load_media(tiled, adapter, max_images, **options))
-        return media
+                overview, tiles, grid = split_high_res(item)
+                collected.append(Media(kind="tiled", images=[overview, *tiles], grid=grid, source="<PIL image>"))
+            else:  # a path: the sub-image split of a file is an option of the images-kind adapter
+                item_options = {**options, "high_res": True} if high_res else options
+                collected.append(self.load_media(item, kind=None if adapter else "images", adapter=adapter,
+                                                 max_images=budget, options=item_options))
+        for key, kind in _KIND_OF.items():
+            source = media.get(key)
+            if source is None:
+                continue
+            limit = budget
+            if key == "video" and budget is None:
+                limit = min(DEFAULT_VIDEO_FRAMES, self.default_max_images)
+            collected.append(self.load_media(source, kind=kind, adapter=adapter, max_images=limit, options=options))
+        return collected
 
     # -- generation -----------------------------------------------------------------------------
     def generation_kwargs(self, **overrides: Any) -> dict[str, Any]:
@@ -133,12 +173,16 @@ class Pipeline:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return kwargs
 
-    def _generate(self, messages: list[dict[str, Any]], stream: bool, **gen: Any) -> str | Iterator[str]:
+    def _inputs(self, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.processor(messages=messages, add_generation_prompt=True)
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.vision_tower.dtype)
+        return inputs
+
+    def _generate(self, messages: list[dict[str, Any]], stream: bool, **gen: Any) -> str | Iterator[str]:
+        inputs = self._inputs(messages)
         kwargs = self.generation_kwargs(**gen)
         prompt_len = inputs["input_ids"].shape[1]
         if not stream:
@@ -171,92 +215,54 @@ class Pipeline:
 
         return pieces()
 
-    def __call__(
-        self,
-        prompt: str,
-        images: Sequence[MediaLike] | None = None,
-        *,
-        video: PathLike | None = None,
-        volume: PathLike | Sequence[PathLike] | None = None,
-        tiled: PathLike | None = None,
-        high_res: bool = False,
-        adapter: str | None = None,
-        adapter_options: dict[str, Any] | None = None,
-        max_images: int | None = None,
-        stream: bool = False,
-        **generation: Any,
-    ) -> str | Iterator[str]:
-        """Answer ``prompt`` about the given media; returns the text, or an iterator of pieces if ``stream``.
+    @staticmethod
+    def _split(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        media = {k: v for k, v in options.items() if k in _MEDIA_KEYS}
+        return media, {k: v for k, v in options.items() if k not in _MEDIA_KEYS}
+
+    def __call__(self, prompt: str, images: Sequence[MediaLike] | None = None, *, stream: bool = False,
+                 **options: Unpack[CallOptions]) -> str | Iterator[str]:
+        """Answer ``prompt`` about the given media; the text, or an iterator of pieces if ``stream``.
 
         Args:
             prompt: the question; may place media with ``<image>`` markers (one per item).
             images: image paths, PIL images or ``Media`` objects.
-            video: a video file (sampled evenly to ``max_images`` frames, first and last kept;
-                default 128, the paper's setting).
-            volume: a DICOM file/folder/list or a NIfTI file.
-            tiled: a GeoTIFF (global thumbnail + tiles).
-            high_res: split each image into 336 px sub-images after a global view.
-            adapter: force an adapter by name; ``adapter_options`` are passed to it.
-            generation: ``generate`` options (``max_new_tokens``, ``do_sample``, ``temperature``...).
+            stream: yield the answer piece by piece.
+            options: media keywords (:class:`MediaOptions`) and ``generate`` options
+                (``max_new_tokens``, ``do_sample``, ``temperature``...).
         """
-        media = self._collect_media(images, video, volume, tiled, high_res, adapter, adapter_options, max_images)
-        messages = [{"role": "user", "content": prompt, "media": media}]
+        media, generation = self._split(options)
+        messages = [{"role": "user", "content": prompt, "media": self.collect_media(images, **media)}]
         return self._generate(messages, stream, **generation)
 
-    def chat(
-        self,
-        message: str,
-        images: Sequence[MediaLike] | None = None,
-        *,
-        video: PathLike | None = None,
-        volume: PathLike | Sequence[PathLike] | None = None,
-        tiled: PathLike | None = None,
-        high_res: bool = False,
-        adapter: str | None = None,
-        adapter_options: dict[str, Any] | None = None,
-        max_images: int | None = None,
-        **generation: Any,
-    ) -> str:
-        """One chat turn; the history keeps every earlier turn with its own images attached."""
-        media = self._collect_media(images, video, volume, tiled, high_res, adapter, adapter_options, max_images)
-        turn = {"role": "user", "content": message, "media": media}
+    def chat(self, message: str, images: Sequence[MediaLike] | None = None, **options: Unpack[CallOptions]) -> str:
+        """One chat turn (arguments as :meth:`__call__`); the history keeps every earlier turn with its own media."""
+        media, generation = self._split(options)
+        turn = {"role": "user", "content": message, "media": self.collect_media(images, **media)}
         answer = self._generate([*self.history, turn], False, **generation)
         assert isinstance(answer, str)
         self.history.extend([turn, {"role": "assistant", "content": answer}])
         return answer
 
-    def classify(self, prompt: str, images: Sequence[MediaLike] | None = None, *, video: PathLike | None = None,
-                 volume: PathLike | Sequence[PathLike] | None = None, tiled: PathLike | None = None,
-                 high_res: bool = False, adapter: str | None = None, adapter_options: dict[str, Any] | None = None,
-                 max_images: int | None = None) -> dict[str, Any]:
-        """Run the fine-tuned ``classify`` / ``multilabel`` head on ``prompt`` + media (arguments as ``__call__``).
+    def classify(self, prompt: str, images: Sequence[MediaLike] | None = None,
+                 **media: Unpack[MediaOptions]) -> dict[str, Any]:
+        """Run the fine-tuned task head on ``prompt`` + media (media keywords as :meth:`__call__`).
 
         Returns:
-            ``{"labels": [predicted labels], "scores": {label: probability}}`` (softmax for
-            ``classify``, per-label sigmoid for ``multilabel``).
+            the head's :meth:`~longllava_sdk.heads.TaskHead.describe` of its logits, e.g.
+            ``{"labels": [...], "scores": {label: probability}}`` for the built-in heads.
         """
         if self.head is None:
-            raise ValueError("this model has no classification head; fine-tune one with "
-                             "`longllava-sdk finetune --head classify|multilabel`, or call the pipeline to generate")
-        from .training.trainer import TaskModel
+            raise ConfigError("this model has no task head to classify with; fine-tune one (a recipe's "
+                              "head: {type: classify|multilabel|<plugin head>}), or call the pipeline to generate")
+        from .modeling.task_model import TaskModel
 
-        media = self._collect_media(images, video, volume, tiled, high_res, adapter, adapter_options, max_images)
-        batch = self.processor(messages=[{"role": "user", "content": prompt, "media": media}],
-                               add_generation_prompt=True)
-        device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.vision_tower.dtype)
+        inputs = self._inputs([{"role": "user", "content": prompt, "media": self.collect_media(images, **media)}])
         with torch.inference_mode():
-            logits = TaskModel(self.model, self.head)(**inputs)["logits"][0].float()
-        scores = logits.sigmoid() if self.head.problem_type == "multi_label" else logits.softmax(-1)
-        predicted = self.head.predict(logits[None])[0]
-        if self.head.problem_type == "multi_label":
-            chosen = [label for label, on in zip(self.head.labels, predicted.tolist()) if on]
-        else:
-            chosen = [self.head.labels[int(predicted)]]
-        return {"labels": chosen, "scores": {label: float(p) for label, p in zip(self.head.labels, scores.tolist())}}
+            logits = TaskModel(self.model, self.head)(**inputs)["logits"][0]
+        return self.head.describe(logits)
 
     def reset(self) -> None:
         """Forget the chat history."""
         self.history.clear()
+

@@ -47,7 +47,6 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
-    "HEAD_TYPES",
     "STAGES",
     "JAMBA_LORA_TARGET_MODULES",
     "JAMBA_LORA_TARGET_PARAMETERS",
@@ -62,7 +61,6 @@ __all__ = [
     "available_domains",
 ]
 
-HEAD_TYPES: tuple[str, ...] = ("generate", "multilabel", "classify")
 STAGES: tuple[str, ...] = ("align", "sft-single", "sft-multi", "text-sft", "domain")
 FINETUNE_MODES: tuple[str, ...] = ("lora", "full")
 FREEZE_KEYS: tuple[str, ...] = ("vision", "projector", "llm", "head")
@@ -110,7 +108,8 @@ class AdapterSettings:
 
 @dataclass
 class HeadSettings:
-    """The task head: ``generate`` (LM answers), ``multilabel`` or ``classify`` with ``labels``."""
+    """The task head: any installed head by name (``generate`` -- LM answers --, ``multilabel``,
+    ``classify``, or a plugin's), with its ``labels``."""
 
     type: str = "generate"
     labels: list[str] = field(default_factory=list)
@@ -526,15 +525,20 @@ def _parse_head(value: Any, c: _Checker) -> HeadSettings:
         value = {"type": value}
     value = c.mapping(value, "head")
     c.unknown_keys(value, ("type", "labels"), "head")
-    kind = c.string(value.get("type"), "head.type", "generate", HEAD_TYPES)
+    from .plugin_manager import available_heads
+
+    heads = available_heads()
+    kind = c.string(value.get("type"), "head.type", "generate")
+    if kind not in heads:
+        c.add("head.type", f"{kind!r} is not an installed head; installed heads: {', '.join(sorted(heads))} "
+                           "(a plugin adds more through longllava_register_heads)")
     labels = c.string_list(value.get("labels"), "head.labels", [])
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         c.add("head.labels", f"duplicate labels {duplicates}")
-    if kind == "classify" and len(labels) < 2:
-        c.add("head.labels", f"a classify head needs at least 2 labels, got {len(labels)}")
-    if kind == "multilabel" and not labels:
-        c.add("head.labels", "a multilabel head needs at least 1 label")
+    if kind in heads:  # the head's own rules (``classify`` needs two labels...)
+        for problem in heads[kind].check_labels(labels):
+            c.add("head.labels", problem)
     for label in labels:
         if ";" in label:
             c.add("head.labels", f"label {label!r} contains ';' (the multi-label separator in CSV manifests)")

@@ -184,6 +184,10 @@ class MultiLabelHead(_PooledLinearHead):
     name = "multilabel"
     problem_type = "multi_label"
 
+    @classmethod
+    def check_labels(cls, labels: list[str]) -> list[str]:
+        return [] if labels else ["a multilabel head needs at least 1 label"]
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean binary cross-entropy over samples and labels."""
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float().to(logits.device))
@@ -232,6 +236,10 @@ class ClassifyHead(_PooledLinearHead):
 
     name = "classify"
     problem_type = "single_label"
+
+    @classmethod
+    def check_labels(cls, labels: list[str]) -> list[str]:
+        return [] if len(labels) >= 2 else [f"a classify head needs at least 2 labels, got {len(labels)}"]
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against class indices ``(B,)``."""

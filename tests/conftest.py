@@ -29,7 +29,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_model_and_processor():
-    from longllava_sdk.cli.cmd_model import create_model
+    from longllava_sdk.model_folders import create_model
 
     model, processor = create_model("tiny", seed=0)
     return model.eval(), processor
@@ -48,7 +48,7 @@ def processor(tiny_model_and_processor):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model_and_processor):
     """A tiny model + processor saved in the SDK's format (safetensors)."""
-    from longllava_sdk.cli.cmd_model import save_model
+    from longllava_sdk.model_folders import save_model
 
     model, processor = tiny_model_and_processor
     return save_model(model, processor, tmp_path_factory.mktemp("ckpt") / "tiny")
@@ -65,3 +65,10 @@ def rgb_images():
         ImageDraw.Draw(img).rectangle([20, 20, 60, 60], fill=colour)
         images.append(img)
     return images
+
+
+def head_for(recipe, hidden_size: int = 64):
+    """The task head a recipe names, built like a run builds it (labels from the recipe)."""
+    from longllava_sdk.plugin_manager import get_head_class
+
+    return get_head_class(recipe.head.type)(hidden_size, list(recipe.head.labels))

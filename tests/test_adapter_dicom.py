@@ -14,7 +14,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 import longllava_plugins.dicom as dicom_plugin
 from bad_inputs.medical import AXIAL, pydicom_file, write_ct_series, write_enhanced_ct
 from longllava_plugins.dicom import DicomSeriesAdapter
-from longllava_sdk.adapters import resolve_adapter
+from longllava_sdk.plugin_manager import resolve_adapter
 from longllava_sdk.errors import AdapterError, ConfigError
 
 
@@ -358,7 +358,7 @@ def test_claims_and_registration(tmp_path):
     Image.new("RGB", (4, 4)).save(png)
     assert not DicomSeriesAdapter.claims(png)
     assert dicom_plugin.longllava_register_adapters() == [DicomSeriesAdapter]
-    adapter = resolve_adapter(str(tmp_path / "series"), window="lung")  # through the installed entry point
+    adapter = resolve_adapter(str(tmp_path / "series"), options={"window": "lung"})  # through the installed entry point
     assert isinstance(adapter, DicomSeriesAdapter) and adapter.windows[0].name == "lung"
 
 

@@ -7,7 +7,7 @@ import torch
 
 from longllava_sdk import LongLLaVAForConditionalGeneration, Pipeline
 from longllava_sdk.checkpoint import atomic_directory, check_weights_safe
-from longllava_sdk.cli.cmd_model import create_model, save_model
+from longllava_sdk.model_folders import create_model, save_model
 from longllava_sdk.errors import CheckpointError, UnsafeCheckpointError
 
 

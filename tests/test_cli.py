@@ -8,14 +8,40 @@ import sys
 
 import pytest
 
-from longllava_sdk.cli import BUILTIN_COMMANDS, available_commands, build_parser, main
+from longllava_sdk.cli import BUILTIN_PLUGIN, available_commands, build_parser, main
+
+BUILTIN_COMMANDS = {"info", "init-model", "infer", "convert-official", "plugins", "finetune", "merge", "bench"}
 
 
 def test_every_builtin_command_is_available_with_help():
     commands = available_commands()
-    assert set(BUILTIN_COMMANDS) <= set(commands)
+    assert BUILTIN_COMMANDS <= set(commands)
     for name, func in commands.items():
         assert func.__doc__, f"command {name} has no docstring"
+
+
+def test_builtin_commands_come_through_the_command_hook_like_a_plugins():
+    from longllava_sdk.plugin_manager import get_plugin_manager
+
+    available_commands()
+    manager = get_plugin_manager()
+    record = next(r for r in manager.list_plugins() if r.name == BUILTIN_PLUGIN)
+    assert record.hooks == ["longllava_register_commands"]
+    names = {getattr(f, "command_name", f.__name__.replace("_", "-"))
+             for _, batch in manager.collect("longllava_register_commands") for f in batch}
+    assert BUILTIN_COMMANDS <= names
+
+
+def test_library_functions_are_the_commands():
+    """finetune / merge have exactly the library function's signature: a new option is one edit."""
+    import inspect
+
+    from longllava_sdk.model_folders import merge_adapter
+    from longllava_sdk.training.finetuning import finetune
+
+    commands = available_commands()
+    assert inspect.signature(commands["finetune"]) == inspect.signature(finetune)
+    assert inspect.signature(commands["merge"]) == inspect.signature(merge_adapter)
 
 
 def test_signature_becomes_flags():

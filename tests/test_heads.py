@@ -14,7 +14,7 @@ from trainer_fixtures import make_micro_model, square_image
 
 @pytest.fixture(scope="module")
 def heads():
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_heads
 
     return available_heads()
 
@@ -98,7 +98,7 @@ def test_head_config_validation(heads):
 
 
 def test_head_save_and_load_round_trip(tmp_path, heads):
-    from longllava_sdk.training.checkpointing import load_classification_head, load_head, save_head
+    from longllava_sdk.model_folders import load_head, save_head
 
     head = heads["multilabel"](16, ["x", "y", "z"], dropout=0.2).eval()
     save_head(head, tmp_path)
@@ -108,14 +108,14 @@ def test_head_save_and_load_round_trip(tmp_path, heads):
     assert torch.equal(restored(hidden, mask), head(hidden, mask))
     generate_dir = tmp_path / "gen"
     save_head(heads["generate"](16), generate_dir)
-    assert load_classification_head(generate_dir) is None
+    assert load_head(generate_dir).generates  # restored, and the pipeline generates with the LM instead
     assert not (generate_dir / "head.safetensors").exists()  # no weights to store
 
 
 def test_head_load_errors_are_typed(tmp_path, heads):
     from safetensors.torch import save_file
 
-    from longllava_sdk.training.checkpointing import load_head, save_head
+    from longllava_sdk.model_folders import load_head, save_head
 
     (tmp_path / "head_config.json").write_text('{"name": "no-such-head", "problem_type": "single_label"}')
     with pytest.raises(CheckpointError, match="no-such-head"):
@@ -130,9 +130,8 @@ def test_head_load_errors_are_typed(tmp_path, heads):
 
 def test_pipeline_restores_a_classification_head(tmp_path, heads):
     from longllava_sdk import Pipeline
-    from longllava_sdk.cli.cmd_model import save_model
-    from longllava_sdk.training.checkpointing import save_head
-    from longllava_sdk.training.trainer import TaskModel
+    from longllava_sdk.model_folders import save_head, save_model
+    from longllava_sdk.modeling.task_model import TaskModel
 
     model, processor = make_micro_model()
     head = heads["classify"](model.config.text_config.hidden_size, ["red", "green", "blue"], dropout=0.0)
@@ -154,6 +153,6 @@ def test_pipeline_restores_a_classification_head(tmp_path, heads):
     assert torch.allclose(logits.softmax(-1), torch.tensor(list(result["scores"].values())), atol=1e-5)
     plain = Pipeline.from_pretrained(tmp_path / "m", device="cpu")
     (tmp_path / "m" / "head_config.json").unlink()
-    with pytest.raises(ValueError, match="no classification head"):
+    with pytest.raises(ValueError, match="no task head"):
         Pipeline.from_pretrained(tmp_path / "m", device="cpu").classify("x", images=[square_image("red")])
     assert plain.head is not None

@@ -25,7 +25,8 @@ import torch
 
 from longllava_sdk import hookimpl
 from longllava_sdk.errors import AdapterError, ConfigError, PluginError
-from longllava_sdk.heads import TaskHead, available_heads
+from longllava_sdk.heads import TaskHead
+from longllava_sdk.plugin_manager import available_heads
 from longllava_sdk.plugin_manager import (
     BLOCK_ENV,
     DISABLE_AUTOLOAD_ENV,
@@ -160,7 +161,7 @@ def test_failing_import_is_named_and_other_plugins_keep_working(make_dist, capsy
 
     # The process-wide manager behaves the same: the good plugin's classes are available.
     with pytest.warns(PluginLoadWarning):
-        from longllava_sdk.adapters import available_adapters
+        from longllava_sdk.plugin_manager import available_adapters
 
         assert "good_adapter" in available_adapters()
     assert "good_head" in available_heads()
@@ -303,7 +304,7 @@ def test_block_by_environment_variable(make_dist, monkeypatch):
     pm = get_plugin_manager()
     assert _record(pm, "one").status == "blocked" and _record(pm, "three").status == "blocked"
     assert _record(pm, "two").status == "loaded"
-    from longllava_sdk.adapters import available_adapters
+    from longllava_sdk.plugin_manager import available_adapters
 
     adapters = available_adapters()
     assert "two_adapter" in adapters and "one_adapter" not in adapters and "three_adapter" not in adapters
@@ -394,7 +395,8 @@ class _AllHooks:
 def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     from transformers import TrainerCallback
 
-    from longllava_sdk.adapters import InputAdapter, available_adapters
+    from longllava_sdk.adapters import InputAdapter
+    from longllava_sdk.plugin_manager import available_adapters
 
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
 
@@ -586,7 +588,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(example_plugin_ins
     assert record.hooks == ["longllava_register_adapters", "longllava_register_commands",
                             "longllava_register_heads"]
 
-    from longllava_sdk.adapters import available_adapters
+    from longllava_sdk.plugin_manager import available_adapters
 
     assert available_adapters()["npy_volume"].__module__ == "longllava_example_plugin.npy_volume"
     assert available_heads()["example_linear_probe"].__module__ == "longllava_example_plugin.probe_head"
@@ -605,7 +607,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(example_plugin_ins
 
 
 def test_example_plugin_adapter_reads_real_npy_volumes(example_plugin_installed, tmp_path, capsys):
-    from longllava_sdk.adapters import resolve_adapter
+    from longllava_sdk.plugin_manager import resolve_adapter
 
     # 40 slices of 24x32; slice i holds the constant value 10*i, slice 7 has a NaN hole.
     volume = np.repeat((np.arange(40, dtype=np.float32) * 10)[:, None, None], 24 * 32, axis=1).reshape(40, 24, 32)
@@ -625,7 +627,7 @@ def test_example_plugin_adapter_reads_real_npy_volumes(example_plugin_installed,
         assert image.mode == "RGB" and pixels.shape == (24, 32, 3)
         assert np.all(pixels == round(index * 10 / 390 * 255))
 
-    spaced = resolve_adapter(path, spacing=2.5, window=(0.0, 100.0)).load(path, max_images=None)
+    spaced = resolve_adapter(path, options={"spacing": 2.5, "window": (0.0, 100.0)}).load(path, max_images=None)
     assert len(spaced) == 40 and spaced.metadata[3]["slice_position"] == 7.5
     assert np.asarray(spaced.images[7])[0, 0, 0] == 0  # NaN -> low end of the window
     assert np.asarray(spaced.images[20])[0, 0, 0] == 255  # 200 clipped to the window

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+from conftest import head_for
 import yaml
 
 from longllava_sdk.errors import ConfigError
@@ -24,7 +25,7 @@ BUILTIN = {"medical", "medical_vqa", "remote_sensing", "remote_sensing_vqa", "vi
 @pytest.fixture(scope="module", autouse=True)
 def builtin_plugins():
     """Domains and adapters through their entry points, or registered here if the install predates them."""
-    from longllava_sdk.adapters import available_adapters
+    from longllava_sdk.plugin_manager import available_adapters
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()
@@ -140,7 +141,8 @@ def test_bundled_sample_data_is_small_real_and_valid(name):
     size = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
     assert size < 1024 * 1024, f"{data_dir}: {size} bytes"
     processor = LongLLaVAProcessor.for_config(LongLLaVAConfig.from_preset("tiny"))
-    data = prepare_datasets(processor, recipe)  # validates every row with the real adapters
+    head = head_for(recipe) if recipe.head.type != "generate" else None
+    data = prepare_datasets(processor, recipe, head=head)  # validates every row with the real adapters
     assert 8 <= len(data.train) + len(data.eval) <= 24 and data.eval is not None and len(data.eval) >= 3
     assert max(data.train.lengths) <= recipe.training.max_length
     sample = data.train[0]

@@ -33,22 +33,22 @@ class RecordingCollator:
 def _trainer(data_root, output_dir, mode: str):
     from transformers import set_seed
 
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets
     from longllava_sdk.training.lora import LoraOptions, apply_lora
     from longllava_sdk.training.stages import apply_stage_freezing, get_stage
-    from longllava_sdk.training.trainer import (
-        LongLLaVATrainer, PromptOnlyCollator, TaskModel, build_training_arguments)
+    from longllava_sdk.modeling.task_model import TaskModel
+    from longllava_sdk.training.trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_arguments
 
     recipe = Recipe.from_yaml(data_root / "recipe.yaml")
     model, processor = make_micro_model(seed=0)
-    prepared = prepare_datasets(processor, recipe)
     set_seed(0)
     head = available_heads()["classify"](64, recipe.head.labels, dropout=0.1)  # dropout: the RNG matters
+    prepared = prepare_datasets(processor, recipe, head=head)
     if mode == "lora":
-        backbone, _ = apply_lora(model, LoraOptions(r=4, alpha=8), head_type="classify")
+        backbone, _ = apply_lora(model, LoraOptions(r=4, alpha=8), problem_type=head.problem_type)
     else:
         apply_stage_freezing(model, get_stage("domain"), "classify", head)
         backbone = model
@@ -146,7 +146,7 @@ def test_output_directory_policy(tmp_path):
     run = tmp_path / "run"
     assert prepare_output_dir(run, run_info={"recipe": "x"}) is None
     assert json.loads((run / "longllava_run.json").read_text())["recipe"] == "x"
-    with pytest.raises(TrainingError, match="--resume .* --overwrite"):
+    with pytest.raises(TrainingError, match="resume=True .* overwrite=True"):
         prepare_output_dir(run)
     with pytest.raises(TrainingError, match="no complete checkpoint"):
         prepare_output_dir(run, resume=True)
@@ -165,3 +165,19 @@ def test_output_directory_policy(tmp_path):
     with pytest.raises(TrainingError, match="refuses to delete"):
         prepare_output_dir(foreign, overwrite=True)
     assert (foreign / "holiday.jpg").exists()
+
+
+def test_a_run_that_died_before_its_first_checkpoint_restarts_with_the_same_arguments(tmp_path):
+    from longllava_sdk.training.checkpointing import check_output_dir, prepare_output_dir
+
+    run = tmp_path / "run"
+    info = {"recipe": "x", "stage": "domain", "head": "classify"}
+    prepare_output_dir(run, run_info=info)
+    (run / "base-model").mkdir()
+    (run / "base-model" / "config.json").write_text("{}")
+    (run / ".checkpoint-3.partial").mkdir()  # killed while writing its first checkpoint
+    assert check_output_dir(run, run_info=info) is None  # the same command starts over...
+    assert prepare_output_dir(run, run_info=info) is None
+    assert sorted(p.name for p in run.iterdir()) == ["longllava_run.json"]  # ...cleanly
+    with pytest.raises(TrainingError, match="not empty"):  # other settings: the folder is another run's
+        check_output_dir(run, run_info={**info, "head": "multilabel"})

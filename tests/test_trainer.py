@@ -39,7 +39,7 @@ def test_freeze_switches_and_unreachable_parameters():
 
     model, _ = make_micro_model()
     stage = get_stage("domain").with_freeze({"vision": False, "projector": True})
-    counts = apply_stage_freezing(model, stage, head_type="classify")
+    counts = apply_stage_freezing(model, stage, problem_type="single_label")
     assert counts["vision"] > 0 and counts["projector"] == 0
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     # CLIP layer 1 (after vision_feature_layer=-2) and post_layernorm never reach the output
@@ -56,8 +56,9 @@ def test_freeze_switches_and_unreachable_parameters():
 @pytest.mark.compat
 def test_cosine_schedule_with_three_percent_warmup(tmp_path):
     from longllava_sdk.recipes import TrainingSettings
-    from longllava_sdk.training.trainer import LongLLaVATrainer, TaskModel, build_training_arguments
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.modeling.task_model import TaskModel
+    from longllava_sdk.training.trainer import LongLLaVATrainer, build_training_arguments
+    from longllava_sdk.plugin_manager import available_heads
 
     args = build_training_arguments(tmp_path, TrainingSettings(), learning_rate=1e-3, epochs=1)
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == pytest.approx(0.03)
@@ -87,8 +88,8 @@ def _micro_batch(processor):
 
 
 def test_router_aux_loss_is_added_for_moe_and_skipped_for_one_expert():
-    from longllava_sdk.heads import available_heads
-    from longllava_sdk.training.trainer import TaskModel
+    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.modeling.task_model import TaskModel
 
     model, processor = make_micro_model()
     batch = _micro_batch(processor)
@@ -138,7 +139,7 @@ def test_finetune_run_with_hook_callbacks_and_head_metrics(tmp_path):
 
     from longllava_sdk.hookspecs import hookimpl
     from longllava_sdk.plugin_manager import get_plugin_manager
-    from longllava_sdk.training.trainer import run_finetune
+    from longllava_sdk.training.finetuning import finetune
 
     steps: list[int] = []
 
@@ -157,8 +158,8 @@ def test_finetune_run_with_hook_callbacks_and_head_metrics(tmp_path):
     manager = get_plugin_manager()
     manager.register(Plugin(), name="test-recorder")
     try:
-        result = run_finetune(str(recipe), model_dir=base, output=tmp_path / "run", max_steps=3,
-                              output_router_logits=True, router_aux_loss_coef=0.01)
+        result = finetune(str(recipe), model=str(base), output=str(tmp_path / "run"), max_steps=3,
+                          router_aux_loss_coef=0.01)
     finally:
         manager.unregister(name="test-recorder")
     assert steps == [1, 2, 3]
@@ -175,11 +176,12 @@ def test_trainer_stops_on_a_parameter_without_gradient(tmp_path):
     """A LoRA on dt_proj (bypassed by the Mamba mixer) must stop training at the first step."""
     from peft import LoraConfig, get_peft_model
 
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets
-    from longllava_sdk.training.trainer import LongLLaVATrainer, TaskModel, build_training_arguments
+    from longllava_sdk.modeling.task_model import TaskModel
+    from longllava_sdk.training.trainer import LongLLaVATrainer, build_training_arguments
 
     recipe = Recipe.from_yaml(write_colour_dataset(tmp_path / "data", n=4, head="generate"))
     model, processor = make_micro_model()
@@ -194,11 +196,12 @@ def test_trainer_stops_on_a_parameter_without_gradient(tmp_path):
 
 @pytest.mark.compat
 def test_generate_evaluation_reports_vqa_metrics(tmp_path):
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets
-    from longllava_sdk.training.trainer import LongLLaVATrainer, TaskModel, build_training_arguments
+    from longllava_sdk.modeling.task_model import TaskModel
+    from longllava_sdk.training.trainer import LongLLaVATrainer, build_training_arguments
 
     recipe = Recipe.from_yaml(write_colour_dataset(tmp_path / "data", n=4, head="generate", eval_fraction=0.5))
     model, processor = make_micro_model()

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import head_for
 import torch
 from PIL import Image, ImageDraw
 
@@ -35,7 +36,7 @@ CT_SERIES = DOMAINS / "medical" / "data" / "ct" / "series_01"
 @pytest.fixture(scope="module", autouse=True)
 def builtin_adapters():
     """The built-in adapters, through their entry points, or registered here if the install predates them."""
-    from longllava_sdk.adapters import available_adapters
+    from longllava_sdk.plugin_manager import available_adapters
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()
@@ -121,8 +122,8 @@ def test_manifest_rows_use_recipe_templates_and_head_labels(root, proc, tmp_path
         "prompts": {"question": "Which class: {label_list}?", "label_answer": "It is {labels}."},
         "data": {"path": str(root / "scenes.csv")},
     })
-    data = prepare_datasets(proc, recipe, max_length=2048)
-    assert len(data.train) == 2 and len(data.eval) == 1 and data.head_type == "classify"
+    data = prepare_datasets(proc, recipe, max_length=2048, head=head_for(recipe))
+    assert len(data.train) == 2 and len(data.eval) == 1 and data.head.name == "classify"
     sample = data.train[1]
     assert sample.head_labels == 1 and sample.sample_id == "b"
     text = proc.tokenizer.decode(sample.input_ids[: sample.input_ids.index(proc.image_token_id)] +
@@ -140,7 +141,8 @@ def test_manifest_rows_use_recipe_templates_and_head_labels(root, proc, tmp_path
     assert [r.labels for r in rows] == [["x", "z"], ["y", "z"], [], None]
     assert rows[2].turns[1]["content"] == "none"  # the no_labels template
     assert rows[3].turns == [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "red"}]
-    data = prepare_datasets(proc, multilabel, data_path=root / "multi.jsonl", max_length=2048, skip_invalid=True)
+    data = prepare_datasets(proc, multilabel, data_path=root / "multi.jsonl", max_length=2048, skip_invalid=True,
+                            head=head_for(multilabel))
     assert [data.train[i].head_labels for i in range(3)] == [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     assert len(data.skipped) == 1 and "no 'labels'" in data.skipped[0]  # the Q/A row has no labels
 
@@ -204,7 +206,7 @@ def test_unknown_labels_and_classify_cardinality_are_reported(root, proc):
     (root / "m.csv").write_text("source,labels\nimg/red.png,cat\nimg/red.png,dog;cat\nimg/red.png,bird\n")
     recipe = Recipe.from_dict({"name": "c", "head": {"type": "classify", "labels": ["cat", "dog"]}})
     with pytest.raises(DatasetError) as caught:
-        prepare_datasets(proc, recipe, data_path=root / "m.csv", max_length=2048)
+        prepare_datasets(proc, recipe, data_path=root / "m.csv", max_length=2048, head=head_for(recipe))
     problems = caught.value.problems
     assert len(problems) == 2
     assert "m.csv line 3" in problems[0] and "exactly one label" in problems[0]

@@ -23,8 +23,8 @@ def ensure_builtin_plugins() -> None:
     """Register the built-in heads and image adapter if the installed entry points predate them."""
     import importlib
 
-    from longllava_sdk.adapters import available_adapters
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.plugin_manager import available_heads
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()
@@ -56,7 +56,7 @@ def make_micro_model(seed: int = 0, **overrides):
 
 
 def write_micro_model(directory: Path, seed: int = 0, **overrides) -> Path:
-    from longllava_sdk.cli.cmd_model import save_model
+    from longllava_sdk.model_folders import save_model
 
     model, processor = make_micro_model(seed, **overrides)
     return save_model(model, processor, directory)
@@ -124,22 +124,22 @@ def sigterm_worker(data_root: Path, output: Path, resume: bool, stop_after: int)
 
     from transformers import TrainerCallback, set_seed
 
-    from longllava_sdk.heads import available_heads
+    from longllava_sdk.plugin_manager import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.checkpointing import latest_complete_checkpoint
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets
     from longllava_sdk.training.lora import LoraOptions, apply_lora
-    from longllava_sdk.training.trainer import (
-        LongLLaVATrainer, PromptOnlyCollator, TaskModel, build_training_arguments)
+    from longllava_sdk.modeling.task_model import TaskModel
+    from longllava_sdk.training.trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_arguments
 
     ensure_builtin_plugins()
     recipe = Recipe.from_yaml(Path(data_root) / "recipe.yaml")
     model, processor = make_micro_model(seed=0)
-    prepared = prepare_datasets(processor, recipe)
     set_seed(0)
     head = available_heads()["classify"](64, recipe.head.labels)
-    backbone, _ = apply_lora(model, LoraOptions(r=4, alpha=8), head_type="classify")
+    prepared = prepare_datasets(processor, recipe, head=head)
+    backbone, _ = apply_lora(model, LoraOptions(r=4, alpha=8), problem_type=head.problem_type)
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

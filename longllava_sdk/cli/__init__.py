@@ -1,25 +1,33 @@
-"""The ``longllava-sdk`` command line.
+"""The ``longllava-sdk`` command line: argument handling only.
 
 Every sub-command is a plain Python function with type-hinted keyword arguments and a
 docstring (as in litgpt); :func:`build_parser` turns its signature into an ``argparse``
-sub-parser, so a command is callable from Python exactly as from the shell. Built-in
-commands are listed in :data:`BUILTIN_COMMANDS`; plugins add more through the
-``longllava_register_commands`` hook.
+sub-parser, so a command is callable from Python exactly as from the shell, and a new option
+is one edit (the function's signature and ``Args:`` line). The built-in commands are the
+library's own functions (``finetune`` is :func:`longllava_sdk.training.finetuning.finetune`,
+``merge`` is :func:`longllava_sdk.model_folders.merge_adapter`...), wrapped with a presenter
+that prints their result (:mod:`.builtin`); they are registered through the same
+``longllava_register_commands`` hook as any plugin's commands.
 
 Conventions of the signature -> flags mapping:
 
 * a positional parameter without default becomes a positional argument
-  (``init-model OUT``); a keyword-only one (after ``*``) a required flag (``--model DIR``);
+  (``init-model OUT``); a keyword-only one without default a required flag (``--model DIR``);
 * ``bool`` defaults become ``--flag`` / ``--no-flag``;
-* ``list[X]`` becomes ``--name A B C`` (or repeated with ``append`` semantics for paths);
+* ``list[X]`` becomes ``--name A B C``;
+* ``dict[str, ...]`` becomes a repeatable ``--name KEY=VALUE`` (``adapter_options`` ->
+  ``--adapter-option window=lung --adapter-option allow_non_parallel=true``);
 * underscores become dashes (``max_new_tokens`` -> ``--max-new-tokens``);
-* the first paragraph of the docstring is the help text; ``Args:`` lines document flags.
+* the first paragraph of the docstring is the command's help, the rest (without the
+  ``Args:`` section) its description; ``Args:`` lines document the flags.
+
+Errors: an SDK error ends the command with ``error: ...`` on stderr and status 1; inside the
+CLI, errors phrase their advice as flags (``--overwrite``, not ``overwrite=True``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import re
 import sys
@@ -27,30 +35,17 @@ import types
 import typing
 from typing import Any, Callable, Sequence
 
-from ..errors import LongLLaVAError
+from ..errors import LongLLaVAError, cli_interface
 
-#: command name -> "module:function" of the built-in commands.
-BUILTIN_COMMANDS: dict[str, str] = {
-    "info": "longllava_sdk.cli.cmd_info:info",
-    "init-model": "longllava_sdk.cli.cmd_model:init_model",
-    "infer": "longllava_sdk.cli.cmd_infer:infer",
-    "convert-official": "longllava_sdk.convert_official:convert_official",
-    "plugins": "longllava_sdk.cli.cmd_plugins:plugins",
-    "finetune": "longllava_sdk.cli.cmd_finetune:finetune",
-    "merge": "longllava_sdk.cli.cmd_merge:merge",
-    "bench": "longllava_sdk.cli.cmd_bench:bench",
-}
+BUILTIN_PLUGIN = "longllava_sdk.cli"
 
 
-def _load(target: str) -> Callable[..., Any]:
-    module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)
-
-
-def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+def _arg_docs(func: Callable[..., Any]) -> tuple[str, str, dict[str, str]]:
+    """(summary, description without the Args section, {parameter: help}) of a docstring."""
     doc = inspect.getdoc(func) or ""
     summary = doc.split("\n\n")[0].replace("\n", " ")
     params: dict[str, str] = {}
+    kept: list[str] = []
     in_args = False
     current = None
     for line in doc.splitlines():
@@ -62,13 +57,28 @@ def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
             if match:
                 current = match.group(1)
                 params[current] = match.group(2)
-            elif line.startswith("        ") and current:
-                params[current] += " " + line.strip()
-            elif line.strip() == "":
                 continue
-            else:
-                in_args = False
-    return summary, params
+            if line.startswith("        ") and current:
+                params[current] += " " + line.strip()
+                continue
+            if line.strip() == "":
+                continue
+            in_args = False
+        kept.append(line)
+    return summary, "\n".join(kept).strip(), params
+
+
+class _KeyValue(argparse.Action):
+    """Repeatable ``--flag KEY=VALUE`` collected into a dict (values stay text: the callee types them)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        key, sep, value = str(values).partition("=")
+        if not sep or not key.strip():
+            parser.error(f"{option_string} expects KEY=VALUE, got {values!r}")
+        collected = dict(getattr(namespace, self.dest) or {})
+        collected[key.strip()] = value.strip()
+        setattr(namespace, self.dest, collected)
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -82,8 +92,9 @@ def _unwrap_optional(annotation: Any) -> Any:
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callable[..., Any]) -> None:
     """Add ``func`` as sub-command ``name``, with flags derived from its signature."""
-    summary, param_docs = _arg_docs(func)
-    parser = subparsers.add_parser(name, help=summary.replace("%", "%%"), description=inspect.getdoc(func))
+    summary, description, param_docs = _arg_docs(func)
+    parser = subparsers.add_parser(name, help=summary.replace("%", "%%"), description=description.replace("%", "%%"),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(func)
     for pname, param in inspect.signature(func).parameters.items():
         if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
@@ -111,6 +122,10 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callabl
         elif annotation is bool:
             parser.add_argument(flag, dest=pname, action=argparse.BooleanOptionalAction,
                                 default=param.default, help=help_text)
+        elif origin is dict:
+            singular = flag[:-1] if flag.endswith("s") else flag
+            parser.add_argument(singular, dest=pname, action=_KeyValue, default=param.default, metavar="KEY=VALUE",
+                                help=(help_text or "") + " (repeatable)")
         elif origin is list:
             item_type = typing.get_args(annotation)[0]
             parser.add_argument(flag, dest=pname, nargs="+", type=item_type, default=param.default,
@@ -122,16 +137,14 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callabl
 
 
 def available_commands() -> dict[str, Callable[..., Any]]:
-    """Built-in commands plus the ones plugins register, by command name."""
-    commands: dict[str, Callable[..., Any]] = {}
-    for name, target in BUILTIN_COMMANDS.items():
-        commands[name] = _load(target)
-    from ..plugin_manager import get_plugin_manager
+    """The built-in commands and every plugin's, by command name, all through the command hook."""
+    from ..plugin_manager import available_commands as registered, get_plugin_manager
+    from . import builtin
 
-    for _plugin, batch in get_plugin_manager().collect("longllava_register_commands"):
-        for func in batch or ():
-            commands.setdefault(func.__name__.replace("_", "-"), func)
-    return commands
+    manager = get_plugin_manager()
+    if not manager.has_plugin(BUILTIN_PLUGIN) and not manager.is_blocked(BUILTIN_PLUGIN):
+        manager.register(builtin, name=BUILTIN_PLUGIN)
+    return registered()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,16 +177,17 @@ def _show_sdk_info_logs() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _show_sdk_info_logs()
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    func = args.pop("_command", None)
-    args.pop("command", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    try:
-        result = func(**args)
-    except LongLLaVAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with cli_interface():
+        parser = build_parser()
+        args = vars(parser.parse_args(argv))
+        func = args.pop("_command", None)
+        args.pop("command", None)
+        if func is None:
+            parser.print_help()
+            return 2
+        try:
+            result = func(**args)
+        except LongLLaVAError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -10,17 +10,21 @@ from ..plugin_manager import BLOCK_ENV, DISABLE_AUTOLOAD_ENV, PluginRecord, get_
 _HOOK_PREFIX = "longllava_"
 
 
-def plugins(json: bool = False, strict: bool = False) -> int:
+def plugins(json: bool = False, strict: bool = False, adapter: str | None = None) -> int:
     """List installed plugins: name, version, status, hooks implemented, where each came from.
 
     Plugins that failed to import or violate a hookspec are listed with their error. Block a
     plugin with LONGLLAVA_SDK_BLOCK_PLUGINS=name1,name2; load none from entry points with
-    LONGLLAVA_SDK_DISABLE_PLUGIN_AUTOLOAD=1.
+    LONGLLAVA_SDK_DISABLE_PLUGIN_AUTOLOAD=1. With --adapter NAME, list that adapter's options
+    instead (what --adapter-option KEY=VALUE accepts).
 
     Args:
         json: print the records as a JSON list instead of a table.
         strict: exit with status 1 when any plugin failed to load or was rejected.
+        adapter: show the options, types, defaults and descriptions of this input adapter.
     """
+    if adapter is not None:
+        return _adapter_options(adapter, json)
     pm = get_plugin_manager()
     records = pm.list_plugins()
     if json:
@@ -38,6 +42,31 @@ def plugins(json: bool = False, strict: bool = False) -> int:
     if strict and pm.load_errors:
         print(f"{len(pm.load_errors)} plugin(s) could not be loaded", file=sys.stderr)
         return 1
+    return 0
+
+
+def _adapter_options(name: str, as_json: bool) -> int:
+    from ..errors import ConfigError
+    from ..plugin_manager import available_adapters
+
+    adapters = available_adapters()
+    if name not in adapters:
+        raise ConfigError(f"no adapter named {name!r}; installed: {', '.join(sorted(adapters)) or 'none'}")
+    cls = adapters[name]
+    options = cls.options()
+    if as_json:
+        print(_json.dumps({"adapter": name, "kind": cls.kind, "extensions": list(cls.extensions),
+                           "options": [{"name": o.name, "type": o.annotation, "default": o.default, "doc": o.doc}
+                                       for o in options.values()]}, indent=2, default=repr))
+        return 0
+    print(f"adapter {name} (kind {cls.kind}; {', '.join(cls.extensions) or 'any file it claims'})")
+    if not options:
+        print("  no options")
+    for option in options.values():
+        print(f"  {option.name}: {option.annotation} = {option.default!r}")
+        if option.doc:
+            print(f"      {option.doc}")
+    print("\npass them with --adapter-option KEY=VALUE (repeatable)")
     return 0
 
 

@@ -62,10 +62,9 @@ def as_media(item: MediaLike) -> Media:
         return item
     if isinstance(item, Image.Image):
         return Media(kind="images", images=[item.convert("RGB")])
-    path = Path(item)
-    from ..adapters import resolve_adapter
+    from ..plugin_manager import resolve_adapter
 
-    return resolve_adapter(path).load(path)
+    return resolve_adapter(item, kind="images").load(item)
 
 
 class LongLLaVAProcessor:
@@ -213,7 +212,8 @@ class LongLLaVAProcessor:
 
     @staticmethod
     def _role(message: dict[str, Any]) -> str:
-        return message.get("role") or {"human": "user", "gpt": "assistant"}.get(message.get("from", ""), "")
+        role = str(message.get("role") or message.get("from") or "")
+        return protocol.ROLE_ALIASES.get(role.lower(), role)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text``, each ``<image>`` expanded to ``tokens_per_image`` placeholder ids."""

@@ -33,6 +33,9 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 USER_HEADER = f"{BOS}<|User|>\n"
 ASSISTANT_HEADER = f"{BOS}<|Assistant|>\n"
+#: Role names a conversation may use (LLaVA's ``from: human|gpt`` and chat ``role``), normalised.
+ROLE_ALIASES: dict[str, str] = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                                "system": "system"}
 #: Ends every answer but a conversation's last in the *input* (labelled ``EOS``).
 TURN_SEPARATOR = "\n"
 

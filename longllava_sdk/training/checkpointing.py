@@ -19,8 +19,7 @@ the signal into a flag; :class:`SigtermCallback` sees it at the next optimizer-s
 boundary, asks the Trainer to save a checkpoint and stop, and the trainer then exits with
 status 143 (128 + SIGTERM), the status schedulers expect from a terminated job.
 
-Task heads are stored next to the weights as ``head_config.json`` (the head's
-``config_dict()``) and ``head.safetensors``; :func:`load_head` rebuilds them.
+Task heads are stored next to the weights (:mod:`longllava_sdk.model_folders`).
 """
 
 from __future__ import annotations
@@ -40,32 +39,26 @@ from typing import Any, Iterator
 import torch
 from transformers.trainer_callback import TrainerCallback
 
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, option_hint
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "COMPLETE_MARKER",
     "RUN_MARKER",
-    "HEAD_CONFIG_NAME",
-    "HEAD_WEIGHTS_NAME",
     "SIGTERM_EXIT_CODE",
     "is_complete_checkpoint",
     "list_checkpoints",
     "latest_complete_checkpoint",
+    "check_output_dir",
     "prepare_output_dir",
     "staged_checkpoint",
     "GracefulStop",
     "SigtermCallback",
-    "save_head",
-    "load_head",
-    "load_classification_head",
 ]
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 RUN_MARKER = "longllava_run.json"
-HEAD_CONFIG_NAME = "head_config.json"
-HEAD_WEIGHTS_NAME = "head.safetensors"
 SIGTERM_EXIT_CODE = 143
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
@@ -136,38 +129,80 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | Non
 # output directory policy
 # ---------------------------------------------------------------------------------------------
 
-def prepare_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
-                       run_info: dict[str, Any] | None = None) -> Path | None:
-    """Check (and create) a run's output directory; return the checkpoint to resume from.
+#: What a run folder holds before its first checkpoint: a rerun may start it over.
+_BEFORE_FIRST_CHECKPOINT = {RUN_MARKER, "base-model"}
 
-    * empty or missing: created; returns ``None``;
-    * not empty: refused with :class:`TrainingError` unless ``resume`` (returns the newest
-      complete checkpoint; none is an error) or ``overwrite`` (the old run is deleted; only
-      a folder this SDK created, i.e. holding ``longllava_run.json``, is ever deleted).
 
-    ``run_info`` is written to ``longllava_run.json`` (for a fresh or overwritten run).
+def _unstarted(output_dir: Path) -> bool:
+    """A run folder of this SDK that died before writing its first checkpoint or any export."""
+    if not (output_dir / RUN_MARKER).is_file():
+        return False
+    for child in output_dir.iterdir():
+        if child.name in _BEFORE_FIRST_CHECKPOINT or (child.name.startswith(".checkpoint-")
+                                                      and child.name.endswith(".partial")):
+            continue
+        if child.name.startswith(".") and (".tmp-" in child.name or ".deleting-" in child.name):
+            continue  # an interrupted atomic write of base-model/
+        return False
+    return True
+
+
+def check_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
+                     run_info: dict[str, Any] | None = None) -> Path | None:
+    """Decide what a run does with its output folder, without touching it; return the checkpoint to resume.
+
+    * missing, empty, or a run of the same settings that stopped before its first checkpoint
+      (``run_info`` equal to the one it recorded): a fresh run;
+    * not empty: refused with :class:`TrainingError` unless ``resume`` (the newest complete
+      checkpoint; none is an error) or ``overwrite`` (allowed only for a folder this SDK
+      created, i.e. holding ``longllava_run.json``).
     """
     if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: pick one")
+        raise ConfigError(f"{option_hint('resume')} and {option_hint('overwrite')} contradict each other: pick one")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainingError(f"{output_dir}: output path exists and is not a directory")
     non_empty = output_dir.is_dir() and any(output_dir.iterdir())
-    if non_empty and resume:
-        checkpoint = latest_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            raise TrainingError(f"{output_dir}: --resume given but the folder holds no complete checkpoint "
-                                f"(checkpoint-N with {COMPLETE_MARKER}); start a new run with --overwrite")
-        return checkpoint
     if resume:
-        raise TrainingError(f"{output_dir}: --resume given but there is no previous run in this folder")
-    if non_empty:
-        if not overwrite:
-            raise TrainingError(f"{output_dir}: output directory exists and is not empty; pass --resume to "
-                                "continue its run or --overwrite to replace it (or choose another --output)")
-        if not (output_dir / RUN_MARKER).is_file():
-            raise TrainingError(f"{output_dir}: --overwrite refuses to delete a folder that is not a longllava-sdk "
-                                f"run (no {RUN_MARKER}); delete it yourself or choose another --output")
+        checkpoint = latest_complete_checkpoint(output_dir) if non_empty else None
+        if checkpoint is None:
+            what = "holds no complete checkpoint (checkpoint-N with " + COMPLETE_MARKER + ")" if non_empty \
+                else "holds no previous run"
+            raise TrainingError(f"{output_dir}: {option_hint('resume')} given but the folder {what}; start a new run "
+                                f"with {option_hint('overwrite')}")
+        return checkpoint
+    if non_empty and not overwrite and not (_unstarted(output_dir) and _same_run(output_dir, run_info)):
+        raise TrainingError(f"{output_dir}: output directory exists and is not empty; pass {option_hint('resume')} "
+                            f"to continue its run or {option_hint('overwrite')} to replace it (or choose another "
+                            f"{option_hint('output', 'DIR')})")
+    if non_empty and not (output_dir / RUN_MARKER).is_file():
+        raise TrainingError(f"{output_dir}: {option_hint('overwrite')} refuses to delete a folder that is not a "
+                            f"longllava-sdk run (no {RUN_MARKER}); delete it yourself or choose another "
+                            f"{option_hint('output', 'DIR')}")
+    return None
+
+
+def _same_run(output_dir: Path, run_info: dict[str, Any] | None) -> bool:
+    if not run_info:
+        return False
+    try:
+        recorded = json.loads((output_dir / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(recorded.get(k) == v for k, v in run_info.items())
+
+
+def prepare_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
+                       run_info: dict[str, Any] | None = None) -> Path | None:
+    """Apply :func:`check_output_dir`'s decision: create (or clear) the folder; return the checkpoint to resume.
+
+    ``run_info`` is written to ``longllava_run.json`` for a fresh run.
+    """
+    output_dir = Path(output_dir)
+    checkpoint = check_output_dir(output_dir, resume=resume, overwrite=overwrite, run_info=run_info)
+    if checkpoint is not None:
+        return checkpoint
+    if output_dir.is_dir() and any(output_dir.iterdir()):
         trash = output_dir.with_name(f".{output_dir.name}.deleting-{os.getpid()}")
         os.replace(output_dir, trash)
         shutil.rmtree(trash, ignore_errors=True)
@@ -307,80 +342,3 @@ class SigtermCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-
-# ---------------------------------------------------------------------------------------------
-# task heads on disk
-# ---------------------------------------------------------------------------------------------
-
-def save_head(head: torch.nn.Module, directory: str | os.PathLike[str],
-              state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``head_config.json`` and (if it has weights) ``head.safetensors`` into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / HEAD_CONFIG_NAME).write_text(json.dumps(head.config_dict(), indent=2) + "\n")  # type: ignore[operator]
-    tensors = state_dict if state_dict is not None else head.state_dict()
-    if tensors:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / HEAD_WEIGHTS_NAME),
-                  metadata={"format": "pt"})
-
-
-def read_head_config(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The saved head config of a model / checkpoint directory (``None`` when there is none)."""
-    path = Path(directory) / HEAD_CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict) or "name" not in config:
-        raise CheckpointError(f"{path}: a head config needs at least a 'name'")
-    return config
-
-
-def load_head(directory: str | os.PathLike[str], device: str | torch.device | None = None) -> torch.nn.Module | None:
-    """Rebuild the task head saved in ``directory`` (``None`` if none was saved).
-
-    Raises:
-        CheckpointError: the head's name is not registered by any installed plugin, or its
-            weights are missing / do not match the config.
-    """
-    from ..heads import available_heads
-
-    config = read_head_config(directory)
-    if config is None:
-        return None
-    heads = available_heads()
-    name = config["name"]
-    if name not in heads:
-        raise CheckpointError(f"{Path(directory) / HEAD_CONFIG_NAME}: head {name!r} is not registered by any installed "
-                              f"plugin (available: {', '.join(sorted(heads)) or 'none'})")
-    head = heads[name].from_config(config)
-    weights = Path(directory) / HEAD_WEIGHTS_NAME
-    expected = head.state_dict()
-    if expected:
-        if not weights.is_file():
-            raise CheckpointError(f"{directory}: head {name!r} has weights but {HEAD_WEIGHTS_NAME} is missing")
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights))
-        try:
-            head.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{weights}: does not match head config ({exc})") from exc
-    if device is not None:
-        head.to(device)
-    return head.eval()
-
-
-def load_classification_head(directory: str | os.PathLike[str],
-                             device: str | torch.device | None = None) -> torch.nn.Module | None:
-    """The saved ``classify`` / ``multilabel`` head of ``directory``; ``None`` for none or a
-    ``generate`` head (which is the language model's own ``lm_head``)."""
-    config = read_head_config(directory)
-    if config is None or config.get("problem_type") == "generate":
-        return None
-    return load_head(directory, device=device)

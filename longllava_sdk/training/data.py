@@ -43,9 +43,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..adapters import available_adapters, resolve_adapter
 from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
+from ..heads import TaskHead
 from ..media import Media
+from ..plugin_manager import available_adapters, claiming_adapter, resolve_adapter
 from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
 
@@ -64,7 +65,6 @@ __all__ = [
     "validate_rows",
     "split_rows",
     "prepare_datasets",
-    "head_targets",
     "as_tensor_head_labels",
 ]
 
@@ -72,11 +72,11 @@ __all__ = [
 SOURCE_KEYS: tuple[str, ...] = ("image", "video", "volume", "tiled")
 #: ``split`` values that send a row to the evaluation set (anything else trains).
 EVAL_SPLITS: frozenset[str] = frozenset({"eval", "evaluation", "val", "valid", "validation", "test", "dev"})
-#: Adapter tried for a LLaVA ``video`` / ``volume`` / ``tiled`` source no adapter claims.
-_KEY_DEFAULT_ADAPTERS: dict[str, tuple[str, ...]] = {"video": ("video",), "volume": ("dicom", "nifti"),
-                                                     "tiled": ("geotiff",), "image": ("images",)}
+#: The media kind a LLaVA row key asks for (only adapters of that kind are considered); a
+#: manifest's ``source`` may be read by an adapter of any kind.
+KIND_OF_KEY: dict[str, str | None] = {"image": "images", "video": "video", "volume": "volume", "tiled": "tiled",
+                                      "source": None}
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def _parse_llava(raw: dict[str, Any], row: DataRow) -> None:
         if not isinstance(turn, dict):
             row.problems.append(f"turn {turn_index} must be an object with 'from' and 'value'")
             continue
-        role = _ROLE.get(str(turn.get("from", turn.get("role", ""))).lower())
+        role = protocol.ROLE_ALIASES.get(str(turn.get("from", turn.get("role", ""))).lower())
         value = turn.get("value", turn.get("content"))
         if role is None:
             row.problems.append(f"turn {turn_index} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
@@ -399,12 +399,23 @@ class MediaLoader:
         recipe: supplies per-adapter options and ``max_images``; ``None`` for plain defaults.
         max_images: image budget of one *sample* (all its sources together); ``None`` uses
             the recipe's ``max_images``; both ``None`` leaves budgets to the adapters.
+        adapter_options: options given for the run (``--adapter-option``); each adapter takes
+            those it declares, over the recipe's. An option no installed adapter declares is an
+            error.
     """
 
-    def __init__(self, root: str | os.PathLike[str], recipe: Any | None = None, max_images: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], recipe: Any | None = None, max_images: int | None = None,
+                 adapter_options: dict[str, Any] | None = None) -> None:
         self.root = Path(os.path.realpath(root))
         self.recipe = recipe
         self.max_images = max_images if max_images is not None else getattr(recipe, "max_images", None)
+        self.adapter_options = dict(adapter_options or {})
+        if self.adapter_options:
+            declared = {name for cls in available_adapters().values() for name in cls.options()}
+            unknown = sorted(set(self.adapter_options) - declared)
+            if unknown:
+                raise ConfigError(f"no installed adapter has the option(s) {unknown}; see `longllava-sdk plugins "
+                                  "--adapter NAME` for each adapter's options")
         self._adapters: dict[tuple[str, str], Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # adapters are rebuilt in DataLoader workers
@@ -416,23 +427,20 @@ class MediaLoader:
         paths = source.path if isinstance(source.path, tuple) else (source.path,)
         return [resolve_data_path(p, self.root) for p in paths]
 
-    def adapter_name(self, source: MediaSource, first: Path) -> str:
-        """The adapter for ``source``: the row's, else the first that claims the file, else by key."""
+    def adapter_name(self, source: MediaSource, paths: list[Path]) -> str:
+        """The adapter for ``source``: the row's, else the first adapter of the key's kind that claims it.
+
+        When none claims it, :func:`~longllava_sdk.plugin_manager.resolve_adapter` asks each
+        adapter of the kind to read it and raises, adapter by adapter, why it cannot.
+        """
         if source.adapter:
             return source.adapter
-        adapters = available_adapters()
-        for cls in sorted(adapters.values(), key=lambda a: (a.priority, a.name)):
-            try:
-                if cls.claims(first):
-                    return cls.name
-            except Exception:  # noqa: BLE001 - a broken claims() must not hide the others
-                continue
-        for candidate in _KEY_DEFAULT_ADAPTERS.get(source.key, ()):
-            if candidate in adapters:
-                return candidate
-        installed = ", ".join(sorted(adapters)) or "none"
-        raise InputError(first, f"no installed adapter claims this source (installed: {installed}); "
-                                "name one with 'adapter'")
+        kind = KIND_OF_KEY.get(source.key)
+        found = claiming_adapter(paths[0], kind=kind)
+        if found is None:
+            target: Any = [str(p) for p in paths] if isinstance(source.path, tuple) else str(paths[0])
+            found = type(resolve_adapter(target, kind=kind, options=source.option_dict))
+        return found.name
 
     def budget(self, source: MediaSource, adapter: str, n_sources: int) -> int | None:
         """Images allowed for one source: row option, recipe adapter setting, share of the sample budget."""
@@ -451,18 +459,15 @@ class MediaLoader:
     def load(self, source: MediaSource, n_sources: int = 1, paths: list[Path] | None = None) -> Media:
         """Read one source into :class:`Media` (raises the path check's or the adapter's typed error)."""
         paths = paths if paths is not None else self.resolve_paths(source)
-        name = self.adapter_name(source, paths[0])
+        name = self.adapter_name(source, paths)
         options = self.recipe.adapter_options(name) if self.recipe is not None else {}
+        declared = available_adapters()[name].options() if name in available_adapters() else {}
+        options.update({k: v for k, v in self.adapter_options.items() if k in declared})
         options.update({k: v for k, v in source.option_dict.items() if k != "max_images"})
         cache_key = (name, json.dumps(options, sort_keys=True, default=str))
         adapter = self._adapters.get(cache_key)
         if adapter is None:
-            try:
-                adapter = resolve_adapter(paths[0], name, **options)
-            except LongLLaVAError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"adapter {name!r} rejects options {options}: {exc}") from exc
+            adapter = resolve_adapter(paths[0], name, kind=KIND_OF_KEY.get(source.key), options=options)
             self._adapters[cache_key] = adapter
         target: Any = [str(p) for p in paths] if isinstance(source.path, tuple) else str(paths[0])
         media = adapter.load(target, max_images=self.budget(source, name, n_sources))
@@ -559,7 +564,7 @@ def _messages_for(row: DataRow, media: Sequence[Media]) -> list[dict[str, Any]]:
     return messages
 
 
-def _structural_problems(row: DataRow, head_type: str, label_names: Sequence[str]) -> list[str]:
+def _structural_problems(row: DataRow, head: TaskHead | None) -> list[str]:
     problems = list(row.problems)
     if row.problems and not row.turns:
         return problems
@@ -578,25 +583,18 @@ def _structural_problems(row: DataRow, head_type: str, label_names: Sequence[str
     if markers and markers != len(row.sources):
         problems.append(f"placeholder/media count mismatch: {markers} <image> marker(s) but "
                         f"{len(row.sources)} media source(s)")
-    if head_type in ("classify", "multilabel"):
-        if row.labels is None:
-            problems.append(f"no 'labels' for the {head_type} head")
-        else:
-            unknown = [label for label in row.labels if label not in label_names]
-            if unknown:
-                problems.append(f"unknown label(s) {unknown}; the recipe's labels are: {', '.join(label_names)}")
-            if head_type == "classify" and len(row.labels) != 1:
-                problems.append(f"a classify head needs exactly one label, got {len(row.labels)}: {row.labels}")
+    if head is not None and not head.generates:
+        try:
+            head.encode_targets(row.labels, final_answer(row))
+        except ValueError as exc:  # the head's own words about its label format
+            problems.append(str(exc))
     return problems
 
 
-def head_targets(labels: list[str] | None, head_type: str, label_names: Sequence[str]) -> int | list[float] | None:
-    """``classify``: class index; ``multilabel``: multi-hot list; ``generate``: ``None``."""
-    if head_type == "classify" and labels:
-        return list(label_names).index(labels[0])
-    if head_type == "multilabel" and labels is not None:
-        return [1.0 if name in labels else 0.0 for name in label_names]
-    return None
+def final_answer(row: DataRow) -> str | None:
+    """The row's last assistant answer (what a head's :meth:`~TaskHead.encode_targets` may read)."""
+    answers = [t["content"] for t in row.turns if t["role"] == "assistant"]
+    return answers[-1] if answers else None
 
 
 # ------------------------------------------------------------------------------------------
@@ -610,8 +608,7 @@ def validate_rows(
     loader: MediaLoader,
     *,
     max_length: int | None,
-    head_type: str = "generate",
-    label_names: Sequence[str] = (),
+    head: TaskHead | None = None,
     cache: SampleCache | None = None,
     num_workers: int = 0,
     raise_errors: bool = True,
@@ -624,7 +621,7 @@ def validate_rows(
         processor: tokenizes and counts ``tokens_per_image`` per image.
         loader: reads media (each source once; see the module docstring).
         max_length: context limit a sample must fit in on its own (``None``: no limit).
-        head_type, label_names: the task head, for label checks.
+        head: the task head; each row's labels must fit its label format (``encode_targets``).
         cache: keeps encoded samples for the dataset's first access (bounded).
         num_workers: threads loading media in parallel (0: in this thread). Tokenizing
             always happens in the calling thread.
@@ -635,7 +632,7 @@ def validate_rows(
         ``"<file> <where> (id ...): <problem>"`` lines (empty when all rows are valid).
     """
     problems: list[str] = []
-    structural = {row.key: _structural_problems(row, head_type, label_names) for row in rows}
+    structural = {row.key: _structural_problems(row, head) for row in rows}
     seen_ids: dict[str, DataRow] = {}
     for row in rows:
         if row.id in seen_ids and not structural[row.key]:
@@ -712,7 +709,7 @@ class TrainingDataset(Dataset):
         processor: the model's processor.
         loader: reads media with the recipe's adapter options and per-sample ``max_images``.
         max_length: a sample longer than this raises (media are never cut).
-        head_type, label_names: build ``head_labels`` for ``classify`` / ``multilabel`` heads.
+        head: the task head; it turns each row into ``head_labels`` (``None`` for ``generate``).
         cache: encoded samples kept by validation (taken on first access).
 
     Items: ``TrainingSample(input_ids, labels, images, head_labels, sample_id)``; use
@@ -726,16 +723,14 @@ class TrainingDataset(Dataset):
         loader: MediaLoader,
         *,
         max_length: int | None = None,
-        head_type: str = "generate",
-        label_names: Sequence[str] = (),
+        head: TaskHead | None = None,
         cache: SampleCache | None = None,
     ) -> None:
         self.rows = list(rows)
         self.processor = processor
         self.loader = loader
         self.max_length = max_length
-        self.head_type = head_type
-        self.label_names = list(label_names)
+        self.head = head
         self.cache = cache
 
     def __len__(self) -> int:
@@ -775,15 +770,15 @@ class TrainingDataset(Dataset):
             input_ids=list(encoded.input_ids),
             labels=list(encoded.labels),
             images=list(encoded.images),
-            head_labels=head_targets(row.labels, self.head_type, self.label_names),
+            head_labels=(None if self.head is None or self.head.generates
+                         else self.head.encode_targets(row.labels, final_answer(row))),
             sample_id=row.id,
         )
 
     def subset(self, indices: Iterable[int]) -> "TrainingDataset":
         """A dataset over some of the rows (same processor, loader and cache)."""
         return TrainingDataset([self.rows[i] for i in indices], self.processor, self.loader,
-                               max_length=self.max_length, head_type=self.head_type,
-                               label_names=self.label_names, cache=self.cache)
+                               max_length=self.max_length, head=self.head, cache=self.cache)
 
 
 # ------------------------------------------------------------------------------------------
@@ -817,8 +812,7 @@ class PreparedData:
     Attributes:
         train: the training dataset.
         eval: the held-out dataset (``None`` when there is none).
-        head_type: ``generate``, ``classify`` or ``multilabel``.
-        label_names: head labels in logit order.
+        head: the task head the targets were built for (``None``: answer text only).
         skipped: problems of rows left out (only with ``skip_invalid=True``).
         data_path: the training data file.
         root: the data root.
@@ -826,8 +820,7 @@ class PreparedData:
 
     train: TrainingDataset
     eval: TrainingDataset | None
-    head_type: str
-    label_names: list[str]
+    head: TaskHead | None
     skipped: list[str]
     data_path: Path
     root: Path
@@ -844,8 +837,8 @@ def prepare_datasets(
     max_images: int | None = None,
     eval_fraction: float | None = None,
     seed: int | None = None,
-    head_type: str | None = None,
-    label_names: Sequence[str] | None = None,
+    head: TaskHead | None = None,
+    adapter_options: dict[str, Any] | None = None,
     skip_invalid: bool = False,
     cache_images: int = 256,
     num_workers: int = 0,
@@ -854,8 +847,9 @@ def prepare_datasets(
 
     Every argument left ``None`` comes from ``recipe`` (``data.path``, ``data.root``,
     ``data.eval_path``, ``data.eval_fraction``, ``training.max_length``, ``max_images``,
-    ``training.seed``, ``head``). ``data_path`` given explicitly uses its own folder as the
-    root (not the recipe's), unless ``data_root`` is given.
+    ``training.seed``). ``data_path`` given explicitly uses its own folder as the root (not
+    the recipe's), unless ``data_root`` is given. ``head`` (the run's task head) checks every
+    row's labels and builds its targets; ``None`` trains the answer text.
 
     Raises:
         DatasetError: listing every bad row of both splits (unless ``skip_invalid``, which
@@ -876,19 +870,20 @@ def prepare_datasets(
     training = getattr(recipe, "training", None)
     max_length = max_length if max_length is not None else getattr(training, "max_length", None)
     seed = seed if seed is not None else getattr(training, "seed", 0)
-    head_type = head_type or (recipe.head.type if recipe is not None else "generate")
-    label_names = list(label_names) if label_names is not None else (list(recipe.head.labels) if recipe else [])
+    head_settings = getattr(recipe, "head", None)
+    if head is None and head_settings is not None and head_settings.type != "generate":
+        raise ConfigError(f"recipe {recipe.name!r} trains the {head_settings.type} head: pass head=<the run's head> "
+                          "so every row's labels are checked and turned into its targets")
 
     rows = read_rows(path, recipe=recipe)
     if eval_path is not None:
         train_rows, eval_rows = rows, read_rows(eval_path, recipe=recipe)
     else:
         train_rows, eval_rows = split_rows(rows, fraction or 0.0, seed)
-    loader = MediaLoader(root, recipe, max_images)
+    loader = MediaLoader(root, recipe, max_images, adapter_options)
     cache = SampleCache(cache_images)
-    problems = validate_rows(train_rows + eval_rows, processor, loader, max_length=max_length, head_type=head_type,
-                             label_names=label_names, cache=cache, num_workers=num_workers,
-                             raise_errors=not skip_invalid, source=path)
+    problems = validate_rows(train_rows + eval_rows, processor, loader, max_length=max_length, head=head,
+                             cache=cache, num_workers=num_workers, raise_errors=not skip_invalid, source=path)
     if skip_invalid:
         train_rows = [r for r in train_rows if r.length is not None]
         eval_rows = [r for r in eval_rows if r.length is not None]
@@ -896,19 +891,20 @@ def prepare_datasets(
             raise DatasetError(path, ["no valid training rows left", *problems])
 
     def make(selected: list[DataRow]) -> TrainingDataset:
-        return TrainingDataset(selected, processor, loader, max_length=max_length, head_type=head_type,
-                               label_names=label_names, cache=cache)
+        return TrainingDataset(selected, processor, loader, max_length=max_length, head=head, cache=cache)
 
-    return PreparedData(train=make(train_rows), eval=make(eval_rows) if eval_rows else None, head_type=head_type,
-                        label_names=label_names, skipped=problems, data_path=path, root=Path(os.path.realpath(root)))
+    return PreparedData(train=make(train_rows), eval=make(eval_rows) if eval_rows else None, head=head,
+                        skipped=problems, data_path=path, root=Path(os.path.realpath(root)))
 
 
-def as_tensor_head_labels(values: Sequence[int | list[float] | None]) -> torch.Tensor | None:
-    """Stack per-sample head targets: ``(B,)`` long for classify, ``(B, C)`` float for multilabel."""
+def as_tensor_head_labels(values: Sequence[Any]) -> torch.Tensor | None:
+    """Stack per-sample head targets (what the head's ``encode_targets`` returned).
+
+    ``torch.tensor`` picks the dtype: ``(B,)`` long for class indices, ``(B, C)`` float for
+    multi-hot lists, ``(B,)`` float for scores; ``None`` when no sample has targets.
+    """
     if not values or all(v is None for v in values):
         return None
     if any(v is None for v in values):
         raise ProtocolError("a batch mixes samples with and without head labels")
-    if isinstance(values[0], list):
-        return torch.tensor(values, dtype=torch.float32)
-    return torch.tensor(values, dtype=torch.long)
+    return torch.tensor(values)

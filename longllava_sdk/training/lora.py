@@ -188,7 +188,7 @@ def unwrap_longllava(model: nn.Module) -> nn.Module:
 
 
 def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_projector: bool = True,
-               train_vision: bool = False, head_type: str = "generate") -> tuple[nn.Module, LoraReport]:
+               train_vision: bool = False, problem_type: str = "generate") -> tuple[nn.Module, LoraReport]:
     """Wrap the LongLLaVA ``model`` with LoRA adapters on its language model.
 
     The plugin hook ``longllava_apply_lora(model, lora_config)`` is asked first; a plugin that
@@ -200,7 +200,7 @@ def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_pr
         model: unwrapped LongLLaVA model.
         options: LoRA settings (defaults: :class:`LoraOptions`).
         train_projector / train_vision: train these modules in full (``modules_to_save``).
-        head_type: the task head; the parameters no loss can reach are frozen
+        problem_type: the task head's problem type; the parameters no loss can reach are frozen
             (see :func:`~longllava_sdk.training.stages.unreachable_parameters`).
 
     Returns:
@@ -216,7 +216,7 @@ def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_pr
     options = options or LoraOptions()
     full = [m for m, on in (("projector", train_projector), ("vision_tower", train_vision)) if on]
     config = build_lora_config(model, options, full)
-    unreachable = unreachable_parameters(model, head_type)
+    unreachable = unreachable_parameters(model, problem_type)
     expected = _expected_targets(model, options)
     wrapped = get_plugin_manager().hook.longllava_apply_lora(model=model, lora_config=config)
     by_plugin = wrapped is not None

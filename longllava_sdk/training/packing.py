@@ -192,8 +192,9 @@ class PackedDataset(Dataset):
 
     def __init__(self, dataset, max_length: int | None = None, seed: int = 0, strategy: str = "ffd",
                  strict: bool = True) -> None:
-        if getattr(dataset, "head_type", "generate") != "generate":
-            raise ConfigError(f"packing needs the generate head; a {dataset.head_type} head pools one sample per "
+        head = getattr(dataset, "head", None)
+        if head is not None and not head.generates:
+            raise ConfigError(f"packing needs a generate head; the {head.name} head reads one sample per "
                               "sequence (disable training.packing)")
         max_length = max_length if max_length is not None else getattr(dataset, "max_length", None)
         if max_length is None:

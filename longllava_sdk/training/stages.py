@@ -134,13 +134,13 @@ def strip_wrapper_prefixes(name: str) -> str:
     return _WRAPPER_PREFIX.sub("", name, count=1)
 
 
-def unreachable_parameters(model: nn.Module, head_type: str = "generate") -> list[str]:
+def unreachable_parameters(model: nn.Module, problem_type: str = "generate") -> list[str]:
     """Names of parameters of the LongLLaVA ``model`` that no loss can reach.
 
     * CLIP encoder layers after ``vision_feature_layer`` and ``post_layernorm``: the model
       takes hidden state ``vision_feature_layer`` (-2: the output of the second-to-last
       layer), so the last layer and the final norm never touch the output.
-    * ``language_model.lm_head`` when ``head_type`` is not ``generate``: a classification
+    * ``language_model.lm_head`` when ``problem_type`` is not ``generate``: a classification
       head reads the final hidden states instead of token logits.
     """
     config = model.config
@@ -156,12 +156,12 @@ def unreachable_parameters(model: nn.Module, head_type: str = "generate") -> lis
             names.append(name)
         elif ".post_layernorm." in name and name.startswith("vision_tower."):
             names.append(name)
-        elif head_type != "generate" and name.startswith("language_model.lm_head."):
+        elif problem_type != "generate" and name.startswith("language_model.lm_head."):
             names.append(name)
     return names
 
 
-def apply_stage_freezing(model: nn.Module, stage: Stage, head_type: str = "generate",
+def apply_stage_freezing(model: nn.Module, stage: Stage, problem_type: str = "generate",
                          head: nn.Module | None = None) -> dict[str, int]:
     """Set ``requires_grad`` on the unwrapped LongLLaVA ``model`` (and ``head``) for full training.
 
@@ -173,7 +173,7 @@ def apply_stage_freezing(model: nn.Module, stage: Stage, head_type: str = "gener
         ``{component: trainable parameter count}``.
     """
     trains = stage.trainable()
-    unreachable = set(unreachable_parameters(model, head_type))
+    unreachable = set(unreachable_parameters(model, problem_type))
     counts = {c: 0 for c in COMPONENTS}
     for name, param in model.named_parameters():
         component = component_of(name)

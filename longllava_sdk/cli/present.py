@@ -1,0 +1,66 @@
+"""How the CLI shows the results of library calls (reports, runnable snippets)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+_STARTED = time.time()
+
+
+def present_finetune(result: Any) -> int:
+    """Print a finished (or stopped) run: what trained, metrics, folders, a snippet that runs it."""
+    if os.environ.get("RANK", "0") != "0":  # one report per run, from the main process
+        return 0
+    if result.stopped:
+        print(f"stopped at step {result.global_step}; resume with --resume --output {result.output_dir}")
+        return 0
+    print(format_report(result, time.time() - _STARTED))
+    return 0
+
+
+def format_report(result: Any, wall_seconds: float) -> str:
+    """What was trained, the metrics, where the model is and a ``Pipeline`` snippet that runs it."""
+    lines = [f"\nfinetune done: stage {result.stage}, {result.finetune}, head {result.head}, "
+             f"{result.global_step} steps, {result.train_seconds:.0f}s training, {wall_seconds:.0f}s total"]
+    shown = {k: v for k, v in result.metrics.items() if not k.startswith(("eval_runtime", "eval_samples", "epoch"))
+             and "/" not in k}
+    lines.append(f"metrics on the {result.evaluated_on} set: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    lines.append(f"run folder: {Path(result.output_dir).resolve()}")
+    if result.adapter_dir is not None:
+        lines.append(f"LoRA adapter (peft format): {Path(result.adapter_dir).resolve()}")
+    if result.model_dir is None:
+        lines.append(f"merge the adapter into a standalone model with:\n  longllava-sdk merge {result.adapter_dir} "
+                     f"{Path(result.output_dir) / 'merged'}")
+        return "\n".join(lines)
+    model_dir = Path(result.model_dir).resolve()
+    lines.append(f"model (load with Pipeline): {model_dir}")
+    lines.append("\nrun it:\n" + pipeline_snippet(model_dir, result.generates, result.example))
+    return "\n".join(lines)
+
+
+def pipeline_snippet(model_dir: Path, generates: bool, example: dict[str, Any]) -> str:
+    """Python code running the model on one of the evaluation samples."""
+    prompt = example.get("prompt") or "Describe the input."
+    args = [repr(prompt)]
+    if example.get("kwarg"):
+        args.append(f"{example['kwarg']}={example['source']!r}")
+        if example.get("adapter_options"):
+            args.append(f"adapter_options={example['adapter_options']!r}")
+        if example.get("max_images"):
+            args.append(f"max_images={int(example['max_images'])}")
+    if generates:
+        args.append("max_new_tokens=32")
+    call = "pipe" if generates else "pipe.classify"
+    return (f"    from longllava_sdk import Pipeline\n"
+            f"    pipe = Pipeline.from_pretrained({str(model_dir)!r})\n"
+            f"    print({call}({', '.join(args)}))")
+
+
+def present_merge(output: Path) -> int:
+    """Print where the merged model went and how to load it."""
+    print(f"wrote merged model {output}\n"
+          f"  from longllava_sdk import Pipeline\n  pipe = Pipeline.from_pretrained({str(Path(output).resolve())!r})")
+    return 0

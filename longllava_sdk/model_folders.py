@@ -1,0 +1,279 @@
+"""Model folders: the one home for creating, saving, loading and exporting model directories.
+
+A model folder is what ``Pipeline.from_pretrained`` loads and what training writes::
+
+    config.json + model*.safetensors        the LongLLaVA model (safetensors only)
+    tokenizer*.json, preprocessor_config.json, longllava_processor.json, processor_config.json,
+    chat_template.jinja                     the processor (AutoProcessor loads it too)
+    head_config.json + head.safetensors     the task head, when one was trained
+    longllava_training.json                 how the folder was made (base model, adapter...)
+
+A LoRA run also writes an *adapter* folder (peft's ``adapter_config.json`` +
+``adapter_model.safetensors``); :func:`merge_adapter` folds it into its base model and writes
+a standalone model folder. Both ``Pipeline`` and the trainer use this module; it sits below
+both (it imports neither).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .checkpoint import atomic_directory, check_weights_safe, resolve_device, resolve_dtype
+from .errors import CheckpointError, option_hint
+
+if TYPE_CHECKING:
+    from .heads import TaskHead
+    from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
+    from .processing.processor import LongLLaVAProcessor
+
+__all__ = [
+    "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "TRAINING_INFO_NAME", "STATE_WEIGHTS_NAME",
+    "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME",
+    "create_model", "save_model", "load_model", "save_head", "read_head_config", "load_head",
+    "read_training_info", "resolve_base_model", "merge_lora", "export_merged", "merge_adapter",
+]
+
+HEAD_CONFIG_NAME = "head_config.json"
+HEAD_WEIGHTS_NAME = "head.safetensors"
+TRAINING_INFO_NAME = "longllava_training.json"
+#: Full fine-tuning checkpoints keep the raw state dict (exact for resume).
+STATE_WEIGHTS_NAME = "longllava_state.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+# -- whole models --------------------------------------------------------------------------------
+
+
+def create_model(preset: str = "tiny", seed: int = 0
+                 ) -> tuple[LongLLaVAForConditionalGeneration, LongLLaVAProcessor]:
+    """A randomly initialised model of ``preset`` and a processor with the local tokenizer."""
+    from .config import LongLLaVAConfig
+    from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
+    from .processing.processor import LongLLaVAProcessor
+
+    config = LongLLaVAConfig.from_preset(preset)
+    torch.manual_seed(seed)
+    model = LongLLaVAForConditionalGeneration(config)
+    return model, LongLLaVAProcessor.for_config(config)
+
+
+def save_model(model: torch.nn.Module, processor: LongLLaVAProcessor, output: str | os.PathLike[str], *,
+               head: TaskHead | None = None, head_from: str | os.PathLike[str] | None = None,
+               info: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write a model folder atomically: weights (safetensors), processor files, optional head and info.
+
+    Args:
+        head: a task head to save with the model; or ``head_from``: a folder whose saved head
+            files are copied as they are (no need for the head's plugin to be installed).
+
+    Raises:
+        CheckpointError: ``output`` exists and is not empty, and ``overwrite`` is false.
+    """
+    with atomic_directory(output, overwrite=overwrite) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        if head is not None:
+            save_head(head, staging)
+        elif head_from is not None:
+            for name in (HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME):
+                if (Path(head_from) / name).is_file():
+                    shutil.copy2(Path(head_from) / name, staging / name)
+        if info is not None:
+            (staging / TRAINING_INFO_NAME).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return Path(output)
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype | None = None, allow_pickle: bool = False
+               ) -> tuple[LongLLaVAForConditionalGeneration, LongLLaVAProcessor]:
+    """Model and processor from a local model folder (never a hub; safetensors unless ``allow_pickle``).
+
+    Args:
+        device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:1"``...
+        dtype: ``None``/``"auto"``: bf16 on CUDA, fp32 on CPU.
+
+    Raises:
+        CheckpointError: no such folder, no weights; UnsafeCheckpointError: pickle weights
+            without ``allow_pickle``.
+    """
+    from .config import LongLLaVAConfig
+    from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
+    from .processing.processor import LongLLaVAProcessor
+
+    path = Path(path)
+    use_safetensors = check_weights_safe(path, allow_pickle=allow_pickle)
+    target = resolve_device(device)
+    config = LongLLaVAConfig.from_pretrained(path, local_files_only=True)
+    model = LongLLaVAForConditionalGeneration.from_pretrained(
+        path, config=config, dtype=resolve_dtype(dtype, target), use_safetensors=use_safetensors,
+        local_files_only=True,
+    ).to(target)
+    return model, LongLLaVAProcessor.from_pretrained(path, config=config)
+
+
+def read_training_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``longllava_training.json`` of a folder (``{}`` when absent or unreadable)."""
+    path = Path(directory) / TRAINING_INFO_NAME
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+# -- task heads --------------------------------------------------------------------------------
+
+
+def save_head(head: TaskHead, directory: str | os.PathLike[str],
+              state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``head_config.json`` and (if it has weights) ``head.safetensors`` into ``directory``.
+
+    ``state_dict`` replaces the head's own (the gathered weights under DeepSpeed ZeRO-3).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / HEAD_CONFIG_NAME).write_text(json.dumps(head.config_dict(), indent=2) + "\n")
+    tensors = state_dict if state_dict is not None else head.state_dict()
+    if tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / HEAD_WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+
+
+def read_head_config(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The saved head config of a folder (``None`` when there is none)."""
+    path = Path(directory) / HEAD_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or "name" not in config:
+        raise CheckpointError(f"{path}: a head config needs at least a 'name'")
+    return config
+
+
+def load_head(directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TaskHead | None:
+    """Rebuild the task head saved in ``directory`` through the installed plugins (``None`` if none was saved).
+
+    Raises:
+        CheckpointError: the head's name is not registered by any installed plugin, or its
+            weights are missing / do not match the config.
+    """
+    from .plugin_manager import available_heads
+
+    config = read_head_config(directory)
+    if config is None:
+        return None
+    heads = available_heads()
+    name = config["name"]
+    if name not in heads:
+        raise CheckpointError(f"{Path(directory) / HEAD_CONFIG_NAME}: head {name!r} is not registered by any installed "
+                              f"plugin (available: {', '.join(sorted(heads)) or 'none'}); install the plugin that "
+                              "provides it")
+    head = heads[name].from_config(config)
+    weights = Path(directory) / HEAD_WEIGHTS_NAME
+    if head.state_dict():
+        if not weights.is_file():
+            raise CheckpointError(f"{directory}: head {name!r} has weights but {HEAD_WEIGHTS_NAME} is missing")
+        from safetensors.torch import load_file
+
+        try:
+            head.load_state_dict(load_file(str(weights)), strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{weights}: does not match head config ({exc})") from exc
+    if device is not None:
+        head.to(device)
+    return head.eval()
+
+
+# -- LoRA adapters -----------------------------------------------------------------------------
+
+
+def resolve_base_model(adapter_dir: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> Path:
+    """The base model of an adapter folder: ``base``, else the one recorded at training time."""
+    if base is not None:
+        return Path(base)
+    adapter_dir = Path(adapter_dir)
+    candidates: list[str] = []
+    recorded = read_training_info(adapter_dir).get("base_model")
+    if recorded:
+        candidates.append(str(recorded))
+    config = adapter_dir / ADAPTER_CONFIG_NAME
+    if config.is_file():
+        try:
+            recorded = json.loads(config.read_text()).get("base_model_name_or_path")
+        except ValueError:
+            recorded = None
+        if recorded:
+            candidates.append(str(recorded))
+    for candidate in candidates:
+        path = Path(candidate)
+        for option in (path, adapter_dir / path, adapter_dir.parent / path.name):
+            if (option / "config.json").is_file():
+                return option
+    raise CheckpointError(f"{adapter_dir}: cannot find the base model (recorded: {candidates or 'nothing'}); "
+                          f"pass {option_hint('base', 'DIR')}")
+
+
+def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold LoRA adapters into the base weights (``merge_and_unload``); returns the plain LongLLaVA model.
+
+    ``modules_to_save`` copies (the projector) replace the originals, so the result computes
+    exactly what the adapted model computes.
+    """
+    from .modeling.task_model import unwrap_longllava
+
+    if not hasattr(model, "merge_and_unload"):
+        raise CheckpointError(f"{type(model).__name__} has no LoRA adapters to merge")
+    return unwrap_longllava(model.merge_and_unload())
+
+
+def export_merged(peft_model: torch.nn.Module, processor: LongLLaVAProcessor, output: str | os.PathLike[str], *,
+                  head: TaskHead | None = None, head_from: str | os.PathLike[str] | None = None,
+                  info: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Merge ``peft_model``'s adapters and write the standalone model folder ``output`` (see :func:`save_model`)."""
+    return save_model(merge_lora(peft_model), processor, output, head=head, head_from=head_from,
+                      info={**(info or {}), "format": "merged"}, overwrite=overwrite)
+
+
+def merge_adapter(adapter_dir: str | os.PathLike[str], output: str | os.PathLike[str], *,
+                  base: str | os.PathLike[str] | None = None, overwrite: bool = False) -> Path:
+    """Merge a LoRA adapter folder into its base model; write a standalone model loadable by Pipeline.
+
+    The output holds the merged weights, config, tokenizer / processor files and the task
+    head of the run (if it trained one).
+
+    Args:
+        adapter_dir: the adapter folder a LoRA run wrote (``runs/<name>/adapter`` or a checkpoint folder).
+        output: the model folder to write (must not exist or be empty unless ``overwrite``).
+        base: the base model folder (default: the one recorded when training).
+        overwrite: replace a non-empty output folder.
+
+    Raises:
+        CheckpointError: not an adapter folder, base model not found, output not empty.
+    """
+    from peft import PeftModel
+
+    from .processing.processor import LongLLaVAProcessor
+
+    adapter = Path(adapter_dir)
+    if not (adapter / ADAPTER_CONFIG_NAME).is_file():
+        raise CheckpointError(f"{adapter}: not a LoRA adapter folder (no {ADAPTER_CONFIG_NAME})")
+    check_weights_safe(adapter)
+    base_dir = resolve_base_model(adapter, base)
+    model, processor = load_model(base_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    if (adapter / "tokenizer_config.json").is_file():
+        processor = LongLLaVAProcessor.from_pretrained(adapter, config=model.config)
+    info = {"adapter": str(adapter.resolve()), "base_model": str(base_dir.resolve())}
+    return export_merged(peft_model, processor, output, head_from=adapter, info=info, overwrite=overwrite)

@@ -1,0 +1,468 @@
+"""A whole fine-tuning run, in three steps: plan, run, report.
+
+::
+
+    from longllava_sdk.training import finetune
+
+    result = finetune("medical")                      # plan_finetune + run_finetune
+    result.model_dir                                  # what Pipeline.from_pretrained loads
+
+* :func:`plan_finetune` decides everything and validates everything a run needs -- recipe,
+  stage, head and labels, the base model, every data row (media read through the adapters),
+  the output folder policy -- and touches no file. A bad ``--model`` or ``--data`` fails here,
+  before the output folder exists.
+* :func:`run_finetune` executes a plan: output folder, model, LoRA / freezing, the HF
+  ``Trainer``, evaluation, exports (adapter + merged model, or the full model).
+* the :class:`FinetuneResult` is the report: metrics, folders, and one evaluation sample as
+  ``Pipeline`` arguments (the CLI turns it into a runnable snippet).
+
+:func:`finetune` is both steps with one signature; the ``longllava-sdk finetune`` command is
+that function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from ..errors import ConfigError, TrainingError, option_hint
+from ..heads import TaskHead
+from ..model_folders import TRAINING_INFO_NAME, create_model, export_merged, load_model, save_model
+from ..modeling.task_model import TaskModel
+from ..plugin_manager import get_head_class, get_plugin_manager
+from ..processing.processor import LongLLaVAProcessor
+from ..recipes import HeadSettings, Recipe, load_recipe
+from .checkpointing import check_output_dir, prepare_output_dir
+from .data import PreparedData, prepare_datasets, read_rows
+from .stages import Stage, get_stage
+from .trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_arguments
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune"]
+
+BASE_MODEL_DIR = "base-model"
+
+
+@dataclass
+class FinetunePlan:
+    """Everything a run needs, decided and validated by :func:`plan_finetune` (no file written).
+
+    Attributes:
+        recipe: the recipe, with command-line overrides applied.
+        stage: the training stage (freezing, default learning rate).
+        head: the task head used to check labels and build targets (a fresh one is created,
+            seeded, for training).
+        lora: LoRA adapters on the language model (else full fine-tuning of what the stage trains).
+        output_dir: the run folder; resume_from: the checkpoint to continue from.
+        model_dir: the base model folder, or ``None`` for a new ``preset`` model.
+        processor: the base model's processor (the data was validated with it).
+        data: the validated train / eval datasets.
+        learning_rate, epochs: resolved from the arguments, the recipe and the stage.
+        options: the remaining run options (steps, DeepSpeed, logging...).
+    """
+
+    recipe: Recipe
+    stage: Stage
+    head: TaskHead
+    lora: bool
+    output_dir: Path
+    resume_from: Path | None
+    model_dir: Path | None
+    preset: str
+    processor: LongLLaVAProcessor
+    data: PreparedData
+    learning_rate: float
+    epochs: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_info(self) -> dict[str, Any]:
+        """What ``longllava_run.json`` records (compared on a rerun of an unstarted run)."""
+        return {"recipe": self.recipe.name, "stage": self.stage.name, "finetune": "lora" if self.lora else "full",
+                "head": self.head.name,
+                "base_model": str(self.model_dir) if self.model_dir else
+                f"new {self.preset} model (seed {self.recipe.training.seed})"}
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced.
+
+    Attributes:
+        output_dir: the run folder.
+        model_dir: the standalone model ``Pipeline.from_pretrained`` loads (merged LoRA or
+            full model); ``None`` when not exported (a stopped run, or DeepSpeed ZeRO-3 LoRA:
+            merge afterwards).
+        adapter_dir: the peft adapter (LoRA runs).
+        metrics: the head's evaluation metrics (``eval_*``).
+        evaluated_on: ``eval`` (held-out rows) or ``train`` (no held-out rows).
+        head, stage, finetune: what ran.
+        resumed_from: the checkpoint the run resumed from.
+        train_seconds: wall time of ``trainer.train``; global_step: optimizer steps done.
+        example: one evaluation sample as ``Pipeline`` arguments: ``prompt``, ``kwarg``
+            (``images`` / ``video`` / ``volume`` / ``tiled``: the adapter's kind), ``source``,
+            ``adapter``, ``adapter_options``, ``max_images``, ``labels``.
+        stopped: the run stopped on a signal after saving a checkpoint (resume it).
+    """
+
+    output_dir: Path
+    model_dir: Path | None
+    adapter_dir: Path | None
+    metrics: dict[str, float]
+    evaluated_on: str
+    head: str
+    stage: str
+    finetune: str
+    resumed_from: Path | None
+    train_seconds: float
+    global_step: int
+    example: dict[str, Any] = field(default_factory=dict)
+    generates: bool = True
+    stopped: bool = False
+
+
+# -- plan ----------------------------------------------------------------------------------------
+
+
+def plan_finetune(
+    domain: str | os.PathLike[str] | Recipe | None = None,
+    *,
+    model: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    stage: str | None = None,
+    head: str | None = None,
+    full: bool = False,
+    deepspeed: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    save_steps: int | None = None,
+    logging_steps: int | None = None,
+    report_to: str | None = None,
+    router_aux_loss_coef: float | None = None,
+    merge: bool = True,
+    preset: str = "tiny",
+    adapter_options: dict[str, Any] | None = None,
+    exit_on_sigterm: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+    training_args: dict[str, Any] | None = None,
+) -> FinetunePlan:
+    """Decide and validate a run (arguments as :func:`finetune`); writes nothing."""
+    if domain is None:
+        if data is None:
+            raise ConfigError(f"nothing to train on: pass {option_hint('domain', 'NAME')} (a registered domain or a "
+                              f"recipe .yaml) or {option_hint('data', 'FILE')}")
+        recipe = Recipe(name="custom", stage=stage or "domain", head=HeadSettings(type=head or "generate"))
+    else:
+        recipe = load_recipe(domain)
+    if batch_size is not None:
+        recipe = recipe.with_overrides(batch_size=int(batch_size))
+    stage_obj = get_stage(stage or recipe.stage).with_freeze(recipe.freeze)
+    head_cls = get_head_class(head or recipe.head.type)
+    labels = list(recipe.head.labels)
+    if head_cls.problem_type != "generate":
+        if not labels and data is not None:
+            labels = sorted({label for row in read_rows(data, recipe=recipe) for label in (row.labels or [])})
+        problems = head_cls.check_labels(labels)
+        if problems:
+            raise ConfigError(f"the {head_cls.name} head cannot use the labels of recipe {recipe.name!r} "
+                              f"({labels or 'none, and the data rows name none'}): {'; '.join(problems)}")
+        if not stage_obj.head:
+            raise ConfigError(f"stage {stage_obj.name} freezes the task head, so a {head_cls.name} head would never "
+                              f"train; use {option_hint('stage', 'domain')} or unfreeze the head in the recipe")
+        if recipe.training.packing:
+            raise ConfigError(f"a {head_cls.name} head reads one sample per row: set training.packing: false")
+    use_lora = stage_obj.uses_lora(bool(full) or recipe.finetune == "full")
+    training = recipe.training
+    learning_rate = float(next(v for v in (lr, training.learning_rate, stage_obj.learning_rate) if v is not None))
+    output_dir = Path(output) if output is not None else \
+        Path("runs") / f"{recipe.name}-{stage_obj.name}-{'lora' if use_lora else 'full'}"
+
+    # The base model's config and processor: from its folder, or what a new preset model gets.
+    from ..config import LongLLaVAConfig
+
+    if model is not None:
+        model_dir: Path | None = Path(model)
+        from ..checkpoint import check_weights_safe
+
+        check_weights_safe(model_dir)
+        config = LongLLaVAConfig.from_pretrained(model_dir, local_files_only=True)
+        processor = LongLLaVAProcessor.from_pretrained(model_dir, config=config)
+    else:
+        model_dir = None
+        config = LongLLaVAConfig.from_preset(preset)
+        processor = LongLLaVAProcessor.for_config(config)
+    task_head = head_cls(config.text_config.hidden_size, labels)
+    prepared = prepare_datasets(processor, recipe, data_path=data, head=task_head,
+                                max_length=min(training.max_length, config.max_context),
+                                adapter_options=adapter_options)
+    plan = FinetunePlan(
+        recipe=recipe, stage=stage_obj, head=task_head, lora=use_lora, output_dir=output_dir, resume_from=None,
+        model_dir=model_dir, preset=preset, processor=processor, data=prepared, learning_rate=learning_rate,
+        epochs=float(epochs if epochs is not None else training.epochs),
+        options=dict(deepspeed=deepspeed, resume=resume, overwrite=overwrite, max_steps=max_steps,
+                     save_steps=save_steps, logging_steps=logging_steps, report_to=report_to,
+                     output_router_logits=router_aux_loss_coef is not None and router_aux_loss_coef > 0,
+                     router_aux_loss_coef=router_aux_loss_coef, merge=merge, exit_on_sigterm=exit_on_sigterm,
+                     callbacks=list(callbacks), training_args=dict(training_args or {})),
+    )
+    plan.resume_from = check_output_dir(output_dir, resume=resume, overwrite=overwrite, run_info=plan.run_info)
+    return plan
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+def run_finetune(plan: FinetunePlan) -> FinetuneResult:
+    """Execute ``plan``: output folder, model, training, evaluation, exports.
+
+    Order matters for distributed runs: the DeepSpeed / gloo setup happens before
+    ``TrainingArguments``, the model is built after it, and only the main process creates
+    or deletes files in the output folder.
+    """
+    from transformers import set_seed
+
+    from .checkpointing import latest_complete_checkpoint
+    from .collator import PackedCollator, TrainingCollator
+    from .distributed import prepare_distributed, prepare_model_for_distributed
+    from .lora import LoraOptions, apply_lora
+    from .stages import apply_stage_freezing
+
+    opts = plan.options
+    recipe, training, output_dir = plan.recipe, plan.recipe.training, plan.output_dir
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    resume_from = plan.resume_from
+    if is_main:
+        resume_from = prepare_output_dir(output_dir, resume=opts["resume"], overwrite=opts["overwrite"],
+                                         run_info=plan.run_info)
+    setup = prepare_distributed(opts["deepspeed"], run_dir=output_dir)
+
+    # -- model ----------------------------------------------------------------------------------
+    dtype = torch.bfloat16 if setup.training_arguments_kwargs().get("bf16") else torch.float32
+    base_dir = plan.model_dir if plan.model_dir is not None else output_dir / BASE_MODEL_DIR
+    extra_args = {**setup.training_arguments_kwargs(), **(recipe.training_args or {}), **opts["training_args"]}
+    # TrainingArguments first (it sets up the process group), then the model (ZeRO-3 init).
+    args_probe = build_training_arguments(output_dir, training, learning_rate=plan.learning_rate, epochs=plan.epochs,
+                                          max_steps=opts["max_steps"], save_steps=opts["save_steps"],
+                                          logging_steps=opts["logging_steps"], report_to=opts["report_to"],
+                                          extra=extra_args)
+    with args_probe.main_process_first(desc="base model"):
+        if plan.model_dir is None and not (base_dir / "config.json").is_file():
+            if not is_main:
+                raise TrainingError(f"{base_dir}: the base model was not written by the main process")
+            fresh, processor = create_model(plan.preset, seed=training.seed)
+            save_model(fresh, processor, base_dir, overwrite=True)
+        if not is_main and opts["resume"]:
+            resume_from = latest_complete_checkpoint(output_dir)
+    model, _ = load_model(base_dir, dtype=dtype)
+    get_plugin_manager().hook.longllava_model_loaded(model=model, config=model.config)
+    if resume_from is not None and is_main:
+        logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
+
+    # -- data collation -------------------------------------------------------------------------
+    processor = plan.processor
+    train_dataset: Any = plan.data.train
+    eval_dataset = plan.data.eval
+    if not plan.head.generates:
+        collator: Callable[..., Any] = PromptOnlyCollator(TrainingCollator(processor))
+        eval_collator: Callable[..., Any] = collator
+    elif training.packing:
+        from .packing import PackedDataset
+
+        train_dataset = PackedDataset(plan.data.train, max_length=training.max_length, seed=training.seed,
+                                      strategy=training.packing_strategy)
+        collator = PackedCollator(processor, reset_mamba_state=training.reset_mamba_state, mask_dtype=dtype)
+        eval_collator = TrainingCollator(processor)
+    else:
+        collator = eval_collator = TrainingCollator(processor)
+
+    # -- head, freezing, LoRA -------------------------------------------------------------------
+    set_seed(training.seed)  # head and adapters initialise identically on every rank and on resume
+    task_head = type(plan.head).from_config(plan.head.config_dict())
+    task_head.to(dtype)
+    if plan.lora:
+        backbone, _ = apply_lora(model, LoraOptions.from_settings(recipe.lora), train_projector=plan.stage.projector,
+                                 train_vision=plan.stage.vision, problem_type=task_head.problem_type)
+        for param in task_head.parameters():
+            param.requires_grad_(plan.stage.head)
+    else:
+        apply_stage_freezing(model, plan.stage, task_head.problem_type, task_head)
+        backbone = model
+    prepare_model_for_distributed(backbone, setup)
+    task_model = TaskModel(backbone, task_head, output_router_logits=opts["output_router_logits"],
+                           router_aux_loss_coef=opts["router_aux_loss_coef"])
+
+    # -- train ----------------------------------------------------------------------------------
+    world = max(1, setup.env.world_size)
+    per_step = training.batch_size * training.gradient_accumulation_steps * world
+    steps_per_epoch = max(1, math.ceil(len(train_dataset) / per_step))
+    args = build_training_arguments(output_dir, training, learning_rate=plan.learning_rate, epochs=plan.epochs,
+                                    max_steps=opts["max_steps"], save_steps=opts["save_steps"],
+                                    logging_steps=opts["logging_steps"], report_to=opts["report_to"],
+                                    extra=extra_args, steps_per_epoch=steps_per_epoch)
+    plugin_callbacks = [cb for batch in get_plugin_manager().hook.longllava_trainer_callbacks(
+        training_args=args, recipe=recipe) for cb in (batch or [])]
+    info = {**plan.run_info, "base_model": str(base_dir.resolve()), "labels": list(task_head.labels)}
+    trainer = LongLLaVATrainer(task_model, args, processor=processor, train_dataset=train_dataset,
+                               eval_dataset=eval_dataset, data_collator=collator,
+                               callbacks=[*opts["callbacks"], *plugin_callbacks],
+                               exit_on_sigterm=opts["exit_on_sigterm"], run_info=info)
+    started = time.time()
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = time.time() - started
+    mode = "lora" if plan.lora else "full"
+    if trainer.stopped_by_signal:  # exit_on_sigterm=False
+        return FinetuneResult(output_dir, None, None, {}, "none", task_head.name, plan.stage.name, mode, resume_from,
+                              train_seconds, trainer.state.global_step, generates=task_head.generates, stopped=True)
+
+    # -- evaluate -------------------------------------------------------------------------------
+    evaluated_on = "eval" if eval_dataset is not None and len(eval_dataset) else "train"
+    trainer.data_collator = eval_collator
+    metrics = trainer.evaluate(eval_dataset if evaluated_on == "eval" else plan.data.train)
+    metrics["train_loss"] = float(train_output.training_loss)
+
+    # -- export ---------------------------------------------------------------------------------
+    adapter_dir = output_dir / "adapter" if plan.lora else None
+    model_dir_out: Path | None = output_dir / ("merged" if plan.lora else "model")
+    export_dir = adapter_dir if plan.lora else model_dir_out
+    trainer.save_model(str(export_dir))  # gathers ZeRO-3 weights when needed
+    merge_here = plan.lora and opts["merge"] and not trainer.zero3  # ZeRO-3: shards only; merge afterwards
+    if plan.lora and not merge_here:
+        model_dir_out = None
+    if is_main:
+        processor.save_pretrained(export_dir)
+        if merge_here:
+            export_merged(backbone, processor, model_dir_out, head=task_head,
+                          info={**info, "adapter": str(adapter_dir)}, overwrite=True)
+        summary = {"metrics": metrics, "evaluated_on": evaluated_on, "train_seconds": train_seconds,
+                   "global_step": trainer.state.global_step, **info}
+        (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    example = usage_example(eval_dataset if evaluated_on == "eval" else plan.data.train, recipe)
+    return FinetuneResult(output_dir, model_dir_out, adapter_dir, metrics, evaluated_on, task_head.name,
+                          plan.stage.name, mode, resume_from, train_seconds, trainer.state.global_step, example,
+                          generates=task_head.generates)
+
+
+def finetune(
+    domain: str | None = None,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    output: str | None = None,
+    stage: str | None = None,
+    head: str | None = None,
+    full: bool = False,
+    deepspeed: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    save_steps: int | None = None,
+    report_to: str | None = None,
+    router_aux_loss_coef: float | None = None,
+    merge: bool = True,
+    preset: str = "tiny",
+    adapter_options: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """Fine-tune LongLLaVA (LoRA by default) on a domain recipe or your own data, evaluate and export it.
+
+    With only --domain (e.g. `longllava-sdk finetune --domain medical`) this builds a new
+    tiny model, trains LoRA on the recipe's bundled sample data, evaluates the task head,
+    saves everything under runs/<domain>-<stage>-lora/ (adapter/ and the merged model in merged/)
+    and prints how to run the result. Everything is validated (model, data rows and their
+    media, output folder) before the output folder is created.
+
+    Args:
+        domain: a registered domain (medical, remote_sensing, video, or a plugin's) or a recipe .yaml file.
+        model: base model directory (safetensors); default: a new randomly initialised --preset model.
+        data: training data (LLaVA JSON/JSONL or a CSV/JSONL manifest) instead of the recipe's sample data.
+        output: run directory (default runs/<domain>-<stage>-<lora|full>); must be empty unless --resume/--overwrite.
+        stage: align, sft-single, sft-multi, text-sft or domain (default: the recipe's, domain).
+        head: task head: generate, multilabel, classify or a plugin's head (default: the recipe's).
+        full: full fine-tuning instead of LoRA.
+        deepspeed: DeepSpeed preset (zero2, zero3, zero3-offload) or a DeepSpeed JSON file; launch with torchrun.
+        resume: continue the run in --output from its newest complete checkpoint.
+        overwrite: delete the previous run in --output and start again.
+        epochs: number of epochs (default: the recipe's).
+        lr: peak learning rate (default: the recipe's, else the stage's; cosine schedule with 3 percent warm-up).
+        batch_size: per-device batch size (default: the recipe's).
+        max_steps: stop after this many optimizer steps (overrides --epochs).
+        save_steps: checkpoint every N steps (default: 4 checkpoints per run).
+        report_to: logging integrations for the HF Trainer (none, tensorboard, wandb, ...).
+        router_aux_loss_coef: add the MoE load-balancing loss with this weight (ignored for single-expert models).
+        merge: after LoRA, also write a standalone merged model (what Pipeline loads).
+        preset: model preset for a new model when --model is not given (tiny runs on CPU).
+        adapter_options: options for the input adapters, KEY=VALUE (typed by each adapter's declared
+            options; override the recipe's), e.g. allow_non_parallel=true.
+    """
+    plan = plan_finetune(domain, model=model, data=data, output=output, stage=stage, head=head, full=full,
+                         deepspeed=deepspeed, resume=resume, overwrite=overwrite, epochs=epochs, lr=lr,
+                         batch_size=batch_size, max_steps=max_steps, save_steps=save_steps, report_to=report_to,
+                         router_aux_loss_coef=router_aux_loss_coef, merge=merge, preset=preset,
+                         adapter_options=adapter_options)
+    return run_finetune(plan)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def usage_example(dataset: Any, recipe: Recipe) -> dict[str, Any]:
+    """One sample's question and media as ``Pipeline`` arguments (the kwarg is the adapter's kind).
+
+    Rows whose media are all plain images become ``images=[...]``; a row with one video /
+    volume / tiled source becomes ``video=`` / ``volume=`` / ``tiled=``; other mixes are not
+    expressible as keyword arguments and give a text-only example.
+    """
+    from ..plugin_manager import available_adapters
+
+    try:
+        row = dataset.rows[0]
+        loader = dataset.loader
+    except (AttributeError, IndexError):
+        return {}
+    prompt = next((t["content"] for t in row.turns if t["role"] == "user"), "")
+    if not row.sources:
+        return {"prompt": prompt}
+    adapters = available_adapters()
+    try:
+        resolved = []
+        for source in row.sources:
+            paths = loader.resolve_paths(source)
+            resolved.append((source, paths, loader.adapter_name(source, paths)))
+    except Exception:  # noqa: BLE001 - the example is a convenience; training already validated the data
+        return {}
+    kinds = {adapters[name].kind if name in adapters else "images" for _, _, name in resolved}
+    source, paths, adapter = resolved[0]
+    if kinds == {"images"}:
+        kwarg, value = "images", [str(p) for _, ps, _ in resolved for p in ps]
+    elif len(resolved) == 1:
+        kwarg = kinds.pop()
+        value = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
+    else:
+        return {}
+    options = recipe.adapter_options(adapter)
+    declared = adapters[adapter].options() if adapter in adapters else {}
+    options.update({k: v for k, v in loader.adapter_options.items() if k in declared})
+    options.update(source.option_dict)
+    return {"prompt": prompt, "kwarg": kwarg, "source": value, "adapter": adapter, "adapter_options": options,
+            "max_images": recipe.adapter_max_images(adapter), "labels": list(row.labels or [])}
+
+
+def _step_of(checkpoint: Path) -> str:
+    return checkpoint.name.rsplit("-", 1)[-1]
