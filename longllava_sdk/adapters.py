@@ -13,6 +13,7 @@ window=lung`` on the command line, a CSV cell) are converted by :meth:`InputAdap
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import json
 import os
@@ -183,8 +184,20 @@ def _type_hints(func: Any) -> dict[str, Any]:
 
 
 def _describe_type(annotation: Any) -> str:
-    if annotation is inspect.Parameter.empty:
+    """A type hint as a short, readable string (``str | tuple[float, float] | None``)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
         return "any"
+    if annotation is type(None):
+        return "None"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_describe_type(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        inner = ", ".join("..." if a is Ellipsis else _describe_type(a) for a in args)
+        return f"{name}[{inner}]" if inner else name
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
@@ -213,6 +226,7 @@ def _arg_docs(doc: str) -> dict[str, str]:
 
 
 _NONE_WORDS = {"none", "null", ""}
+_SEQUENCES = (list, tuple, collections.abc.Sequence)
 
 
 def _parse_text(text: str, annotation: Any) -> Any:
@@ -246,7 +260,7 @@ def _parse_text(text: str, annotation: Any) -> Any:
         return int(text)
     if annotation is float:
         return float(text)
-    if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+    if origin in _SEQUENCES or annotation in (list, tuple):
         stripped = text.strip()
         items = json.loads(stripped) if stripped.startswith("[") else [p.strip() for p in stripped.split(",") if p.strip()]
         if not isinstance(items, list):
@@ -268,6 +282,6 @@ def _parse_order(annotation: Any, listish: bool) -> int:
         return order[annotation]
     if typing.get_origin(annotation) is typing.Literal:
         return 3
-    if typing.get_origin(annotation) in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+    if typing.get_origin(annotation) in _SEQUENCES or annotation in (list, tuple):
         return 4 if listish else 6
     return 5

@@ -56,7 +56,8 @@ def adapter_option_hint(name: str, value: Any = True) -> str:
     ``adapter_options`` / the adapter's constructor), ``--adapter-option allow_non_parallel=true`` on the CLI."""
     if _interface.get() == "cli":
         return f"--adapter-option {name}={_cli_value(value)}"
-    shown = value if not isinstance(value, str) or value.isupper() or value.endswith("...") else repr(value)
+    placeholder = isinstance(value, str) and (value.isupper() or ".." in value)
+    shown = value if not isinstance(value, str) or placeholder else repr(value)
     return f"{name}={shown}"
 
 

@@ -106,7 +106,8 @@ from pydicom.pixels.utils import as_pixel_options, get_expected_length
 from pydicom.uid import UID
 
 from longllava_sdk.adapters import InputAdapter, Source, sample_indices
-from longllava_sdk.errors import AdapterError, ConfigError, MissingDependencyError, UnsupportedSourceError
+from longllava_sdk.errors import (AdapterError, ConfigError, MissingDependencyError, UnsupportedSourceError,
+                                  adapter_option_hint)
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
 from longllava_sdk.windowing import (
@@ -305,7 +306,8 @@ class DicomSeriesAdapter(InputAdapter):
         if len(candidates) > 1:
             raise AdapterError(
                 where,
-                f"holds {len(candidates)} image series; choose one with series_uid=... :\n  {listing}",
+                f"holds {len(candidates)} image series; choose one with {adapter_option_hint('series_uid', 'UID')}"
+                f":\n  {listing}",
             )
         for uid, group in groups.items():
             if uid not in candidates:
@@ -742,8 +744,9 @@ def _order_slices(
                 strays[0].path,
                 f"slices are not parallel: {len(strays)} of {len(slices)} images of series "
                 f"{slices[0].series_uid or '<no SeriesInstanceUID>'} deviate from the main orientation by up to "
-                f"{angles.max():.1f} degrees, so they are not one volume; choose one stack (series_uid=...) or pass "
-                "allow_non_parallel=True to order them along the main normal anyway",
+                f"{angles.max():.1f} degrees, so they are not one volume; choose one stack "
+                f"({adapter_option_hint('series_uid', 'UID')}) or pass {adapter_option_hint('allow_non_parallel')} "
+                "to order them along the main normal anyway",
             )
     else:
         reference = _unit(normals.mean(axis=0))

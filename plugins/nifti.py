@@ -102,7 +102,7 @@ from nibabel.orientations import aff2axcodes, io_orientation
 from PIL import Image
 
 from longllava_sdk.adapters import InputAdapter, Source, sample_indices
-from longllava_sdk.errors import AdapterError, ConfigError, UnsupportedSourceError
+from longllava_sdk.errors import AdapterError, ConfigError, UnsupportedSourceError, adapter_option_hint
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
 from longllava_sdk.windowing import Window, WindowSpec, parse_windows, percentile_window, window_to_rgb
@@ -281,7 +281,7 @@ class NiftiVolumeAdapter(InputAdapter):
             raise AdapterError(
                 path,
                 f"is a 4-D image with {n_volumes} volumes (shape {shape}: time points, diffusion directions...); "
-                f"pass volume_index=0..{n_volumes - 1} to choose one",
+                f"pass {adapter_option_hint('volume_index', f'0..{n_volumes - 1}')} to choose one",
             )
         if not 0 <= self.volume_index < n_volumes:
             raise AdapterError(

@@ -674,6 +674,67 @@ def test_example_plugin_head_trains(example_plugin_installed):
     assert head_cls.from_config(head.config_dict()).config_dict() == head.config_dict()
 
 
+def test_a_third_party_head_trains_from_a_recipe_and_serves_with_no_engine_change(example_plugin_installed,
+                                                                                tmp_path):
+    """The promise end to end: a plugin head with its own label format, named by a recipe, is
+    fine-tuned, saved, restored by Pipeline.from_pretrained and run."""
+    from PIL import Image, ImageDraw
+    from trainer_fixtures import write_micro_model
+
+    from longllava_sdk import Pipeline
+    from longllava_sdk.errors import DatasetError
+    from longllava_sdk.recipes import Recipe
+    from longllava_sdk.training.finetuning import finetune
+
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    rows = ["source,answer,labels,split"]
+    for index in range(10):
+        side = 6 + 5 * (index % 5)
+        image = Image.new("RGB", (56, 56), (128, 128, 128))
+        ImageDraw.Draw(image).rectangle([4, 4, 4 + side, 4 + side], fill=(200, 30, 30))
+        image.save(data / "img" / f"s{index}.png")
+        # two spellings of the head's own format: a number in labels, or the answer text
+        answer, labels = (f"severity {index % 5} of 4", "") if index % 2 else ("", f"{index % 5}")
+        rows.append(f"img/s{index}.png,{answer},{labels},{'eval' if index >= 8 else 'train'}")
+    (data / "rows.csv").write_text("\n".join(rows) + "\n")
+    recipe_path = tmp_path / "severity.yaml"
+    recipe_path.write_text(
+        "name: severity\nhead: {type: example_severity, labels: [severity]}\nmax_images: 1\n"
+        "prompts: {question: 'How severe is it?'}\n"
+        "training: {epochs: 1, batch_size: 2, learning_rate: 1.0e-3, max_length: 256}\n"
+        f"data: {{path: {data / 'rows.csv'}}}\n")
+    assert Recipe.from_yaml(recipe_path).head.type == "example_severity"
+    base = write_micro_model(tmp_path / "base")
+
+    result = finetune(str(recipe_path), model=str(base), output=str(tmp_path / "run"), max_steps=4)
+    assert result.head == "example_severity" and not result.generates
+    assert {"eval_mae", "eval_rmse", "eval_loss"} <= set(result.metrics)
+    pipe = Pipeline.from_pretrained(result.model_dir, device="cpu")
+    assert type(pipe.head).__module__ == "longllava_example_plugin.severity_head"
+    answer = pipe.classify("How severe is it?", images=[str(data / "img" / "s3.png")])
+    assert set(answer) == {"severity", "scale"} and 0.0 <= answer["severity"] <= 4.0
+
+    # the head's own validation of its label format reaches the dataset report
+    (data / "bad.csv").write_text("source,answer\nimg/s1.png,looks mild\nimg/s2.png,severity 9 of 4\n")
+    with pytest.raises(DatasetError) as caught:
+        finetune(str(recipe_path), model=str(base), data=str(data / "bad.csv"), output=str(tmp_path / "bad"))
+    problems = "\n".join(caught.value.problems)
+    assert "no severity score" in problems and "outside 0..4" in problems
+    assert not (tmp_path / "bad").exists()  # validated before the output folder was created
+
+
+def test_recipes_name_any_installed_head_and_list_them_when_unknown(example_plugin_installed):
+    from longllava_sdk.recipes import Recipe
+
+    recipe = Recipe.from_dict({"name": "x", "head": {"type": "example_linear_probe", "labels": ["a", "b"]}})
+    assert recipe.head.type == "example_linear_probe"
+    with pytest.raises(ConfigError, match="installed heads: .*example_severity.*generate"):
+        Recipe.from_dict({"name": "x", "head": {"type": "no_such_head"}})
+    with pytest.raises(ConfigError, match="exactly one score"):
+        Recipe.from_dict({"name": "x", "head": {"type": "example_severity", "labels": ["a", "b"]}})
+
+
 def test_example_plugin_can_be_blocked_by_distribution_name(example_plugin_installed, monkeypatch):
     monkeypatch.setenv(BLOCK_ENV, "longllava-example-plugin")
     pm = get_plugin_manager()

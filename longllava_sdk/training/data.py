@@ -168,25 +168,26 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Any | None = None) -> lis
             turn manifest rows into conversations (defaults when ``None``).
 
     Raises:
-        DatasetError: the file itself cannot be read or parsed as a whole (missing file,
-            invalid JSON document, CSV without a ``source`` column, unknown extension).
+        InputError: the file itself cannot be read or parsed as a whole (missing file,
+            invalid JSON document, CSV without a ``source`` column, unknown extension, no
+            rows): one message about the file, not a row report.
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(path, ["data file does not exist"])
+        raise InputError(path, "data file does not exist")
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, [f"cannot read data file: {exc}"]) from exc
+        raise InputError(path, f"cannot read data file: {exc}") from exc
     raw_rows: list[tuple[str, Any]] = []
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DatasetError(path, [f"not valid JSON: {exc}"]) from exc
+            raise InputError(path, f"not valid JSON: {exc}") from exc
         if not isinstance(data, list):
-            raise DatasetError(path, [f"a .json data file must hold a list of rows, got {type(data).__name__}"])
+            raise InputError(path, f"a .json data file must hold a list of rows, got {type(data).__name__}")
         raw_rows = [(f"item {i}", row) for i, row in enumerate(data)]
     elif suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
@@ -199,7 +200,7 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Any | None = None) -> lis
     elif suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "source" not in [f.strip() for f in reader.fieldnames]:
-            raise DatasetError(path, [f"a CSV manifest needs a 'source' column, got columns {reader.fieldnames}"])
+            raise InputError(path, f"a CSV manifest needs a 'source' column, got columns {reader.fieldnames}")
         for number, row in enumerate(reader, start=2):  # line 1 is the header
             if None in row:
                 raw_rows.append((f"line {number}", _Invalid(f"{len(row[None])} more field(s) than header columns")))
@@ -207,10 +208,10 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Any | None = None) -> lis
             raw_rows.append((f"line {number}", {k.strip(): (v.strip() if isinstance(v, str) else v)
                                                 for k, v in row.items()}))
     else:
-        raise DatasetError(path, [f"unknown data file type {suffix!r}; use .json, .jsonl or .csv"])
+        raise InputError(path, f"unknown data file type {suffix!r}; use .json, .jsonl or .csv")
     rows = [_parse_row(raw, path, where, index, recipe) for index, (where, raw) in enumerate(raw_rows)]
     if not rows:
-        raise DatasetError(path, ["data file holds no rows"])
+        raise InputError(path, "data file holds no rows")
     return rows
 
 

@@ -4,7 +4,8 @@ Installed next to the SDK, this package is found through its ``longllava_sdk`` e
 (see ``pyproject.toml``) and adds:
 
 * the ``npy_volume`` input adapter (``.npy`` stacks of 2-D arrays -> ``volume`` media),
-* the ``example_linear_probe`` task head,
+* the ``example_linear_probe`` task head and the ``example_severity`` regression head (its
+  own label format: a score in ``labels`` or in the answer text),
 * the ``longllava-sdk npy-info`` command.
 
 The SDK imports this module when it builds its plugin manager, so keep the import cheap:
@@ -20,6 +21,7 @@ from longllava_sdk import hookimpl
 
 from .npy_volume import NpyVolumeAdapter, describe
 from .probe_head import LinearProbeHead
+from .severity_head import SeverityHead
 
 __version__ = "0.3.1"
 
@@ -31,7 +33,7 @@ def longllava_register_adapters() -> list[type]:
 
 @hookimpl
 def longllava_register_heads() -> list[type]:
-    return [LinearProbeHead]
+    return [LinearProbeHead, SeverityHead]
 
 
 def npy_info(path: str) -> int:
