@@ -49,6 +49,7 @@ from ..media import Media
 from ..plugin_manager import available_adapters, claiming_adapter, resolve_adapter
 from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
+from ..recipes import PromptTemplates, Recipe
 
 __all__ = [
     "SOURCE_KEYS",
@@ -158,7 +159,7 @@ class TrainingSample(EncodedSample):
     sample_id: str = ""
 
 
-def read_rows(path: str | os.PathLike[str], *, recipe: Any | None = None) -> list[DataRow]:
+def read_rows(path: str | os.PathLike[str], *, recipe: Recipe | None = None) -> list[DataRow]:
     """Parse a data file into rows; malformed rows carry their problems (nothing is raised for them).
 
     Args:
@@ -220,7 +221,7 @@ class _Invalid:
         self.problem = problem
 
 
-def _parse_row(raw: Any, file: Path, where: str, index: int, recipe: Any | None) -> DataRow:
+def _parse_row(raw: Any, file: Path, where: str, index: int, recipe: Recipe | None) -> DataRow:
     row = DataRow(id=f"{file.stem}-{index}", file=file, where=where)
     if isinstance(raw, _Invalid):
         row.problems.append(raw.problem)
@@ -314,9 +315,7 @@ def _parse_llava(raw: dict[str, Any], row: DataRow) -> None:
         row.turns.append({"role": role, "content": value})
 
 
-def _parse_manifest(raw: dict[str, Any], row: DataRow, recipe: Any | None) -> None:
-    from ..recipes import PromptTemplates
-
+def _parse_manifest(raw: dict[str, Any], row: DataRow, recipe: Recipe | None) -> None:
     source = raw.get("source")
     if not isinstance(source, (str, list)) or not source:
         row.problems.append(f"'source' must be a path (or a list of paths), got {source!r}")
@@ -405,7 +404,7 @@ class MediaLoader:
             error.
     """
 
-    def __init__(self, root: str | os.PathLike[str], recipe: Any | None = None, max_images: int | None = None,
+    def __init__(self, root: str | os.PathLike[str], recipe: Recipe | None = None, max_images: int | None = None,
                  adapter_options: dict[str, Any] | None = None) -> None:
         self.root = Path(os.path.realpath(root))
         self.recipe = recipe
@@ -829,7 +828,7 @@ class PreparedData:
 
 def prepare_datasets(
     processor: LongLLaVAProcessor,
-    recipe: Any | None = None,
+    recipe: Recipe | None = None,
     *,
     data_path: str | os.PathLike[str] | None = None,
     eval_path: str | os.PathLike[str] | None = None,

@@ -41,6 +41,7 @@ from ..model_folders import (
 )
 from ..modeling.task_model import TaskModel
 from ..processing.processor import IGNORE_INDEX, EncodedSample
+from ..recipes import TrainingSettings
 from .checkpointing import SIGTERM_EXIT_CODE, GracefulStop, SigtermCallback, staged_checkpoint
 from .lora import check_gradients, raise_for_gradients
 
@@ -493,7 +494,7 @@ def _dedupe(rows: list[tuple]) -> list[tuple]:
 # arguments
 # ---------------------------------------------------------------------------------------------
 
-def build_training_arguments(output_dir: str | os.PathLike[str], training: Any, *, learning_rate: float,
+def build_training_arguments(output_dir: str | os.PathLike[str], training: TrainingSettings, *, learning_rate: float,
                              epochs: float, max_steps: int | None = None, save_steps: int | None = None,
                              logging_steps: int | None = None, report_to: str | list[str] | None = None,
                              extra: dict[str, Any] | None = None, steps_per_epoch: int | None = None
