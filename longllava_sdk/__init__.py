@@ -40,6 +40,17 @@ _LAZY: dict[str, str] = {
 
 __all__ = ["LongLLaVAError", "hookimpl", *_LAZY]
 
+import os as _os  # noqa: E402
+
+import torch as _torch  # noqa: E402
+
+# accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
+# warns "Setting accelerator to CPU ... unable to detect it" on a machine without a GPU: advice
+# a CPU user cannot act on. Naming the accelerator (DeepSpeed's documented override) keeps it
+# quiet and changes nothing else; a GPU machine or a user's own setting is left alone.
+if "DS_ACCELERATOR" not in _os.environ and not _torch.cuda.is_available():
+    _os.environ["DS_ACCELERATOR"] = "cpu"
+
 # Registration with transformers' Auto classes happens when these modules are imported.
 from .modeling import modeling_longllava as _modeling  # noqa: E402,F401
 from .processing import processor as _processor  # noqa: E402,F401

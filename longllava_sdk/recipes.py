@@ -190,6 +190,9 @@ class TrainingSettings:
     packing: bool = False
     packing_strategy: str = "ffd"
     reset_mamba_state: bool = False
+    #: what a NaN / inf training loss does: ``stop`` the run (the last good checkpoint is kept)
+    #: or ``skip`` that step's update.
+    nan_policy: str = "stop"
 
 
 @dataclass
@@ -615,6 +618,7 @@ def _parse_training(value: Any, c: _Checker) -> TrainingSettings:
                                   PACKING_STRATEGIES),
         reset_mamba_state=c.boolean(value.get("reset_mamba_state"), "training.reset_mamba_state",
                                     d.reset_mamba_state),
+        nan_policy=c.string(value.get("nan_policy"), "training.nan_policy", d.nan_policy, ("stop", "skip")),
     )
 
 

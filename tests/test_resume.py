@@ -7,6 +7,7 @@ optimizer and scheduler states, the RNG state and the order of the samples seen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -121,7 +122,33 @@ def test_newest_complete_checkpoint_is_picked(tmp_path):
     assert latest_complete_checkpoint(run) == run / "checkpoint-2"
     assert [(s, c) for s, _, c in list_checkpoints(run)] == [(2, True), (4, False), (6, False)]
     marker = json.loads((run / "checkpoint-2" / "checkpoint_complete.json").read_text())
-    assert marker["step"] == 2 and marker["files"] == {"sub/state.json": 2, "weights.bin": 20}
+    assert marker["step"] == 2 and {k: v["size"] for k, v in marker["files"].items()} == \
+        {"sub/state.json": 2, "weights.bin": 20}
+    assert marker["files"]["weights.bin"]["sha256"] == hashlib.sha256(b"x" * 20).hexdigest()
+
+
+def test_a_corrupt_or_missing_shard_falls_back_to_the_previous_checkpoint(tmp_path, caplog):
+    """Never a silent partial load: damage is found (sizes always, SHA-256 on resume) and skipped."""
+    import logging
+
+    from longllava_sdk.training.checkpointing import checkpoint_problem, latest_complete_checkpoint, staged_checkpoint
+
+    run = tmp_path / "run"
+    for step in (2, 4, 6):
+        with staged_checkpoint(run, step) as staging:
+            (staging / "model-00001-of-00002.safetensors").write_bytes(bytes(range(256)) * step)
+            (staging / "model-00002-of-00002.safetensors").write_bytes(b"\x01" * 100 * step)
+    shard = run / "checkpoint-6" / "model-00002-of-00002.safetensors"
+    shard.write_bytes(b"\x02" + shard.read_bytes()[1:])  # corrupted in place: same size
+    assert checkpoint_problem(run / "checkpoint-6") is None  # the cheap check cannot see it...
+    assert "corrupt" in checkpoint_problem(run / "checkpoint-6", verify=True)  # ...the checksum does
+    (run / "checkpoint-4" / "model-00001-of-00002.safetensors").unlink()  # a missing shard
+    assert "missing" in checkpoint_problem(run / "checkpoint-4")
+    with caplog.at_level(logging.WARNING, logger="longllava_sdk"):
+        assert latest_complete_checkpoint(run, verify=True) == run / "checkpoint-2"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "checkpoint-6: model-00002-of-00002.safetensors is corrupt" in warned
+    assert "checkpoint-4: model-00001-of-00002.safetensors is missing" in warned
 
 
 def test_a_failed_save_leaves_no_checkpoint(tmp_path):

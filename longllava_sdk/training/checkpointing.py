@@ -24,6 +24,7 @@ Task heads are stored next to the weights (:mod:`longllava_sdk.model_folders`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -50,9 +51,11 @@ __all__ = [
     "is_complete_checkpoint",
     "list_checkpoints",
     "latest_complete_checkpoint",
+    "checkpoint_problem",
     "check_output_dir",
     "prepare_output_dir",
     "staged_checkpoint",
+    "staged_export",
     "GracefulStop",
     "SigtermCallback",
 ]
@@ -67,40 +70,67 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # completeness
 # ---------------------------------------------------------------------------------------------
 
-def _file_sizes(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != COMPLETE_MARKER}
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 8 MiB chunks (bounded memory for multi-GB shards)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    return {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
 
 
 def write_complete_marker(directory: str | os.PathLike[str], step: int) -> Path:
-    """Write the marker (last): the step and the size of every file in ``directory``."""
+    """Write the marker (last): the step and the size and SHA-256 of every file in ``directory``."""
     directory = Path(directory)
-    marker = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": _file_sizes(directory)}
+    marker = {"step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": _file_records(directory)}
     tmp = directory / f".{COMPLETE_MARKER}.tmp"
     tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.replace(tmp, directory / COMPLETE_MARKER)
     return directory / COMPLETE_MARKER
 
 
-def is_complete_checkpoint(directory: str | os.PathLike[str]) -> bool:
-    """True when ``directory`` has a marker and every file it lists exists with the listed size."""
+def checkpoint_problem(directory: str | os.PathLike[str], verify: bool = False) -> str | None:
+    """Why ``directory`` is not a usable checkpoint (``None``: it is).
+
+    Always checked: the marker exists and every file it lists exists with the listed size (a
+    kill during the save, a missing or truncated shard). With ``verify`` every file's SHA-256
+    is recomputed too (a shard corrupted in place: same size, other bytes).
+    """
     directory = Path(directory)
     try:
         marker = json.loads((directory / COMPLETE_MARKER).read_text())
         files = marker["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return f"no valid {COMPLETE_MARKER} (killed while saving?)"
     if not isinstance(files, dict) or not files:
-        return False
-    for name, size in files.items():
+        return f"{COMPLETE_MARKER} lists no files"
+    for name, record in files.items():
+        size, digest = (record, None) if isinstance(record, int) else (record.get("size"), record.get("sha256"))
         path = directory / name
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the marker recorded {size}"
+        if verify and digest is not None and file_sha256(path) != digest:
+            return f"{name} is corrupt (its SHA-256 differs from the one recorded when it was saved)"
+    return None
+
+
+def is_complete_checkpoint(directory: str | os.PathLike[str], verify: bool = False) -> bool:
+    """True when :func:`checkpoint_problem` finds nothing wrong."""
+    return checkpoint_problem(directory, verify=verify) is None
 
 
 def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path, bool]]:
-    """``(step, path, complete)`` for every ``checkpoint-N`` folder, by step."""
+    """``(step, path, complete)`` for every ``checkpoint-N`` folder, by step (sizes checked, not hashes)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
@@ -112,16 +142,18 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[tuple[int, Path
     return sorted(found)
 
 
-def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+def latest_complete_checkpoint(output_dir: str | os.PathLike[str], verify: bool = False) -> Path | None:
     """The complete checkpoint with the highest step in ``output_dir`` (``None`` if there is none).
 
-    Incomplete ones (killed while being written, or damaged) are skipped with a warning.
+    Incomplete or damaged ones (killed while being written, a missing / truncated shard, with
+    ``verify`` also a corrupt one) are skipped with a warning naming the problem, so a resume
+    falls back to the previous good checkpoint instead of loading a partial one.
     """
-    checkpoints = list_checkpoints(output_dir)
-    for step, path, complete in reversed(checkpoints):
-        if complete:
+    for _step, path, _ in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(path, verify=verify)
+        if problem is None:
             return path
-        logger.warning("skipping incomplete checkpoint %s (no valid %s)", path, COMPLETE_MARKER)
+        logger.warning("skipping checkpoint %s: %s", path, problem)
     return None
 
 
@@ -164,7 +196,7 @@ def check_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False
         raise TrainingError(f"{output_dir}: output path exists and is not a directory")
     non_empty = output_dir.is_dir() and any(output_dir.iterdir())
     if resume:
-        checkpoint = latest_complete_checkpoint(output_dir) if non_empty else None
+        checkpoint = latest_complete_checkpoint(output_dir, verify=True) if non_empty else None
         if checkpoint is None:
             what = "holds no complete checkpoint (checkpoint-N with " + COMPLETE_MARKER + ")" if non_empty \
                 else "holds no previous run"
@@ -227,6 +259,32 @@ def _barrier() -> None:
 
 
 @contextmanager
+def staged_export(target: str | os.PathLike[str], *, is_main: bool = True) -> Iterator[Path]:
+    """Yield ``.<name>.partial`` beside ``target`` to write an export into; rename it to ``target``
+    only when the block completes (an interrupted or failed export leaves no half-written
+    ``target``). Collective in multi-process runs, like :func:`staged_checkpoint`."""
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.partial")
+    if is_main:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    _barrier()
+    yield staging
+    _barrier()
+    if is_main:
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+        _fsync_dir(target.parent)
+    _barrier()
+
+
+@contextmanager
 def staged_checkpoint(run_dir: str | os.PathLike[str], step: int, *, is_main: bool = True) -> Iterator[Path]:
     """Yield ``run_dir/.checkpoint-{step}.partial`` to write into; on success, mark it complete
     and rename it to ``run_dir/checkpoint-{step}``.
@@ -248,12 +306,14 @@ def staged_checkpoint(run_dir: str | os.PathLike[str], step: int, *, is_main: bo
     _barrier()
     if is_main:
         write_complete_marker(staging, step)
-        if final.exists():  # e.g. saved again at the same step after a resume
-            old = run_dir / f".checkpoint-{step}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
+        if final.exists() and is_complete_checkpoint(final):
+            # Saved again at the same step (a resume at the last step): the complete one holds the
+            # same state. Replacing it would take two renames, and a kill between them would
+            # leave no checkpoint-N at all, so the new copy is dropped instead.
+            shutil.rmtree(staging, ignore_errors=True)
         else:
+            if final.exists():  # damaged: never the newest complete checkpoint, safe to drop first
+                shutil.rmtree(final)
             os.replace(staging, final)
         _fsync_dir(run_dir)
     _barrier()

@@ -41,7 +41,7 @@ from ..modeling.task_model import TaskModel
 from ..plugin_manager import get_head_class, get_plugin_manager
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import HeadSettings, Recipe, load_recipe
-from .checkpointing import check_output_dir, prepare_output_dir
+from .checkpointing import check_output_dir, prepare_output_dir, staged_export
 from .data import PreparedData, prepare_datasets, read_rows
 from .stages import Stage, get_stage
 from .trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_arguments
@@ -320,7 +320,8 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     trainer = LongLLaVATrainer(task_model, args, processor=processor, train_dataset=train_dataset,
                                eval_dataset=eval_dataset, data_collator=collator,
                                callbacks=[*opts["callbacks"], *plugin_callbacks],
-                               exit_on_sigterm=opts["exit_on_sigterm"], run_info=info)
+                               exit_on_sigterm=opts["exit_on_sigterm"], run_info=info,
+                               nan_policy=training.nan_policy)
     started = time.time()
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.time() - started
@@ -339,12 +340,15 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     adapter_dir = output_dir / "adapter" if plan.lora else None
     model_dir_out: Path | None = output_dir / ("merged" if plan.lora else "model")
     export_dir = adapter_dir if plan.lora else model_dir_out
-    trainer.save_model(str(export_dir))  # gathers ZeRO-3 weights when needed
+    assert export_dir is not None
+    with staged_export(export_dir, is_main=is_main) as staging:  # no half-written export, ever
+        trainer.save_model(str(staging))  # gathers ZeRO-3 weights when needed
+        if is_main:
+            processor.save_pretrained(staging)
     merge_here = plan.lora and opts["merge"] and not trainer.zero3  # ZeRO-3: shards only; merge afterwards
     if plan.lora and not merge_here:
         model_dir_out = None
     if is_main:
-        processor.save_pretrained(export_dir)
         if merge_here:
             export_merged(backbone, processor, model_dir_out, head=task_head,
                           info={**info, "adapter": str(adapter_dir)}, overwrite=True)

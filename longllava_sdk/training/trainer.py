@@ -31,7 +31,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError, option_hint
 from ..model_folders import (
     ADAPTER_WEIGHTS_NAME,
     STATE_WEIGHTS_NAME,
@@ -203,6 +203,32 @@ def load_task_model_weights(task_model: TaskModel, directory: str | os.PathLike[
 # callbacks
 # ---------------------------------------------------------------------------------------------
 
+NAN_POLICIES: tuple[str, ...] = ("stop", "skip")
+
+
+class NonFiniteUpdateCallback(TrainerCallback):
+    """``nan_policy="skip"``: drop the update of a step whose loss was NaN / inf.
+
+    Every gradient is set to ``None`` just before the optimizer step, so the optimizer leaves
+    the weights *and* its moments unchanged for that step (a zero gradient would still move
+    Adam's weights through momentum); the step still counts, so data order and resume stay
+    exact.
+    """
+
+    def __init__(self, trainer: "LongLLaVATrainer") -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self.trainer._non_finite_in_step:
+            return
+        self.trainer._non_finite_in_step = False
+        for param in self.trainer.model.parameters():
+            param.grad = None
+        self.trainer.skipped_steps.append(state.global_step + 1)
+        logger.warning("step %d: the loss was not finite; its update was skipped (nan_policy: skip)",
+                       state.global_step + 1)
+
+
 class GradientCheckCallback(TrainerCallback):
     """After the first backward pass of a run: every trainable parameter must have a usable gradient.
 
@@ -251,6 +277,9 @@ class LongLLaVATrainer(Trainer):
         check_gradients: run :class:`GradientCheckCallback`.
         exit_on_sigterm: after a SIGTERM-triggered checkpoint, ``sys.exit(143)`` at the end of
             :meth:`train`; ``False`` returns normally with ``self.stopped_by_signal`` set.
+        nan_policy: a NaN / inf training loss ``"stop"`` s the run with a :class:`TrainingError`
+            before the update (no checkpoint is written after it, so the last good one is never
+            overwritten), or ``"skip"`` s that step's update (:class:`NonFiniteUpdateCallback`).
         max_new_tokens: cap for generated answers in ``evaluate``.
         run_info: extra facts written to ``longllava_training.json`` in checkpoints / exports.
         **kwargs: passed to ``transformers.Trainer`` (``train_dataset``, ``data_collator``,
@@ -259,10 +288,19 @@ class LongLLaVATrainer(Trainer):
 
     def __init__(self, model: TaskModel, args: TrainingArguments, *, processor: Any | None = None,
                  check_gradients: bool = True, exit_on_sigterm: bool = True, max_new_tokens: int = 64,
-                 run_info: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 run_info: dict[str, Any] | None = None, nan_policy: str = "stop", **kwargs: Any) -> None:
+        if nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
+        if nan_policy == "skip" and args.deepspeed:
+            raise ConfigError("nan_policy 'skip' cannot drop an update inside DeepSpeed's engine; use 'stop'")
         self.graceful_stop = GracefulStop()
+        self.nan_policy = nan_policy
+        self.skipped_steps: list[int] = []
+        self._non_finite_in_step = False
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks.append(SigtermCallback(self.graceful_stop))
+        if nan_policy == "skip":
+            callbacks.append(NonFiniteUpdateCallback(self))
         if check_gradients:
             callbacks.append(GradientCheckCallback(self))
         kwargs.setdefault("processing_class", None)
@@ -286,6 +324,8 @@ class LongLLaVATrainer(Trainer):
             if found is None:
                 raise TrainingError(f"{self.args.output_dir}: no complete checkpoint to resume from")
             resume_from_checkpoint = str(found)
+        if resume_from_checkpoint and not self.is_deepspeed_enabled and self._finished(resume_from_checkpoint):
+            return self._finish_from(resume_from_checkpoint)
         self.graceful_stop.requested = False
         self.graceful_stop.install()
         try:
@@ -302,6 +342,34 @@ class LongLLaVATrainer(Trainer):
                 sys.exit(SIGTERM_EXIT_CODE)
         return result
 
+    def _finished(self, checkpoint: str | os.PathLike[str]) -> bool:
+        """Whether ``checkpoint`` is already at the run's last step.
+
+        transformers' loop checks for the end only after a step, so resuming from the final
+        checkpoint would train one step too many (and a run killed while exporting would
+        finish with other weights than an uninterrupted one).
+        """
+        from transformers import TrainerState
+
+        try:
+            state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        except (OSError, ValueError):
+            return False
+        total = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+        return bool(total) and state.global_step >= total
+
+    def _finish_from(self, checkpoint: str | os.PathLike[str]) -> Any:
+        """Load the final checkpoint's weights and state instead of training (see :meth:`_finished`)."""
+        from transformers import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        self._load_from_checkpoint(str(checkpoint))
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+        loss = float(sum(losses) / len(losses)) if losses else float("nan")
+        logger.info("%s is the run's last step (%d): nothing left to train", checkpoint, self.state.global_step)
+        return TrainOutput(self.state.global_step, loss, {"train_loss": loss})
+
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         if inputs.get("pixel_values") is not None:
@@ -311,16 +379,52 @@ class LongLLaVATrainer(Trainer):
             raise TrainingError(f"the {task_model.head.name} head needs head_labels in every batch (rows with labels)")
         if task_model.generates and inputs.get("labels") is None:
             raise TrainingError("the generate head needs labels (answer tokens) in every batch")
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            self._non_finite_loss(float(loss.detach().float().reshape(-1)[0]))
+        return result
+
+    def _non_finite_loss(self, value: float) -> None:
+        step = self.state.global_step + 1
+        if self.nan_policy == "skip":
+            self._non_finite_in_step = True
+            return
+        from .checkpointing import latest_complete_checkpoint
+
+        previous = latest_complete_checkpoint(self.args.output_dir)
+        kept = f"the last complete checkpoint, {previous}, is untouched" if previous else "no checkpoint was written"
+        raise TrainingError(f"the training loss is {value} at step {step}; stopped before the update ({kept}). "
+                            "Lower the learning rate, check the data of this step, or set training.nan_policy: skip "
+                            "in the recipe to drop such updates")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint, written into a staging folder and renamed when complete."""
+        """The Trainer's checkpoint, written into a staging folder and renamed when complete.
+
+        A write that fails (disk full, quota, I/O error) ends the run with a
+        :class:`CheckpointError` naming the last complete checkpoint, which is left untouched;
+        the partial folder is never marked complete, so ``--resume`` cannot pick it.
+        """
         if self.hp_search_backend is None and trial is None:
             self.store_flos()
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
+        try:
+            self._write_checkpoint(run_dir, step)
+        except OSError as exc:
+            from .checkpointing import latest_complete_checkpoint
+
+            previous = latest_complete_checkpoint(run_dir)
+            kept = f"the last complete checkpoint, {previous}, is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(f"{run_dir}: writing checkpoint-{step} failed ({exc.strerror or exc}); {kept}; free "
+                                  f"space and rerun with {option_hint('resume')}") from exc
+        if self.args.should_save:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+    def _write_checkpoint(self, run_dir: str, step: int) -> None:
         with staged_checkpoint(run_dir, step, is_main=self.args.should_save) as staging:
             self._saving_checkpoint = True
             try:
@@ -341,9 +445,6 @@ class LongLLaVATrainer(Trainer):
                     else:
                         self.state.stateful_callbacks[name] = cb.state()
                 self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
-        if self.args.should_save:
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         if not self.args.should_save:
