@@ -1,0 +1,296 @@
+"""CPU fast path of the selective scan: the numba kernels behind a torch autograd Function.
+
+:func:`~longllava_sdk.modeling.selective_scan.selective_scan` calls
+:func:`selective_scan_numba` for CPU tensors when :func:`numba_unavailable_reason` returns
+``None``; otherwise it keeps its chunked torch path. This module only converts between torch
+and the kernels of :mod:`.selective_scan_numba` (imported on first use, so importing the SDK
+does not import numba):
+
+* tensors are handed over as NumPy views, without copies where the layout allows (see
+  :func:`_flat`); the kernels compute in float32 whatever the input dtype (float64 inputs stay
+  on the torch path, which computes in float64);
+* forward without grad: one kernel call, nothing saved;
+* forward with grad: the same kernel also writes the state at every ``chunk_size``-th step
+  (``(Bt, ceil(L / chunk_size), N, D)`` floats); the backward kernel recomputes the states
+  inside each chunk from those checkpoints, so memory stays ``O(L · D · N / chunk_size)``;
+* numba runs as many threads as torch (``torch.get_num_threads()``), one kernel at a time
+  (numba's default ``workqueue`` threading layer must not be entered by two threads at once);
+* numba's compile-time warnings are silenced: they are about the kernels, not the caller.
+
+Outputs are returned as ``(Bt, D, L)`` views of time-major ``(Bt, L, D)`` memory, which is the
+layout the Jamba mixer's ``out_proj`` reads next (``scan_out.transpose(1, 2)`` is then
+contiguous).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import warnings
+from types import ModuleType
+
+import numpy as np
+import torch
+
+__all__ = ["numba_unavailable_reason", "selective_scan_numba", "numba_version"]
+
+#: Largest channel block of the forward kernel (its state is N x 128 floats: 8 KiB for N = 16).
+FORWARD_WIDTH = 128
+#: Channel block of the backward kernel: its per-chunk buffers are ~2 x chunk x N x width
+#: floats (512 KiB at chunk 64, N 16), sized to stay in a core's L2.
+BACKWARD_WIDTH = 64
+_MIN_WIDTH = 16
+
+_kernel_lock = threading.Lock()
+
+
+@functools.cache
+def _import_kernels() -> tuple[ModuleType | None, str | None]:
+    """(kernel module, None) or (None, why numba cannot be used)."""
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # not installed, or incompatible with this NumPy
+        return None, f"numba cannot be imported ({type(exc).__name__}: {exc})"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from . import selective_scan_numba
+    return selective_scan_numba, None
+
+
+def numba_version() -> str | None:
+    """The installed numba's version, or None when it cannot be imported."""
+    module, _ = _import_kernels()
+    if module is None:
+        return None
+    import numba
+
+    return numba.__version__
+
+
+def numba_unavailable_reason(*tensors: torch.Tensor | None) -> str | None:
+    """Why the numba kernels cannot run these tensors, or ``None`` when they can.
+
+    The kernels run on CPU tensors of float32, bfloat16 or float16 (computing in float32);
+    float64 inputs keep the torch path, which computes in float64.
+    """
+    present = [t for t in tensors if t is not None]
+    for t in present:
+        if t.device.type != "cpu":
+            return f"tensors are on {t.device.type}, the numba kernels run on CPU"
+        if t.dtype == torch.float64:
+            return "float64 inputs (the numba kernels compute in float32)"
+        if t.dtype.is_complex:
+            return f"{t.dtype} inputs"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing (numba calls are opaque to it)"
+    return _import_kernels()[1]
+
+
+# --------------------------------------------------------------------------------------------
+# torch <-> kernel layouts
+# --------------------------------------------------------------------------------------------
+
+_NO_ARRAY = np.zeros(1, dtype=np.float32)
+_NO_STRIDES = np.zeros(3, dtype=np.int64)
+
+
+def _flat(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A (Bt, D, L) float32 CPU tensor as a flat NumPy view of its memory + strides.
+
+    Returns the 1-D buffer that starts at ``x[0, 0, 0]`` and ends at ``x[-1, -1, -1]``, and
+    the element strides (batch, time, channel). No copy: the kernels read any layout tile by
+    tile.
+    """
+    x = x.detach()
+    sb, sd, st = x.stride()
+    bsz, dim, length = x.shape
+    span = 1 + (bsz - 1) * sb + (dim - 1) * sd + (length - 1) * st
+    flat = torch.as_strided(x, (span,), (1,)).numpy()
+    return flat, np.array([sb, st, sd], dtype=np.int64)
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float32)
+
+
+def _time_major(x: torch.Tensor) -> np.ndarray:
+    """(Bt, F, L) tensor -> C-contiguous float32 (Bt, L, F) array (a view when it already is)."""
+    return _f32(x).transpose(1, 2).contiguous().numpy()
+
+
+def _vector(x: torch.Tensor | None, dim: int) -> np.ndarray:
+    if x is None:
+        return np.zeros(dim, dtype=np.float32)
+    return _f32(x).contiguous().numpy()
+
+
+def _threads() -> int:
+    import numba
+
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def _run(kernel, threads: int, *args) -> None:
+    """Call a parallel kernel with ``threads`` numba threads, one caller at a time.
+
+    numba's ``omp`` threading layer shares the OpenMP runtime that torch uses and sets its
+    thread count when it starts (to all cores), which would silently undo a user's
+    ``torch.set_num_threads``; torch's setting is put back after the call.
+    """
+    import numba
+
+    torch_threads = torch.get_num_threads()
+    with _kernel_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", numba.NumbaWarning)
+        numba.set_num_threads(threads)
+        try:
+            kernel(*args)
+        finally:
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
+
+
+def _width(dim: int, largest: int, threads: int, batch: int = 1) -> int:
+    """Channels per work item: ``largest``, halved (not below 16) while items < threads."""
+    width = largest
+    while width > _MIN_WIDTH and batch * math.ceil(dim / width) < threads:
+        width //= 2
+    return width
+
+
+class _Inputs:
+    """The scan's inputs as the kernels take them (see scan_forward's docstring)."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, reset_mask):
+        self.bsz, self.dim, self.length = u.shape
+        self.n_state = A.shape[1]
+        # Half-precision inputs are upcast once here (a copy); float32 ones are views.
+        self.u_t, self.delta_t = _f32(u), _f32(delta)
+        self.z_t = None if z is None else _f32(z)
+        self.u, self.u_s = _flat(self.u_t)
+        self.delta, self.delta_s = _flat(self.delta_t)
+        self.z, self.z_s = (_NO_ARRAY, _NO_STRIDES) if z is None else _flat(self.z_t)
+        self.A_t = _f32(A).t().contiguous().numpy()
+        self.B = _time_major(B)
+        self.C = _time_major(C)
+        self.D = _vector(D, self.dim)
+        self.bias = _vector(delta_bias, self.dim)
+        self.has_reset = reset_mask is not None
+        self.reset = (
+            reset_mask.to(torch.uint8).contiguous().numpy() if self.has_reset
+            else np.zeros((1, 1), dtype=np.uint8)
+        )
+
+
+def _forward(x: _Inputs, h0: torch.Tensor | None, softplus: bool, chunk: int | None):
+    """Run the forward kernel. Returns out (Bt, L, D), last (Bt, D, N), ckpt or None (torch)."""
+    kernels, _ = _import_kernels()
+    out = torch.empty(x.bsz, x.length, x.dim, dtype=torch.float32)
+    last = torch.empty(x.bsz, x.dim, x.n_state, dtype=torch.float32)
+    save = chunk is not None
+    ckpt = torch.empty(x.bsz, math.ceil(x.length / chunk) if save else 0, x.n_state, x.dim,
+                       dtype=torch.float32)
+    h0_np = np.zeros((1, 1, 1), dtype=np.float32) if h0 is None else _f32(h0).contiguous().numpy()
+    threads = _threads()
+    width = _width(x.dim, FORWARD_WIDTH, threads, x.bsz)
+    _run(kernels.scan_forward, threads,
+         x.delta, x.delta_s, x.u, x.u_s, x.z, x.z_s, x.A_t, x.B, x.C, x.D, x.bias, h0_np, x.reset,
+         out.numpy(), last.numpy(), ckpt.numpy(), x.z_t is not None, h0 is not None, x.has_reset,
+         bool(softplus), save, int(chunk or 1), width)
+    return out, last, (ckpt if save else None)
+
+
+def selective_scan_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    initial_state: torch.Tensor | None,
+    reset_mask: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selective scan with the numba kernels; same arguments as ``selective_scan``.
+
+    Shapes are checked by the caller. Returns ``out`` (Bt, D, L) in ``u.dtype`` and the last
+    state (Bt, D, N) in float32. With grad enabled and any input requiring grad, the result
+    is differentiable (numba backward kernel); otherwise nothing is saved.
+    """
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _NumbaScanFunction.apply(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask,
+            bool(delta_softplus), int(chunk_size),
+        )
+    x = _Inputs(u, delta, A, B, C, D, z, delta_bias, reset_mask)
+    out, last, _ = _forward(x, initial_state, delta_softplus, None)
+    return out.transpose(1, 2).to(u.dtype), last
+
+
+class _NumbaScanFunction(torch.autograd.Function):
+    """Whole selective scan (bias, softplus, SSM, D skip, z gate) on the numba kernels."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, reset_mask, softplus, chunk_size):
+        x = _Inputs(u, delta, A, B, C, D, z, delta_bias, reset_mask)
+        out, last, ckpt = _forward(x, h0, softplus, chunk_size)  # ckpt[:, 0] is h0 (or 0)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, reset_mask, ckpt)
+        ctx.softplus = softplus
+        ctx.chunk_size = chunk_size
+        return out.transpose(1, 2).to(u.dtype), last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, g_last):
+        u, delta, A, B, C, D, z, delta_bias, h0, reset_mask, ckpt = ctx.saved_tensors
+        kernels, _ = _import_kernels()
+        x = _Inputs(u, delta, A, B, C, D, z, delta_bias, reset_mask)
+        bsz, dim, length, n_state = x.bsz, x.dim, x.length, x.n_state
+        if g_out is None:
+            g_out = torch.zeros(bsz, length, dim, dtype=torch.float32).transpose(1, 2)
+        g_out_t = _f32(g_out)
+        g_out_np, g_out_s = _flat(g_out_t)
+        has_g_last = g_last is not None
+        g_last_np = _f32(g_last).contiguous().numpy() if has_g_last else np.zeros((1, 1, 1), np.float32)
+
+        threads = _threads()
+        width = _width(dim, BACKWARD_WIDTH, threads)
+        groups = max(1, min(threads, math.ceil(dim / width)))
+        g_delta = torch.empty(bsz, length, dim, dtype=torch.float32)
+        g_u = torch.empty(bsz, length, dim, dtype=torch.float32)
+        g_z = torch.empty(bsz, length, dim, dtype=torch.float32) if z is not None else torch.empty(0, 0, 0)
+        g_A_t = torch.empty(n_state, dim, dtype=torch.float32)
+        g_D = torch.empty(dim, dtype=torch.float32)
+        g_bias = torch.empty(dim, dtype=torch.float32)
+        g_h0 = torch.empty(bsz, dim, n_state, dtype=torch.float32)
+        g_B_part = torch.zeros(groups, bsz, length, n_state, dtype=torch.float32)
+        g_C_part = torch.zeros(groups, bsz, length, n_state, dtype=torch.float32)
+        _run(kernels.scan_backward, threads,
+             x.delta, x.delta_s, x.u, x.u_s, x.z, x.z_s, g_out_np, g_out_s, x.A_t, x.B, x.C, x.D,
+             x.bias, x.reset, ckpt.numpy(), g_last_np, g_delta.numpy(), g_u.numpy(),
+             g_z.numpy(), g_A_t.numpy(), g_D.numpy(), g_bias.numpy(), g_h0.numpy(),
+             g_B_part.numpy(), g_C_part.numpy(), z is not None, x.has_reset, ctx.softplus,
+             has_g_last, ctx.chunk_size, width)
+
+        def cast(g, like):
+            return None if like is None else g.to(like.dtype)
+
+        return (
+            cast(g_u.transpose(1, 2), u),
+            cast(g_delta.transpose(1, 2), delta),
+            cast(g_A_t.t(), A),
+            cast(g_B_part.sum(0).transpose(1, 2), B),
+            cast(g_C_part.sum(0).transpose(1, 2), C),
+            cast(g_D, D),
+            None if z is None else g_z.transpose(1, 2).to(z.dtype),
+            cast(g_bias, delta_bias),
+            cast(g_h0, h0),
+            None,
+            None,
+            None,
+        )
