@@ -110,6 +110,16 @@ def _flat(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return flat, np.array([sb, st, sd], dtype=np.int64)
 
 
+def _grad_buffer(like: torch.Tensor) -> torch.Tensor:
+    """Uninitialised float32 (Bt, D, L) gradient in the layout of ``like``: time-major memory
+    when ``like`` is time-major (channel stride 1), channel-major otherwise. Autograd then
+    passes it on (or accumulates it into a leaf) without a transposing copy."""
+    bsz, dim, length = like.shape
+    if like.stride(1) == 1 and dim > 1:
+        return torch.empty(bsz, length, dim, dtype=torch.float32).transpose(1, 2)
+    return torch.empty(bsz, dim, length, dtype=torch.float32)
+
+
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(torch.float32)
 
@@ -261,9 +271,10 @@ class _NumbaScanFunction(torch.autograd.Function):
         threads = _threads()
         width = _width(dim, BACKWARD_WIDTH, threads)
         groups = max(1, min(threads, math.ceil(dim / width)))
-        g_delta = torch.empty(bsz, length, dim, dtype=torch.float32)
-        g_u = torch.empty(bsz, length, dim, dtype=torch.float32)
-        g_z = torch.empty(bsz, length, dim, dtype=torch.float32) if z is not None else torch.empty(0, 0, 0)
+        g_delta, g_u = _grad_buffer(delta), _grad_buffer(u)
+        g_z = _grad_buffer(z) if z is not None else None
+        (g_delta_np, g_delta_s), (g_u_np, g_u_s) = _flat(g_delta), _flat(g_u)
+        g_z_np, g_z_s = (_NO_ARRAY, _NO_STRIDES) if z is None else _flat(g_z)
         g_A_t = torch.empty(n_state, dim, dtype=torch.float32)
         g_D = torch.empty(dim, dtype=torch.float32)
         g_bias = torch.empty(dim, dtype=torch.float32)
@@ -272,8 +283,8 @@ class _NumbaScanFunction(torch.autograd.Function):
         g_C_part = torch.zeros(groups, bsz, length, n_state, dtype=torch.float32)
         _run(kernels.scan_backward, threads,
              x.delta, x.delta_s, x.u, x.u_s, x.z, x.z_s, g_out_np, g_out_s, x.A_t, x.B, x.C, x.D,
-             x.bias, x.reset, ckpt.numpy(), g_last_np, g_delta.numpy(), g_u.numpy(),
-             g_z.numpy(), g_A_t.numpy(), g_D.numpy(), g_bias.numpy(), g_h0.numpy(),
+             x.bias, x.reset, ckpt.numpy(), g_last_np, g_delta_np, g_delta_s, g_u_np, g_u_s,
+             g_z_np, g_z_s, g_A_t.numpy(), g_D.numpy(), g_bias.numpy(), g_h0.numpy(),
              g_B_part.numpy(), g_C_part.numpy(), z is not None, x.has_reset, ctx.softplus,
              has_g_last, ctx.chunk_size, width)
 
@@ -281,13 +292,13 @@ class _NumbaScanFunction(torch.autograd.Function):
             return None if like is None else g.to(like.dtype)
 
         return (
-            cast(g_u.transpose(1, 2), u),
-            cast(g_delta.transpose(1, 2), delta),
+            cast(g_u, u),
+            cast(g_delta, delta),
             cast(g_A_t.t(), A),
             cast(g_B_part.sum(0).transpose(1, 2), B),
             cast(g_C_part.sum(0).transpose(1, 2), C),
             cast(g_D, D),
-            None if z is None else g_z.transpose(1, 2).to(z.dtype),
+            cast(g_z, z),
             cast(g_bias, delta_bias),
             cast(g_h0, h0),
             None,

@@ -177,6 +177,27 @@ def _load_tile(flat, strides, b, t0, d0, nt, w, tile):
 
 
 @jit(**_OPTS)
+def _store_tile(tile, nt, w, flat, strides, b, t0, d0):
+    """x[b, t0 + i, d0 + j] = tile[i, j]: the inverse of :func:`_load_tile`, same layouts."""
+    sb, st, sd = strides[0], strides[1], strides[2]
+    base = b * sb + t0 * st + d0 * sd
+    if sd == 1:
+        for i in range(nt):
+            row = flat[base + i * st: base + i * st + w]
+            for j in range(w):
+                row[j] = tile[i, j]
+    elif st == 1:
+        for j in range(w):
+            col = flat[base + j * sd: base + j * sd + nt]
+            for i in range(nt):
+                col[i] = tile[i, j]
+    else:
+        for i in range(nt):
+            for j in range(w):
+                flat[base + i * st + j * sd] = tile[i, j]
+
+
+@jit(**_OPTS)
 def _time_steps(dt, nt, w, bias, d0, softplus):
     """In place: dt[i, j] <- softplus(dt[i, j] + bias[d0 + j]) (or without softplus)."""
     bb = bias[d0: d0 + w]
@@ -296,8 +317,9 @@ def _dot_row(g, n, v, w):
 
 @jit(**_OPTS)
 def _backward_block(grp, b, d0, w, delta, delta_s, u, u_s, z, z_s, g_out, g_out_s, A_t, B, C, Dskip,
-                    bias, reset, ckpt, g_last, g_delta, g_u, g_z, g_A_blk, g_D_blk, g_bias_blk, g_h0,
-                    g_B_part, g_C_part, has_z, has_reset, softplus, has_g_last, chunk, width):
+                    bias, reset, ckpt, g_last, g_delta, g_delta_s, g_u, g_u_s, g_z, g_z_s, g_A_blk, g_D_blk,
+                    g_bias_blk, g_h0, g_B_part, g_C_part, has_z, has_reset, softplus, has_g_last, chunk,
+                    width):
     """Backward of channels d0:d0+w of batch row b; adds into the *_blk accumulators (N or
     (N, width)) and into this group's g_B_part / g_C_part rows, writes the rest."""
     length = B.shape[1]
@@ -320,6 +342,10 @@ def _backward_block(grp, b, d0, w, delta, delta_s, u, u_s, z, z_s, g_out, g_out_
     zz = np.empty((chunk, width), dtype=np.float32)
     go = np.empty((chunk, width), dtype=np.float32)
     y = np.empty((chunk, width), dtype=np.float32)
+    # gradients of the chunk, stored in the layout of the caller's gradient buffers at its end
+    gu_tile = np.empty((chunk, width), dtype=np.float32)
+    gd_tile = np.empty((chunk, width), dtype=np.float32)
+    gz_tile = np.empty((chunk, width), dtype=np.float32)
     gp = np.empty(width, dtype=np.float32)
     du = np.empty(width, dtype=np.float32)
     g_du = np.empty(width, dtype=np.float32)
@@ -366,13 +392,12 @@ def _backward_block(grp, b, d0, w, delta, delta_s, u, u_s, z, z_s, g_out, g_out_
         for i in range(nt - 1, -1, -1):
             t = t0 + i
             if has_z:
-                g_z_row = g_z[b, t, d0: d0 + w]
                 for j in range(w):
                     zj = zz[i, j]
                     sg = _sigmoid(zj)
                     pre = y[i, j] + d_blk[j] * uu[i, j]
                     gp[j] = go[i, j] * zj * sg
-                    g_z_row[j] = go[i, j] * pre * sg * (_ONE + zj * (_ONE - sg))
+                    gz_tile[i, j] = go[i, j] * pre * sg * (_ONE + zj * (_ONE - sg))
             else:
                 for j in range(w):
                     gp[j] = go[i, j]
@@ -397,16 +422,18 @@ def _backward_block(grp, b, d0, w, delta, delta_s, u, u_s, z, z_s, g_out, g_out_
                     g_dt[j] += x * a_blk[n, j]
                     g_A_blk[n, j] += x * dt[i, j]
                     g[n, j] = gj * a
-            g_u_row = g_u[b, t, d0: d0 + w]
-            g_delta_row = g_delta[b, t, d0: d0 + w]
             for j in range(w):
-                g_u_row[j] = gp[j] * d_blk[j] + g_du[j] * dt[i, j]
-                g_delta_row[j] = g_dt[j] + g_du[j] * uu[i, j]
+                gu_tile[i, j] = gp[j] * d_blk[j] + g_du[j] * dt[i, j]
+                gd_tile[i, j] = g_dt[j] + g_du[j] * uu[i, j]
             if softplus:
                 for j in range(w):
-                    g_delta_row[j] *= dt_raw[i, j]
+                    gd_tile[i, j] *= dt_raw[i, j]
             for j in range(w):
-                g_bias_blk[j] += g_delta_row[j]
+                g_bias_blk[j] += gd_tile[i, j]
+        _store_tile(gu_tile, nt, w, g_u, g_u_s, b, t0, d0)
+        _store_tile(gd_tile, nt, w, g_delta, g_delta_s, b, t0, d0)
+        if has_z:
+            _store_tile(gz_tile, nt, w, g_z, g_z_s, b, t0, d0)
     for n in range(n_state):
         for j in range(w):
             g_h0[b, d0 + j, n] = g[n, j]
@@ -414,13 +441,13 @@ def _backward_block(grp, b, d0, w, delta, delta_s, u, u_s, z, z_s, g_out, g_out_
 
 @jit(parallel=True, **_OPTS)
 def scan_backward(delta, delta_s, u, u_s, z, z_s, g_out, g_out_s, A_t, B, C, Dskip, bias, reset, ckpt,
-                  g_last, g_delta, g_u, g_z, g_A_t, g_D, g_bias, g_h0, g_B_part, g_C_part,
-                  has_z, has_reset, softplus, has_g_last, chunk, width):
+                  g_last, g_delta, g_delta_s, g_u, g_u_s, g_z, g_z_s, g_A_t, g_D, g_bias, g_h0, g_B_part,
+                  g_C_part, has_z, has_reset, softplus, has_g_last, chunk, width):
     """Gradients of :func:`scan_forward` (with its ``ckpt``), given g_out (and g_last).
 
     Args beyond scan_forward's (float32; G = g_B_part.shape[0] groups):
         g_out: flat buffer + strides, dL/d out.  g_last: (Bt, D, N), dL/d last, if has_g_last.
-        g_delta, g_u, g_z: (Bt, L, D) written (g_z only if has_z).  g_A_t: (N, D), g_D, g_bias:
+        g_delta, g_u, g_z: flat buffers + strides like the inputs, written (g_z only if has_z).  g_A_t: (N, D), g_D, g_bias:
         (D,), g_h0: (Bt, D, N) written.  g_B_part, g_C_part: (G, Bt, L, N), zero on entry; the
         caller sums them over G.
     Each group takes a contiguous range of channel blocks, for every batch row.
@@ -439,9 +466,9 @@ def scan_backward(delta, delta_s, u, u_s, z, z_s, g_out, g_out_s, A_t, B, C, Dsk
             g_bias_blk = np.zeros(width, dtype=np.float32)
             for b in range(bsz):
                 _backward_block(grp, b, d0, w, delta, delta_s, u, u_s, z, z_s, g_out, g_out_s, A_t, B, C,
-                                Dskip, bias, reset, ckpt, g_last, g_delta, g_u, g_z, g_A_blk, g_D_blk,
-                                g_bias_blk, g_h0, g_B_part, g_C_part, has_z, has_reset, softplus,
-                                has_g_last, chunk, width)
+                                Dskip, bias, reset, ckpt, g_last, g_delta, g_delta_s, g_u, g_u_s, g_z,
+                                g_z_s, g_A_blk, g_D_blk, g_bias_blk, g_h0, g_B_part, g_C_part, has_z,
+                                has_reset, softplus, has_g_last, chunk, width)
             for j in range(w):
                 g_D[d0 + j] = g_D_blk[j]
                 g_bias[d0 + j] = g_bias_blk[j]
