@@ -107,6 +107,29 @@ def test_falls_back_to_torch_when_numba_cannot_be_imported(numba_calls, monkeypa
                        backend="numba")
 
 
+def test_a_kernel_that_cannot_compile_falls_back_to_torch(numba_calls, monkeypatch, caplog, auto_backend):
+    """numba failing to build the kernels on some machine: logged once, torch from then on."""
+    import numba
+
+    def broken_forward(*args, **kwargs):
+        raise numba.core.errors.TypingError("simulated: no implementation of function")
+
+    monkeypatch.setattr(selective_scan_cpu, "_compiled", set())
+    monkeypatch.setattr(selective_scan_cpu, "_compile_failure", None)
+    monkeypatch.setattr(selective_scan_cpu, "_forward", broken_forward)
+    inputs, reset, softplus = make_inputs(2, 5, 3, 40, seed=4, initial=True, resets=True)
+    with caplog.at_level("WARNING", logger=selective_scan_cpu.__name__):
+        check_against_reference(inputs, reset, softplus)  # auto: falls back, still correct
+        check_against_reference(inputs, reset, softplus)
+    failures = [r for r in caplog.records if "failed to compile" in r.getMessage()]
+    assert len(failures) == 1 and "simulated" in failures[0].getMessage()
+    assert len(numba_calls) == 1  # the first call tried numba, the second went straight to torch
+    assert selective_scan_backend() == "torch-chunked"
+    with pytest.raises(InputError, match="failed to compile"):
+        selective_scan(**{k: (None if v is None else v.detach().float()) for k, v in inputs.items()},
+                       backend="numba")
+
+
 def test_backend_names_for_cuda(monkeypatch, auto_backend):
     monkeypatch.setattr(mamba_kernels, "_mamba_ssm_selective_scan", lambda: None)
     assert selective_scan_backend("cuda") == "torch-chunked"
@@ -192,6 +215,15 @@ def test_arbitrary_strides(auto_backend):
 @pytest.mark.parametrize("dim", [1, 17, 150])
 def test_channel_blocks_and_threads(dim, threads, monkeypatch):
     """Channel counts that leave partial blocks, several blocks per thread, small blocks."""
+    used = []
+    real_run = selective_scan_cpu._run
+
+    def recording_run(kernel, n_threads, *args):
+        used.append(n_threads)
+        return real_run(kernel, n_threads, *args)
+
+    monkeypatch.setattr(selective_scan_cpu, "_run", recording_run)
+    monkeypatch.setattr(selective_scan_cpu, "MIN_WORK_PER_THREAD", 1)  # small problems, all threads
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -203,6 +235,14 @@ def test_channel_blocks_and_threads(dim, threads, monkeypatch):
         assert torch.get_num_threads() == threads  # numba's OpenMP start-up must not change it
     finally:
         torch.set_num_threads(previous)
+    assert used and set(used) == {threads}
+
+
+def test_small_problems_use_one_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert selective_scan_cpu._threads(1000) == 1
+    assert selective_scan_cpu._threads(3 * selective_scan_cpu.MIN_WORK_PER_THREAD) == min(
+        3, selective_scan_cpu._numba_max_threads())
 
 
 def test_gradient_from_only_one_output():

@@ -118,11 +118,14 @@ def selective_scan(
             u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask
         )
         if why_not is None:
-            out, last_state = selective_scan_cpu.selective_scan_numba(
-                u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
-                reset_mask, int(chunk_size),
-            )
-            return (out, last_state) if return_last_state else out
+            try:
+                out, last_state = selective_scan_cpu.selective_scan_numba(
+                    u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
+                    reset_mask, int(chunk_size),
+                )
+                return (out, last_state) if return_last_state else out
+            except selective_scan_cpu.KernelCompileError as exc:  # logged once; torch from now on
+                why_not = str(exc)
         if requested == "numba":
             raise InputError(None, f"selective_scan: backend 'numba' was requested but {why_not}")
     # Slow path: the chunked torch implementation (any device, float64).
