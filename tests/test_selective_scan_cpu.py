@@ -19,7 +19,6 @@ import torch
 
 from longllava_sdk.errors import ConfigError, InputError
 from longllava_sdk.modeling import mamba_kernels, selective_scan_cpu
-from longllava_sdk.modeling import selective_scan as scan_module
 from longllava_sdk.modeling.selective_scan import BACKEND_ENV, selective_scan, selective_scan_backend
 from test_selective_scan import (
     assert_close_scaled,

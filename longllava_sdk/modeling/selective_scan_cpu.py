@@ -14,8 +14,10 @@ does not import numba):
   (``(Bt, ceil(L / chunk_size), N, D)`` floats); the backward kernel recomputes the states
   inside each chunk from those checkpoints, so memory stays ``O(L · D · N / chunk_size)``;
 * numba runs as many threads as torch (``torch.get_num_threads()``; fewer for small problems),
-  one kernel at a time
-  (numba's default ``workqueue`` threading layer must not be entered by two threads at once);
+  one kernel at a time (numba's ``workqueue`` threading layer must not be entered by two
+  threads at once);
+* the kernels are compiled (or loaded from numba's cache) before the first real call, so a
+  machine where numba cannot build them falls back to the torch path (:func:`_ensure_compiled`);
 * numba's compile-time warnings are silenced: they are about the kernels, not the caller.
 
 Outputs are returned as ``(Bt, D, L)`` views of time-major ``(Bt, L, D)`` memory, which is the
