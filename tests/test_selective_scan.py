@@ -1,7 +1,9 @@
-"""The SDK's chunked selective scan against a plain sequential reference, and its plug-in point.
+"""The SDK's selective scan (numba kernels and chunked torch path) against a plain sequential
+reference, and its plug-in point.
 
 The reference below is written independently of the implementation: one Python step per
-token in float64, with autograd for the gradients.
+token in float64, with autograd for the gradients. Tests marked with the ``backend`` fixture
+run once per implementation (``numba``: the CPU fast path; ``torch``: the chunked fallback).
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from longllava_sdk.modeling.mamba_kernels import (
 from longllava_sdk.modeling.selective_scan import selective_scan
 
 TOL = 1e-4
+BACKENDS = ["numba", "torch"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """The scan implementation under test (forced, so a silent fallback cannot pass as numba)."""
+    return request.param
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +164,7 @@ def reference_scan_numpy(inputs, reset_mask, delta_softplus, g_out, g_last):
     return as_torch(out), as_torch(h), {k: as_torch(np.ascontiguousarray(g)) for k, g in grads.items()}
 
 
-def run_both(inputs, reset, softplus, chunk_size=64, seed=1):
+def run_both(inputs, reset, softplus, chunk_size=64, seed=1, backend=None):
     """(out, last_state, grads) of a reference (float64) and of ours (float32 inputs).
 
     Up to 300 steps the reference is autograd through :func:`reference_scan`; longer
@@ -177,7 +186,7 @@ def run_both(inputs, reset, softplus, chunk_size=64, seed=1):
 
     ours_in = {k: (None if v is None else v.detach().float().requires_grad_(True)) for k, v in inputs.items()}
     out, last = selective_scan(**ours_in, delta_softplus=softplus, return_last_state=True,
-                               reset_mask=reset, chunk_size=chunk_size)
+                               reset_mask=reset, chunk_size=chunk_size, backend=backend)
     ours_grads = torch.autograd.grad(
         (out.double() * g_out).sum() + (last.double() * g_last).sum(), [ours_in[k] for k in names]
     )
@@ -194,8 +203,10 @@ def assert_close_scaled(actual, expected, what):
     assert err <= TOL * scale, f"{what}: max error {err:.3g} > {TOL * scale:.3g}"
 
 
-def check_against_reference(inputs, reset, softplus, chunk_size=64):
-    (r_out, r_last, r_grads), (o_out, o_last, o_grads) = run_both(inputs, reset, softplus, chunk_size)
+def check_against_reference(inputs, reset, softplus, chunk_size=64, backend=None):
+    (r_out, r_last, r_grads), (o_out, o_last, o_grads) = run_both(
+        inputs, reset, softplus, chunk_size, backend=backend
+    )
     assert o_out.dtype == torch.float32
     assert_close_scaled(o_out, r_out, "output")
     assert_close_scaled(o_last, r_last, "last state")
@@ -210,27 +221,27 @@ def check_against_reference(inputs, reset, softplus, chunk_size=64):
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 63, 64, 65, 127, 1000, 4097])
-def test_matches_reference_across_lengths(length):
+def test_matches_reference_across_lengths(length, backend):
     inputs, reset, softplus = make_inputs(2, 6, 4, length, seed=length, initial=True, resets=length > 3)
-    check_against_reference(inputs, reset, softplus)
+    check_against_reference(inputs, reset, softplus, backend=backend)
 
 
 @pytest.mark.parametrize("length", [64, 65, 129])
-def test_matches_reference_without_initial_state_or_resets(length):
+def test_matches_reference_without_initial_state_or_resets(length, backend):
     inputs, reset, softplus = make_inputs(2, 6, 4, length, seed=7 * length)
-    check_against_reference(inputs, reset, softplus)
+    check_against_reference(inputs, reset, softplus, backend=backend)
 
 
 OPTION_GRID = list(itertools.product([False, True], repeat=6))
 
 
 @pytest.mark.parametrize("use_D,use_z,use_bias,softplus,initial,resets", OPTION_GRID)
-def test_matches_reference_for_every_option(use_D, use_z, use_bias, softplus, initial, resets):
+def test_matches_reference_for_every_option(use_D, use_z, use_bias, softplus, initial, resets, backend):
     inputs, reset, softplus = make_inputs(
         2, 5, 3, 37, seed=11, use_D=use_D, use_z=use_z, use_bias=use_bias, softplus=softplus,
         initial=initial, resets=resets,
     )
-    check_against_reference(inputs, reset, softplus, chunk_size=8)
+    check_against_reference(inputs, reset, softplus, chunk_size=8, backend=backend)
 
 
 @pytest.mark.parametrize("initial,resets,use_z", [(True, True, True), (False, False, False)])
@@ -249,26 +260,32 @@ def test_numpy_reference_matches_autograd_reference(initial, resets, use_z):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 5, 16, 64, 100, 500])
-def test_chunk_size_does_not_change_the_result(chunk_size):
+def test_chunk_size_does_not_change_the_result(chunk_size, backend):
     inputs, reset, softplus = make_inputs(1, 4, 3, 257, seed=3, initial=True, resets=True)
-    check_against_reference(inputs, reset, softplus, chunk_size=chunk_size)
+    check_against_reference(inputs, reset, softplus, chunk_size=chunk_size, backend=backend)
 
 
 def test_many_chunk_groups_match_one_group(monkeypatch):
     """With a tiny memory budget every chunk is its own group; results must not change."""
     inputs, reset, softplus = make_inputs(2, 6, 4, 300, seed=5, initial=True, resets=True)
     monkeypatch.setattr(scan_module, "MAX_GROUP_ELEMENTS", 1)
-    check_against_reference(inputs, reset, softplus, chunk_size=16)
+    check_against_reference(inputs, reset, softplus, chunk_size=16, backend="torch")
     monkeypatch.setattr(scan_module, "MAX_GROUP_ELEMENTS", 3 * 16 * 2 * 6 * 4)
-    check_against_reference(inputs, reset, softplus, chunk_size=16)
+    check_against_reference(inputs, reset, softplus, chunk_size=16, backend="torch")
 
 
-def test_16k_tokens_match_reference():
+def test_16k_tokens_match_reference(backend):
     inputs, reset, softplus = make_inputs(1, 3, 2, 16384, seed=16, initial=True, resets=True)
-    check_against_reference(inputs, reset, softplus)
+    check_against_reference(inputs, reset, softplus, backend=backend)
+
+
+def test_16k_tokens_match_reference_without_initial_state_or_resets(backend):
+    inputs, reset, softplus = make_inputs(1, 3, 2, 16384, seed=17)
+    check_against_reference(inputs, reset, softplus, backend=backend)
 
 
 def test_gradcheck_double():
+    """float64 runs on the torch path (the numba kernels compute in float32)."""
     inputs, reset, softplus = make_inputs(2, 2, 2, 6, seed=2, initial=True, resets=True)
     names = list(inputs)
 
@@ -291,21 +308,30 @@ def test_gradcheck_double_multiple_groups_no_options(monkeypatch):
     )
 
 
-def test_strong_decay_stays_finite():
+def test_strong_decay_stays_finite(backend):
     """dt * A of -1000 per step: any positive exponent (exp(-cumsum)) would overflow."""
     inputs, _, _ = make_inputs(1, 4, 3, 200, seed=4, softplus=False, use_bias=False, initial=True)
     with torch.no_grad():
         inputs["delta"].mul_(0).add_(20.0)
         inputs["A"].mul_(0).add_(-50.0)
-    check_against_reference(inputs, None, False)
+    check_against_reference(inputs, None, False, backend=backend)
 
 
-def test_bfloat16_inputs_keep_their_dtype():
+def test_large_time_steps_and_gates(backend):
+    """softplus and silu far from 0 (|delta|, |z| up to ~40): no overflow, same values."""
+    inputs, reset, softplus = make_inputs(2, 5, 3, 90, seed=13, initial=True, resets=True)
+    with torch.no_grad():
+        inputs["delta"].mul_(12.0)
+        inputs["z"].mul_(12.0)
+    check_against_reference(inputs, reset, softplus, backend=backend)
+
+
+def test_bfloat16_inputs_keep_their_dtype(backend):
     inputs, reset, softplus = make_inputs(1, 4, 3, 70, seed=8, dtype=torch.float32)
     low = {k: (None if v is None else v.detach().to(torch.bfloat16).requires_grad_(True))
            for k, v in inputs.items()}
     low["A"] = inputs["A"].detach().requires_grad_(True)  # A stays float32 in Jamba
-    out = selective_scan(**low, delta_softplus=softplus)
+    out = selective_scan(**low, delta_softplus=softplus, backend=backend)
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     for name, value in low.items():
@@ -316,16 +342,17 @@ def test_bfloat16_inputs_keep_their_dtype():
     assert (out.double() - ref_out).abs().max() < 0.05 * max(1.0, float(ref_out.abs().max()))
 
 
-def test_autocast_does_not_lower_the_precision():
+def test_autocast_does_not_lower_the_precision(backend):
     inputs, reset, softplus = make_inputs(2, 6, 4, 150, seed=12, initial=True, resets=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        check_against_reference(inputs, reset, softplus)
+        check_against_reference(inputs, reset, softplus, backend=backend)
 
 
-def test_inference_without_grad_and_return_shapes():
+def test_inference_without_grad_and_return_shapes(backend):
     inputs, _, softplus = make_inputs(2, 4, 3, 10, seed=6, dtype=torch.float32)
     with torch.no_grad():
-        out, last = selective_scan(**inputs, delta_softplus=softplus, return_last_state=True)
+        out, last = selective_scan(**inputs, delta_softplus=softplus, return_last_state=True,
+                                   backend=backend)
     assert out.shape == (2, 4, 10) and last.shape == (2, 4, 3)
     assert last.dtype == torch.float32 and not out.requires_grad
 
@@ -342,6 +369,9 @@ def test_bad_shapes_are_typed_errors():
         selective_scan(**inputs, reset_mask=torch.zeros(2, 10))
     with pytest.raises(InputError, match="chunk_size"):
         selective_scan(**inputs, chunk_size=0)
+    with pytest.raises(InputError, match="length 0"):
+        selective_scan(**{k: (v[..., :0] if k in ("u", "delta", "B", "C", "z") else v)
+                          for k, v in inputs.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +463,8 @@ def test_mixer_really_calls_the_installed_scan(restore_jamba, monkeypatch):
     assert (zeroed - logits).abs().max() > 1e-3
 
 
-def test_tiny_jamba_logits_and_gradients_match_transformers_fallback(restore_jamba):
+def test_tiny_jamba_logits_and_gradients_match_transformers_fallback(restore_jamba, backend, monkeypatch):
+    monkeypatch.setenv(scan_module.BACKEND_ENV, backend)
     model = tiny_jamba(seed=1)
     ids = torch.randint(3, 128, (2, 100), generator=torch.Generator().manual_seed(1))
 
@@ -473,7 +504,8 @@ def test_generation_with_cache_still_matches_no_cache(restore_jamba):
 # --------------------------------------------------------------------------------------------
 
 
-def test_packed_samples_do_not_leak_through_the_mamba_mixer(restore_jamba):
+def test_packed_samples_do_not_leak_through_the_mamba_mixer(restore_jamba, backend, monkeypatch):
+    monkeypatch.setenv(scan_module.BACKEND_ENV, backend)
     install_mamba_kernels()
     torch.manual_seed(3)
     mixer = modeling_jamba.JambaMambaMixer(tiny_jamba_config(), layer_idx=0).eval()
@@ -494,10 +526,11 @@ def test_packed_samples_do_not_leak_through_the_mamba_mixer(restore_jamba):
 
 
 @pytest.mark.compat
-def test_gradient_checkpointing_keeps_the_boundaries(restore_jamba):
+def test_gradient_checkpointing_keeps_the_boundaries(restore_jamba, backend, monkeypatch):
     """The backward (and the checkpoint's recomputation) runs after the block has closed."""
     from torch.utils.checkpoint import checkpoint
 
+    monkeypatch.setenv(scan_module.BACKEND_ENV, backend)
     install_mamba_kernels()
     torch.manual_seed(5)
     mixer = modeling_jamba.JambaMambaMixer(tiny_jamba_config(), layer_idx=0)

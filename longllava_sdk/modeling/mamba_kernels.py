@@ -432,12 +432,16 @@ def mamba_kernels_installed() -> bool:
 
 def kernel_report(device: torch.device | str = "cpu") -> dict[str, str]:
     """Which implementation each Mamba operation uses on ``device`` (for ``info`` and logs)."""
+    from .selective_scan import selective_scan_backend
+
     on_cuda = torch.device(device).type == "cuda"
     conv = "causal-conv1d CUDA kernel" if on_cuda and _package_importable("causal_conv1d") else "torch conv1d"
     ssm = on_cuda and _package_importable("mamba_ssm")
+    sdk_scan = {"numba-cpu": "SDK numba scan (fused CPU kernels, custom backward)",
+                "torch-chunked": "SDK chunked scan (torch, custom backward)"}[selective_scan_backend(device)]
     return {
-        "selective_scan": ("mamba-ssm CUDA kernel (SDK chunked scan for packed / initial-state calls)" if ssm
-                           else "SDK chunked scan (torch, custom backward)"),
+        "selective_scan": (f"mamba-ssm CUDA kernel ({sdk_scan} for packed / initial-state calls)" if ssm
+                           else sdk_scan),
         "causal_conv1d": conv + " (SDK boundary-aware conv for packed samples)",
         "decode_step": ("mamba-ssm selective_state_update" if ssm else "SDK torch single-step update")
         + " + " + ("causal-conv1d update" if conv.startswith("causal") else "torch conv update"),
