@@ -521,16 +521,23 @@ def _read_header(path: str, explicit: bool, limits: _Limits) -> list[_Slice] | s
         try:
             # Every element value is converted inside this block: pydicom converts lazily, so a
             # corrupt value (unknown VR, bad length) only fails when it is first read.
-            handle.seek(132)
-            meta = _read_file_meta_info(handle)
+            bounded = _BoundedReader(handle, size)
+            bounded.seek(132)
+            meta = _read_file_meta_info(bounded)
             syntax_text = str(meta.get("TransferSyntaxUID") or "")
             if syntax_text and UID(syntax_text).is_transfer_syntax and UID(syntax_text).is_deflated:
                 ds, inflated = _read_deflated(path, handle, limits.max_decoded_bytes, stop_before_pixels=True)
                 pixel_offset = inflated.tell()
             else:
-                handle.seek(0)
-                ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False)
-                pixel_offset = handle.tell()
+                bounded.seek(0)
+                ds = pydicom.dcmread(bounded, stop_before_pixels=True, force=False)
+                pixel_offset = bounded.tell()
+            if bounded.overrun is not None:
+                position, asked, left = bounded.overrun
+                raise AdapterError(
+                    path, f"truncated or corrupt header: an element value at byte {position} declares {asked} "
+                    f"bytes but only {left} remain in the file",
+                )
             meta = getattr(ds, "file_meta", Dataset())
             sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
             has_syntax = bool(meta.get("TransferSyntaxUID"))
@@ -609,6 +616,44 @@ def _check_image_limits(path: str, ds: Dataset, syntax: UID, limits: _Limits) ->
                 path, "PALETTE COLOR image without its Red/Green/Blue Palette Color Lookup Table "
                 "(descriptor 0028,1101-1103 and data 0028,1201-1203): its colours cannot be shown"
             )
+
+
+class _BoundedReader(io.RawIOBase):
+    """A file that never hands out more than it holds: ``read(n)`` is capped at the bytes left.
+
+    pydicom reads an element's value with ``read(length)``; with a corrupt length of 4 GB a
+    plain file object allocates the whole buffer before finding the file is 40 KB. Capped
+    reads come back short and pydicom reports the truncation instead.
+    """
+
+    def __init__(self, handle: Any, size: int) -> None:
+        super().__init__()
+        self._handle, self._size = handle, size
+        self.overrun: tuple[int, int, int] | None = None  # (position, bytes asked, bytes left)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._handle.tell()
+        left = max(0, self._size - position)
+        if size is not None and size > left and size > 8 and self.overrun is None:
+            self.overrun = (position, size, left)  # a value longer than the rest of the file
+        return self._handle.read(left if size is None or size < 0 else min(size, left))
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
 
 
 def _at_pixel_data(tag: Any, vr: str | None, length: int) -> bool:
@@ -718,9 +763,10 @@ class _InflatingReader(io.RawIOBase):
 
 def _read_deflated(path: str, handle: Any, limit: int, *, stop_before_pixels: bool) -> tuple[FileDataset, _InflatingReader]:
     """Read a deflated file with pydicom's dataset reader over a capped, incremental inflater."""
-    handle.seek(0)
-    preamble = read_preamble(handle, False)
-    file_meta = _read_file_meta_info(handle)
+    bounded = _BoundedReader(handle, os.fstat(handle.fileno()).st_size)
+    bounded.seek(0)
+    preamble = read_preamble(bounded, False)
+    file_meta = _read_file_meta_info(bounded)
     reader = _InflatingReader(handle, path, limit)
     dataset = read_dataset(reader, False, True, stop_when=_at_pixel_data if stop_before_pixels else None)
     ds = FileDataset(path, dataset, preamble, file_meta, False, True)

@@ -311,6 +311,10 @@ class VideoAdapter(InputAdapter):
             return av.open(str(path.resolve()), options=dict(_OPEN_OPTIONS), metadata_errors="replace")
         except av.error.EOFError as exc:
             raise AdapterError(path, f"file ends before any video data (empty or zero-frame video): {exc}") from exc
+        except av.error.MemoryError as exc:
+            # FFmpeg refuses absurd counts/sizes (sample tables...) with ENOMEM before allocating
+            raise AdapterError(path, "corrupt container: a size or count in its header asks FFmpeg for more memory "
+                                     f"than the file can need ({exc})") from exc
         except av.error.InvalidDataError as exc:
             raise AdapterError(path, "not a video FFmpeg can read (unknown container, or corrupt / "
                                      f"truncated header): {exc}") from exc
