@@ -259,6 +259,7 @@ def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: s
                 "please report it with the file"
             )
             error.internal = True
+    error.translated_from = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return error
 
 

@@ -43,6 +43,9 @@ class AdapterError(InputError):
     """
 
     internal: bool = False
+    #: The library exception type this error was translated from by the adapters' guard
+    #: (``"module.Type"``), ``None`` for errors the adapters raise themselves.
+    translated_from: str | None = None
 
 
 class ResourceLimitError(AdapterError):

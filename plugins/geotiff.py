@@ -515,7 +515,7 @@ class GeoTiffAdapter(InputAdapter):
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read one GeoTIFF into a thumbnail + tiles :class:`Media` (see the module docstring)."""
         import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
+        from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
         if max_images is not None and max_images < 2:
             raise AdapterError(
@@ -542,7 +542,11 @@ class GeoTiffAdapter(InputAdapter):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             # rasterio.windows.bounds uses affine's deprecated `*`; not ours to fix
             warnings.simplefilter("ignore", PendingDeprecationWarning)
-            with rasterio.open(path, driver="GTiff") as src:
+            try:
+                src = rasterio.open(path, driver="GTiff")
+            except RasterioError as exc:
+                raise AdapterError(path, f"cannot read as GeoTIFF: GDAL cannot open it ({exc})") from exc
+            with src:
                 if src.driver != "GTiff":  # belt and braces: never read through another driver
                     raise AdapterError(path, f"opened by GDAL driver {src.driver!r}, only GTiff is allowed")
                 media = self._load(src, path, max_images)

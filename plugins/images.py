@@ -59,6 +59,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -78,6 +79,7 @@ from longllava_sdk.adapters import (
     check_time_budget,
     confine,
     ensure_local_path,
+    format_bytes,
     guarded_load,
     sample_indices,
     validate_limit,
@@ -95,6 +97,14 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".
 DEFAULT_MAX_PIXELS = 178_956_970
 #: Default cap on high-resolution sub-images (the global view comes on top).
 DEFAULT_MAX_TILES = 64
+#: Decoded size over file size above which an image is refused (almost constant, or a header
+#: declaring more pixels than the data holds: Pillow fills the missing rows silently).
+DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
+#: Deflate's largest possible expansion: a PNG beyond it cannot hold the pixels it declares.
+DEFLATE_MAX_RATIO = 1032
+#: Bits per pixel of each mode as stored in the file (for the compression ratio).
+_MODE_BITS = {"1": 1, "L": 8, "P": 8, "LA": 16, "PA": 16, "RGB": 24, "RGBA": 32, "RGBX": 32, "CMYK": 32,
+              "YCbCr": 24, "LAB": 24, "HSV": 24, "I": 32, "F": 32, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
 #: Bytes per pixel of each Pillow mode once decoded (for the memory check before decoding).
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "La": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4,
                "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
@@ -173,6 +183,9 @@ class ImagesAdapter(InputAdapter):
         background: RGB colour transparency is composited on, and the padding colour.
         max_decoded_bytes: bound on the decoded data of one source (every image kept, its
             RGB copy, and the high-res tiles), checked from the headers before decoding.
+        max_compression_ratio: refuse images whose declared pixels are more than this many
+            times the file size (``None``: no check; a PNG beyond deflate's 1032:1 is refused
+            regardless, since it cannot hold the pixels it declares).
         time_budget_s: CPU seconds one ``load`` may use (``None``: unlimited).
 
     Raises (from :meth:`load`):
@@ -197,6 +210,7 @@ class ImagesAdapter(InputAdapter):
         background: tuple[int, int, int] = WHITE,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
+        max_compression_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
     ) -> None:
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
@@ -216,6 +230,7 @@ class ImagesAdapter(InputAdapter):
         self.background = tuple(background)
         self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
         self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
+        self.max_compression_ratio = validate_limit("max_compression_ratio", max_compression_ratio, integer=False)
 
     # -- source listing -------------------------------------------------------------------
     def _list_files(self, source: Source) -> list[Path]:
@@ -265,6 +280,25 @@ class ImagesAdapter(InputAdapter):
         except Exception as exc:  # Pillow raises many types on malformed headers
             raise AdapterError(path, f"unreadable image header: {type(exc).__name__}: {exc}") from exc
 
+    def _check_ratio(self, path: Path, image: Image.Image) -> None:
+        """Declared pixels against the file size: Pillow zero-fills rows a short stream lacks."""
+        width, height = image.size
+        stored = max(1, path.stat().st_size)
+        declared = math.ceil(width * height * _MODE_BITS.get(image.mode, 32) / 8)
+        if image.format == "PNG" and declared > DEFLATE_MAX_RATIO * stored:
+            raise AdapterError(
+                path, f"the PNG header declares {width} x {height} px ({image.mode}, {declared} bytes) but a {stored}-byte "
+                f"file holds at most about {DEFLATE_MAX_RATIO * stored} (deflate cannot exceed {DEFLATE_MAX_RATIO}:1): "
+                "wrong dimensions or truncated data",
+            )
+        if self.max_compression_ratio is not None:
+            check_limit(
+                path, round(declared / stored), round(self.max_compression_ratio), "max_compression_ratio",
+                f"the ratio of the {format_bytes(declared)} of pixels declared ({width} x {height}, {image.mode}) to "
+                f"the {format_bytes(stored)} file (an almost constant image, or a header declaring more pixels than "
+                "the file holds)",
+            )
+
     def _decoded_bytes(self, image: Image.Image) -> int:
         """Decoded bytes of ``image`` plus its RGB copy, from the header alone."""
         width, height = image.size
@@ -291,6 +325,7 @@ class ImagesAdapter(InputAdapter):
         fmt = image.format or "?"
         try:
             self._check_size(path, image)
+            self._check_ratio(path, image)
             needed = extra_bytes + self._decoded_bytes(image) + (plan(image.size) if plan is not None else 0)
             check_limit(path, needed, self.max_decoded_bytes, "max_decoded_bytes",
                         f"decoding {image.size[0]} x {image.size[1]} px ({image.mode}) "

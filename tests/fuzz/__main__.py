@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_mb=args.memory_mb, cases=args.case, progress=None if args.quiet else print,
         )
         shown = {k: summary[k] for k in ("target", "seed", "iterations", "outcomes", "findings",
-                                         "typed_not_naming_the_file", "slowest_case", "largest_rss_growth",
+                                         "typed_not_naming_the_file", "translated_by_guard", "slowest_case", "largest_rss_growth",
                                          "elapsed_s")}
         print(json.dumps(shown))
         failed |= bool(summary["findings"])

@@ -59,6 +59,7 @@ def run_campaign(
     unnamed = 0
     findings: list[dict[str, Any]] = []
     typed_examples: list[dict[str, Any]] = []
+    translated: Counter[str] = Counter()
     slowest = {"wall_s": 0.0}
     biggest = {"rss_growth_mb": 0.0}
     started = time.monotonic()
@@ -100,8 +101,19 @@ def run_campaign(
             if progress:
                 progress(f"[{target.name}] case {index}: {result.outcome} {result.error_type or ''} "
                          f"{(result.message or '')[:160]}")
-        elif result.outcome == "typed" and len(typed_examples) < keep_typed_examples:
-            typed_examples.append({k: record[k] for k in ("case", "seed_file", "error_type", "message")})
+        else:
+            if result.outcome == "typed" and result.translated_from:
+                # typed, but only thanks to the guard's catch-all: worth a look (a readable file
+                # rejected because a library raised?), so the first few of each kind are kept
+                translated[result.translated_from] += 1
+                if translated[result.translated_from] <= 3:
+                    keep = repro / "translated"
+                    keep.mkdir(parents=True, exist_ok=True)
+                    stem = f"{target.name}-s{seed}-{index:06d}-{result.translated_from.rsplit('.', 1)[-1]}"
+                    (keep / f"{stem}{''.join(Path(chosen.name).suffixes)}").write_bytes(data)
+                    (keep / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str))
+            if result.outcome == "typed" and len(typed_examples) < keep_typed_examples:
+                typed_examples.append({k: record[k] for k in ("case", "seed_file", "error_type", "message")})
         if progress and done % 50 == 0:
             progress(f"[{target.name}] {done}/{len(indices)} cases, {dict(+counts)}")
     summary = {
@@ -115,6 +127,7 @@ def run_campaign(
         "findings": len(findings),
         "typed_not_naming_the_file": unnamed,
         "error_types": dict(errors.most_common()),
+        "translated_by_guard": dict(translated.most_common()),
         "slowest_case": slowest,
         "largest_rss_growth": biggest,
         "elapsed_s": round(time.monotonic() - started, 1),

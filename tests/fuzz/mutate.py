@@ -90,6 +90,7 @@ def set_field(data: bytearray, field: Field, rng: random.Random) -> str:
     if field.kind == "text":
         text = rng.choice([b"9" * field.size, b"-1".ljust(field.size), b"0".ljust(field.size),
                            b"1e9".ljust(field.size), b"\xff" * field.size, b"nan".ljust(field.size),
+                           (b"\xc3\x28\xff\xfe" * field.size)[: field.size],
                            bytes(rng.getrandbits(8) for _ in range(field.size))])[: field.size]
         data[field.offset:end] = text
         return f"{field.name} = {text!r}"
@@ -251,6 +252,10 @@ def mp4_fields(data: bytes, start: int = 0, end: int | None = None, depth: int =
             fields += mp4_fields(data, pos + 8, pos + size, depth + 1)
         elif kind == b"meta":
             fields += mp4_fields(data, pos + 12, pos + size, depth + 1)
+        elif kind == b"data" and size > 16:  # iTunes-style metadata value (title, encoder...)
+            fields.append(Field(pos + 16, size - 16, ">", "metadata text", "text"))
+        elif depth >= 2 and kind[:1] == b"\xa9":  # QuickTime text atoms (©nam, ©too...)
+            fields += mp4_fields(data, pos + 8, pos + size, depth + 1)
         elif kind in (b"stsz", b"stco", b"co64", b"stts", b"stss", b"stsc", b"ctts", b"mdhd", b"mvhd", b"tkhd",
                       b"hdlr", b"elst", b"stsd", b"avcC", b"hvcC", b"esds", b"sidx", b"trun", b"tfhd"):
             for k in range(pos + 8, min(pos + size, pos + 8 + 64) - 3, 4):
@@ -259,6 +264,8 @@ def mp4_fields(data: bytes, start: int = 0, end: int | None = None, depth: int =
     return fields
 
 
+_EBML_STRINGS = {0x4487: "TagString", 0x45A3: "TagName", 0x7BA9: "Title", 0x4D80: "MuxingApp",
+                 0x5741: "WritingApp", 0x22B59C: "Language", 0x86: "CodecID", 0x536E: "Name", 0x4282: "DocType"}
 _EBML_MASTERS = {0x1A45DFA3, 0x18538067, 0x1549A966, 0x1654AE6B, 0xAE, 0xE0, 0x1F43B675, 0xA0, 0x1254C367,
                  0x7373, 0x67C8, 0x1C53BB6B, 0xBB, 0xB7, 0x114D9B74, 0x4DBB}
 
@@ -290,6 +297,8 @@ def ebml_fields(data: bytes, start: int = 0, end: int | None = None, depth: int 
         body = pos + id_width + size_width
         if ident in _EBML_MASTERS:
             fields += ebml_fields(data, body, min(end, body + value), depth + 1)
+        elif ident in _EBML_STRINGS and 0 < value and body + value <= end:
+            fields.append(Field(body, value, ">", f"EBML {_EBML_STRINGS[ident]}", "text"))
         elif value in (1, 2, 4, 8) and body + value <= end:
             fields.append(Field(body, value, ">", f"EBML 0x{ident:X} value"))
         if value == (1 << (7 * size_width)) - 1:  # unknown size: only masters, stop here
@@ -439,7 +448,8 @@ def _strings(data: bytearray, rng: random.Random) -> str:
             start = None
     if not runs:
         return _overwrite(data, rng)
-    a, b = rng.choice(runs)
+    long_runs = [r for r in runs if r[1] - r[0] >= 8]
+    a, b = rng.choice(long_runs if long_runs and rng.random() < 0.8 else runs)
     k = rng.randrange(a, b)
     junk = rng.choice([b"\xff", b"\xfe\xff", b"\xc3", b"\x80\x80", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"])
     data[k:k + len(junk)] = junk[: max(0, min(len(junk), b - k))] or junk[:1]

@@ -61,6 +61,7 @@ class Outcome:
     sockets: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     forbidden_opens: list[str] = field(default_factory=list)
+    translated_from: str | None = None
     traceback: str | None = None
     signal: str | None = None
 
@@ -243,7 +244,7 @@ def _classify(exc: BaseException) -> dict[str, Any]:
     }
     if isinstance(exc, LongLLaVAError):
         base.update(error_path=getattr(exc, "path", None) or getattr(exc, "source", None),
-                    problem=getattr(exc, "problem", None))
+                    problem=getattr(exc, "problem", None), translated_from=getattr(exc, "translated_from", None))
         # FFmpeg answers absurd container counts with ENOMEM before allocating (av.error.MemoryError,
         # reproducible without any limit): a refusal, not memory exhaustion.
         refused = type(cause).__module__.startswith("av.")
@@ -254,7 +255,7 @@ def _classify(exc: BaseException) -> dict[str, Any]:
             base["outcome"] = "internal"
         else:
             base["outcome"] = "typed"
-        if base["outcome"] != "typed":
+        if base["outcome"] != "typed" or base["translated_from"]:
             base["traceback"] = _short_traceback(cause or exc)
         return base
     base["outcome"] = "memory" if isinstance(exc, MemoryError) else "untyped"
