@@ -328,9 +328,9 @@ class ImagesAdapter(InputAdapter):
             self._check_ratio(path, image)
             needed = extra_bytes + self._decoded_bytes(image) + (plan(image.size) if plan is not None else 0)
             check_limit(path, needed, self.max_decoded_bytes, "max_decoded_bytes",
-                        f"decoding {image.size[0]} x {image.size[1]} px ({image.mode}) "
-                        + ("with the images already read " if extra_bytes else "")
-                        + ("and its tiles " if plan is not None else "") + "needs", unit="bytes",
+                        f"the decoded data of {image.size[0]} x {image.size[1]} px (mode {image.mode}, plus its RGB "
+                        "copy" + (", the images already read" if extra_bytes else "")
+                        + (" and the high-res tiles" if plan is not None else "") + ")", unit="bytes",
                         hint="lower max_images or max_tiles")
             image.verify()  # checks what the format allows without decoding (PNG CRCs...)
         except AdapterError:

@@ -364,10 +364,11 @@ class VideoAdapter(InputAdapter):
                 raise AdapterError(path, "video stream has no time base; cannot place frames in time")
             try:
                 for count, packet in enumerate(container.demux(stream)):
-                    if count % 4096 == 4095:
-                        check_time_budget(f"indexing packets, after {count + 1}")
+                    if count >= self.max_frames:
                         check_limit(path, count + 1, self.max_frames, "max_frames",
                                     "the number of video packets", hint="the demux pass stopped there")
+                    if count % 4096 == 4095:
+                        check_time_budget(f"indexing packets, after {count + 1}")
                     if packet.size == 0 or packet.is_discard:
                         continue
                     ts = packet.pts if packet.pts is not None else packet.dts

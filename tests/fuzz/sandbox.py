@@ -54,6 +54,7 @@ class Outcome:
     message: str | None = None
     cause_type: str | None = None
     n_images: int | None = None
+    warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
@@ -205,8 +206,8 @@ def _worker(send: Any, job: dict[str, Any]) -> None:
     started, cpu0 = time.monotonic(), time.process_time()
     result: dict[str, Any]
     try:
-        n_images = _execute(job)
-        result = {"outcome": "ok", "n_images": n_images}
+        n_images, warned = _execute(job)
+        result = {"outcome": "ok", "n_images": n_images, "warnings": warned}
     except BaseException as exc:  # noqa: BLE001 - classifying is the point
         result = _classify(exc)
     result["wall_s"] = round(time.monotonic() - started, 3)
@@ -268,8 +269,8 @@ def _short_traceback(exc: BaseException) -> str:
     return "\n".join(line if len(line) < 300 else line[:300] + "..." for line in lines)[-6000:]
 
 
-def _execute(job: dict[str, Any]) -> int:
-    """Run the job; returns the number of images produced. Job kinds:
+def _execute(job: dict[str, Any]) -> tuple[int, list[str]]:
+    """Run the job; returns the number of images produced and the warnings. Job kinds:
 
     ``adapter``: ``{"adapter": name, "options": {...}, "source": path or [paths], "max_images": n}``
     ``manifest``: ``{"manifest": path, "root": data root}``: every row is read, its paths
@@ -289,14 +290,14 @@ def _execute(job: dict[str, Any]) -> int:
         adapter = available_adapters()[job["adapter"]](**job.get("options", {}))
         with allowed_root(job.get("root")):
             media = adapter.load(job["source"], max_images=job.get("max_images"))
-        return len(media.images)
+        return len(media.images), [str(w) for w in media.info.get("warnings", [])]
     if kind == "manifest":
-        return _manifest(job)
+        return _manifest(job), []
     if kind == "call":
         import importlib
 
         module, name = job["call"].split(":")
-        return int(getattr(importlib.import_module(module), name)(*job.get("args", [])) or 0)
+        return int(getattr(importlib.import_module(module), name)(*job.get("args", [])) or 0), []
     raise ValueError(f"unknown job kind {kind!r}")
 
 
