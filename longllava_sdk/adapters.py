@@ -58,6 +58,11 @@ class InputAdapter(ABC):
     working set), meet ``max_images`` by sampling with :func:`sample_indices`, never touch
     the network, and raise :class:`~longllava_sdk.errors.AdapterError` (naming the file)
     for anything they cannot read.
+
+    The built-in adapters decorate ``load`` with :func:`guarded_load` (and a file-reading
+    ``claims`` with :func:`guarded_claims`), call :func:`confine` on every file before
+    opening it, check their limits with :func:`check_limit` before allocating, and call
+    :func:`check_time_budget` between units of work; plugin adapters should do the same.
     """
 
     name: ClassVar[str]

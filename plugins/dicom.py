@@ -761,7 +761,9 @@ class _InflatingReader(io.RawIOBase):
         return min(total, count)
 
 
-def _read_deflated(path: str, handle: Any, limit: int, *, stop_before_pixels: bool) -> tuple[FileDataset, _InflatingReader]:
+def _read_deflated(
+    path: str, handle: Any, limit: int, *, stop_before_pixels: bool
+) -> tuple[FileDataset, _InflatingReader]:
     """Read a deflated file with pydicom's dataset reader over a capped, incremental inflater."""
     bounded = _BoundedReader(handle, os.fstat(handle.fileno()).st_size)
     bounded.seek(0)

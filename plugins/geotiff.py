@@ -604,7 +604,8 @@ class GeoTiffAdapter(InputAdapter):
                     f"{budget_name}, or on_budget='coarsen'",
                 )
             warnings_.append(
-                f"{rows}x{cols} grid exceeds the budget of {budget} tiles ({budget_name}): tile_size {tile}->{fit_tile}, "
+                f"{rows}x{cols} grid exceeds the budget of {budget} tiles ({budget_name}): "
+                f"tile_size {tile}->{fit_tile}, "
                 f"stride {stride}->{fit_stride} (coarser ground resolution, full coverage)"
             )
             tile, stride = fit_tile, fit_stride

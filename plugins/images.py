@@ -287,8 +287,8 @@ class ImagesAdapter(InputAdapter):
         declared = math.ceil(width * height * _MODE_BITS.get(image.mode, 32) / 8)
         if image.format == "PNG" and declared > DEFLATE_MAX_RATIO * stored:
             raise AdapterError(
-                path, f"the PNG header declares {width} x {height} px ({image.mode}, {declared} bytes) but a {stored}-byte "
-                f"file holds at most about {DEFLATE_MAX_RATIO * stored} (deflate cannot exceed {DEFLATE_MAX_RATIO}:1): "
+                path, f"the PNG header declares {width} x {height} px ({image.mode}, {declared} bytes) but a "
+                f"{stored}-byte file holds at most about {DEFLATE_MAX_RATIO * stored} (deflate cannot exceed {DEFLATE_MAX_RATIO}:1): "
                 "wrong dimensions or truncated data",
             )
         if self.max_compression_ratio is not None:

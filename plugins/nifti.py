@@ -63,8 +63,8 @@ Limits (each a keyword argument; over one: :class:`~longllava_sdk.errors.Resourc
     ``max_decoded_bytes`` (1 GiB) for the sampled slices (float32) plus their RGB images
     (4 bytes per pixel); ``max_compression_ratio`` (1000) between the bytes the header
     declares and the size of a ``.nii.gz`` (beyond deflate's own maximum of about 1032:1 the
-    header is simply wrong: an :class:`~longllava_sdk.errors.AdapterError`); ``time_budget_s`` (60 s of CPU time, checked per MiB of
-    gzip data and per slice or slab). The gzip stream is never decompressed whole: it is
+    header is simply wrong: an :class:`~longllava_sdk.errors.AdapterError`);
+    ``time_budget_s`` (60 s of CPU time, checked per MiB of gzip data and per slice or slab). The gzip stream is never decompressed whole: it is
     streamed in 1 MiB chunks, and a stream longer than the header declares (plus 16 MiB) is
     an error.
 

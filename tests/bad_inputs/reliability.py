@@ -30,7 +30,7 @@ import pydicom
 import pydicom.filebase
 import pydicom.filewriter
 from PIL import Image
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from longllava_sdk.errors import AdapterError, LongLLaVAError, OutsideRootError, ResourceLimitError
 
@@ -259,9 +259,7 @@ def _dicom_deflated_short_pixels(d: Path) -> Path:
 
 def _dicom_length_past_eof(d: Path) -> Path:
     raw = _ct_bytes()
-    at = raw.index(b"\x08\x00\x18\x00UI")  # (0008,0018) SOP Instance UID, 2-byte length
-    raw[at + 6:at + 8] = struct.pack("<H", 0xFFF0)
-    at = raw.index(b"\x08\x00\x18\x00UI")
+    at = raw.index(b"\x08\x00\x18\x00UI")  # (0008,0018) SOP Instance UID
     # make it a long-VR element (UN) with a 2.5 GB length: the reader must not allocate it
     raw[at + 4:at + 8] = b"UN\x00\x00"
     raw[at + 8:at + 8] = struct.pack("<I", 2_570_500_764)
@@ -603,8 +601,10 @@ def _folder_link_out(d: Path) -> Path:
 
 RELIABILITY_BAD_INPUTS: list[Case] = [
     # untyped exceptions found by fuzzing (now typed, cause fixed)
-    Case("dicom-unknown-vr-in-file-meta", "dicom", _dicom_unknown_vr_meta, AdapterError, "corrupt or truncated dicom header"),
-    Case("dicom-unknown-vr-in-dataset", "dicom", _dicom_unknown_vr_dataset, AdapterError, "corrupt or truncated dicom header"),
+    Case("dicom-unknown-vr-in-file-meta", "dicom", _dicom_unknown_vr_meta, AdapterError,
+         "corrupt or truncated dicom header"),
+    Case("dicom-unknown-vr-in-dataset", "dicom", _dicom_unknown_vr_dataset, AdapterError,
+         "corrupt or truncated dicom header"),
     Case("dicom-palette-without-lut", "dicom", _dicom_palette_without_lut, AdapterError, "palette color lookup table"),
     Case("dicom-element-length-past-eof", "dicom", _dicom_length_past_eof, AdapterError, "remain in the file"),
     # resource limits checked from the header

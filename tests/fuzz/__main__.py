@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             name, iterations=args.iterations, seed=args.seed, out=out, timeout_s=args.timeout,
             memory_mb=args.memory_mb, cases=args.case, progress=None if args.quiet else print,
         )
-        shown = {k: summary[k] for k in ("target", "seed", "iterations", "outcomes", "findings",
-                                         "typed_not_naming_the_file", "translated_by_guard", "slowest_case", "largest_rss_growth",
-                                         "elapsed_s")}
+        keys = ("target", "seed", "iterations", "outcomes", "findings", "typed_not_naming_the_file",
+                "translated_by_guard", "slowest_case", "largest_rss_growth", "elapsed_s")
+        shown = {k: summary[k] for k in keys}
         print(json.dumps(shown))
         failed |= bool(summary["findings"])
     return 1 if failed else 0

@@ -42,7 +42,7 @@ def run_campaign(
 ) -> dict[str, Any]:
     """Run ``iterations`` cases (or just ``cases``) against ``target_name``; returns the summary.
 
-    Writes ``OUT/summary.json`` and, for every case that is not ``ok``/``typed``,
+    Writes ``OUT/summary.json`` (``summary-replay.json`` when replaying ``cases``) and, for every case that is not ``ok``/``typed``,
     ``OUT/repro/<target>-s<seed>-<case>-<outcome><ext>`` plus a ``.json`` describing it.
     """
     ensure_tests_on_path()
@@ -136,5 +136,6 @@ def run_campaign(
         "cases_with_findings": findings,
         "typed_examples": typed_examples,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    name = "summary.json" if cases is None else "summary-replay.json"  # a replay keeps the campaign's summary
+    (out / name).write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -23,13 +23,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import sys
 import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 #: Outcomes, from best to worst. ``ok`` and ``typed`` are the acceptable ones.
@@ -219,6 +219,7 @@ def _worker(send: Any, job: dict[str, Any]) -> None:
     after = _snapshot(watched)
     written = sorted(p for p, st in after.items() if before.get(p) != st)
     written += sorted(os.path.join(workdir, name) for name in os.listdir(workdir))
+    shutil.rmtree(workdir, ignore_errors=True)
     result.update(sockets=sockets, written=written, forbidden_opens=sorted(set(opened)))
     if result["outcome"] in ("ok", "typed"):
         if sockets:
