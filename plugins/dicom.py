@@ -1216,8 +1216,8 @@ def _decode(items: list[tuple[int, _Slice]], limit: int) -> Iterator[tuple[int, 
             if syntax.is_deflated:
                 # The dataset is zlib-compressed as a whole: this one file is inflated in memory
                 # (within max_decoded_bytes, checked by the header pass).
-                with open(path, "rb") as handle:
-                    full, reader = _read_deflated(path, handle, limit, stop_before_pixels=False)
+                with open(path, "rb") as handle:  # pixel data <= limit (header pass); + room for the header
+                    full, reader = _read_deflated(path, handle, limit + (16 << 20), stop_before_pixels=False)
                 del reader
                 array = full.pixel_array
                 decoded = [array if r.frame is None else array[r.frame] for _, r in entries]
