@@ -85,7 +85,15 @@ def run_job(job: dict[str, Any], *, timeout_s: float = 10.0, memory_mb: int = 20
     """Run ``job`` (see :func:`_execute`) in a forked worker; the worker's verdict or ``hang``/``crash``."""
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    job = dict(job, memory_mb=memory_mb, cpu_limit_s=int(timeout_s * 2) + 5)
+    workdir = tempfile.mkdtemp(prefix="longllava-fuzz-cwd-")  # removed here, even if the worker is killed
+    job = dict(job, memory_mb=memory_mb, cpu_limit_s=int(timeout_s * 2) + 5, workdir=workdir)
+    try:
+        return _run(ctx, job, receive, send, timeout_s)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(ctx: Any, job: dict[str, Any], receive: Any, send: Any, timeout_s: float) -> Outcome:
     worker = ctx.Process(target=_worker, args=(send, job), daemon=True)
     started = time.monotonic()
     worker.start()
@@ -193,7 +201,7 @@ def _worker(send: Any, job: dict[str, Any]) -> None:
 
     sys.addaudithook(audit)
     _block_network(sockets)
-    workdir = tempfile.mkdtemp(prefix="longllava-fuzz-cwd-")
+    workdir = job["workdir"]
     os.chdir(workdir)
     watched = [p for p in job.get("watch", []) if os.path.isdir(p)]
     before = _snapshot(watched)
@@ -219,7 +227,6 @@ def _worker(send: Any, job: dict[str, Any]) -> None:
     after = _snapshot(watched)
     written = sorted(p for p, st in after.items() if before.get(p) != st)
     written += sorted(os.path.join(workdir, name) for name in os.listdir(workdir))
-    shutil.rmtree(workdir, ignore_errors=True)
     result.update(sockets=sockets, written=written, forbidden_opens=sorted(set(opened)))
     if result["outcome"] in ("ok", "typed"):
         if sockets:
