@@ -9,23 +9,51 @@ that :meth:`~InputAdapter.claims` the path (extension first, then a cheap header
 An adapter's options are the keyword arguments of its ``__init__``; their type hints are the
 contract (:meth:`InputAdapter.options`), so values given as text (``--adapter-option
 window=lung`` on the command line, a CSV cell) are converted by :meth:`InputAdapter.coerce_options`.
+
+Reliability machinery shared by every built-in adapter (see ``docs/reliability.md``):
+
+* :func:`guarded_load` / :func:`guarded_claims` wrap an adapter's public entry points: the
+  exceptions of the libraries underneath (pydicom, nibabel/numpy, rasterio/GDAL, PyAV,
+  Pillow, zlib, ``struct``, ``OSError``, ``MemoryError``...) leave as
+  :class:`~longllava_sdk.errors.AdapterError` naming the file being read, with the original
+  exception chained. That is the one place errors are translated.
+* :func:`allowed_root` confines every file an adapter opens (after walking a folder and
+  following symlinks) to a root; adapters call :func:`confine` on each file before opening it.
+* :func:`check_limit` and :func:`check_time_budget` enforce the resource limits the adapters
+  take as options (``max_decoded_bytes``, ``time_budget_s``...), raising
+  :class:`~longllava_sdk.errors.ResourceLimitError` before anything large is allocated.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import contextlib
+import functools
 import inspect
 import json
 import os
 import re
+import struct
+import time
 import types
 import typing
+import zlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
-from .errors import AdapterError, ConfigError
+from .errors import (
+    AdapterError,
+    ConfigError,
+    LongLLaVAError,
+    MissingDependencyError,
+    OutsideRootError,
+    ResourceLimitError,
+    UnsupportedSourceError,
+    adapter_option_hint,
+)
 from .media import Media, MediaKind
 
 
@@ -57,6 +85,11 @@ class InputAdapter(ABC):
     working set), meet ``max_images`` by sampling with :func:`sample_indices`, never touch
     the network, and raise :class:`~longllava_sdk.errors.AdapterError` (naming the file)
     for anything they cannot read.
+
+    The built-in adapters decorate ``load`` with :func:`guarded_load` (and a file-reading
+    ``claims`` with :func:`guarded_claims`), call :func:`confine` on every file before
+    opening it, check their limits with :func:`check_limit` before allocating, and call
+    :func:`check_time_budget` between units of work; plugin adapters should do the same.
     """
 
     name: ClassVar[str]
@@ -126,6 +159,266 @@ class InputAdapter(ABC):
     @abstractmethod
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read ``source`` into at most ``max_images`` RGB images (``None``: the adapter's default)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Resource limits
+# ------------------------------------------------------------------------------------------
+
+#: Default bound on the decoded image data one source may need (1 GiB): the output RGB images
+#: (Pillow keeps 4 bytes per RGB pixel) plus the decoded values an adapter holds at once, and
+#: any stream it must inflate whole. Every adapter takes ``max_decoded_bytes=`` to change it.
+DEFAULT_MAX_DECODED_BYTES = 1 << 30
+#: Default CPU-time budget of one ``load`` (seconds of CPU time of the calling thread),
+#: checked between slices, frames, tiles and files; ``time_budget_s=`` changes it.
+DEFAULT_TIME_BUDGET_S = 60.0
+#: Bytes Pillow allocates per pixel of an RGB image (it pads RGB to 32 bits).
+RGB_BYTES_PER_PIXEL = 4
+
+
+def format_bytes(count: int | float) -> str:
+    """``1536`` -> ``'1.5 KiB'``: a byte count for messages."""
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - loop always returns
+
+
+def check_limit(path: str | os.PathLike[str], value: int | float, limit: int | float | None, option: str,
+                what: str, *, hint: str = "", unit: str = "") -> None:
+    """Raise :class:`ResourceLimitError` naming ``option`` when ``value > limit`` (``None``: no limit).
+
+    ``what`` says what was measured ("the sampled slices need ... decoded"); ``unit="bytes"``
+    formats both numbers as byte counts.
+    """
+    if limit is None or value <= limit:
+        return
+    shown = (format_bytes(value), format_bytes(limit)) if unit == "bytes" else (f"{value:,}", f"{limit:,}")
+    extra = f"; {hint}" if hint else ""
+    raise ResourceLimitError(
+        path, f"{what} is {shown[0]}, over the limit {option}={shown[1]}{extra}; pass "
+              f"{adapter_option_hint(option, 'N')} to allow more"
+    )
+
+
+def validate_limit(name: str, value: Any, *, allow_none: bool = True, integer: bool = True) -> Any:
+    """Check an adapter's limit option at construction: a positive number (or ``None``)."""
+    if value is None and allow_none:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# Confinement: the files an adapter may open
+# ------------------------------------------------------------------------------------------
+
+_ALLOWED_ROOT: ContextVar[Path | None] = ContextVar("longllava_allowed_root", default=None)
+
+
+@contextlib.contextmanager
+def allowed_root(root: str | os.PathLike[str] | None) -> Iterator[Path | None]:
+    """Confine every file the adapters open inside this block to ``root`` (symlinks resolved).
+
+    Used by the trainer's data loading (the data root) and meant for servers: a folder inside
+    the root whose files are symlinks to files outside it is refused with
+    :class:`~longllava_sdk.errors.OutsideRootError`, as is any file an adapter would open
+    outside the root. ``None`` lifts the confinement for the block. The setting is a
+    :class:`contextvars.ContextVar`, so it holds per thread / task.
+    """
+    real = None if root is None else Path(os.path.realpath(os.fspath(root)))
+    token = _ALLOWED_ROOT.set(real)
+    try:
+        yield real
+    finally:
+        _ALLOWED_ROOT.reset(token)
+
+
+def current_allowed_root() -> Path | None:
+    """The root set by the innermost :func:`allowed_root`, or ``None``."""
+    return _ALLOWED_ROOT.get()
+
+
+def confine(path: str | os.PathLike[str]) -> Path:
+    """Check a file an adapter is about to open; returns ``Path(path)`` unchanged.
+
+    Every adapter calls this on every file it opens (the source itself, each file found by
+    walking a folder). When an :func:`allowed_root` is set, the file's real path (all
+    symlinks resolved) must lie inside it, else :class:`OutsideRootError`. The file also
+    becomes the one errors of the current :func:`guarded_load` name.
+    """
+    candidate = Path(path)
+    state = _READ_STATE.get()
+    if state is not None:
+        state.file = str(candidate)
+    root = _ALLOWED_ROOT.get()
+    if root is not None:
+        real = Path(os.path.realpath(candidate))
+        if not (real == root or root in real.parents):
+            via = " through a symlink" if real != Path(os.path.abspath(candidate)) else ""
+            raise OutsideRootError(
+                candidate, f"resolves{via} to {real}, outside the allowed root {root}; adapters only read files "
+                "inside it"
+            )
+    return candidate
+
+
+# ------------------------------------------------------------------------------------------
+# Error translation and the per-load state
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ReadState:
+    adapter: str
+    source: str
+    budget: float | None
+    file: str | None = None
+    started: float = field(default_factory=time.thread_time)
+
+
+_READ_STATE: ContextVar[_ReadState | None] = ContextVar("longllava_read_state", default=None)
+
+#: Top-level packages whose exceptions mean "this data cannot be read", by library name.
+_LIBRARIES = {
+    "pydicom": "pydicom", "nibabel": "nibabel", "numpy": "numpy", "rasterio": "rasterio/GDAL",
+    "affine": "rasterio/GDAL", "av": "PyAV/FFmpeg", "PIL": "Pillow", "gzip": "gzip", "zlib": "zlib",
+    "struct": "struct", "_struct": "struct", "_io": "io", "io": "io", "lzma": "lzma", "bz2": "bz2",
+}
+#: Exception types that mean bad data wherever they are raised.
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, ArithmeticError, struct.error, zlib.error, UnicodeError,
+    NotImplementedError, BufferError, RecursionError,
+)
+
+
+def _library_of(exc: BaseException) -> str | None:
+    """The library an exception comes from: its class's package, else the innermost frame's."""
+    top = type(exc).__module__.split(".")[0]
+    if top in _LIBRARIES:
+        return _LIBRARIES[top]
+    tb, inner = exc.__traceback__, None
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        top = name.split(".")[0]
+        if top in _LIBRARIES:
+            inner = _LIBRARIES[top]
+        elif top in ("longllava_sdk", "longllava_plugins"):
+            inner = None
+        tb = tb.tb_next
+    return inner
+
+
+def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: str) -> AdapterError:
+    """The typed SDK error for a library exception raised while ``adapter`` read ``path``."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if len(detail) > 400:
+        detail = detail[:400] + "..."
+    if isinstance(exc, MemoryError):
+        error: AdapterError = ResourceLimitError(
+            path, f"ran out of memory while reading ({detail}); the file may declare more data than it holds, "
+            "or lower max_images / max_decoded_bytes= so that the source fits in memory",
+        )
+    elif isinstance(exc, ModuleNotFoundError) and exc.name:
+        error = MissingDependencyError(
+            path, f"reading it needs the Python package {exc.name!r}, which is not installed ({detail})"
+        )
+    else:
+        library = _library_of(exc)
+        if library is not None:
+            error = AdapterError(path, f"corrupt or unsupported data: {library} cannot read it ({detail})")
+        elif isinstance(exc, _DATA_ERRORS):
+            error = AdapterError(path, f"corrupt or unsupported data ({detail})")
+        else:
+            error = AdapterError(
+                path, f"internal error in the {adapter} adapter while reading this file ({detail}); "
+                "please report it with the file"
+            )
+            error.internal = True
+    error.translated_from = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return error
+
+
+@contextlib.contextmanager
+def reading(adapter: "InputAdapter | str", source: Any, *, time_budget_s: float | None = None) -> Iterator[None]:
+    """The state and error translation of one ``load``: see :func:`guarded_load`."""
+    name = adapter if isinstance(adapter, str) else adapter.name
+    budget = time_budget_s if time_budget_s is not None else getattr(adapter, "time_budget_s", None)
+    state = _ReadState(name, _describe(source), budget)
+    token = _READ_STATE.set(state)
+    try:
+        yield
+    except LongLLaVAError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one translation point of this adapter
+        raise translate_error(exc, state.file or state.source, name) from exc
+    finally:
+        _READ_STATE.reset(token)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def guarded_load(method: _F) -> _F:
+    """Decorate an adapter's ``load``: only the SDK's typed errors leave it.
+
+    Inside, :func:`confine` records the file being read, :func:`check_time_budget` enforces
+    the adapter's ``time_budget_s``, and any exception that is not a
+    :class:`~longllava_sdk.errors.LongLLaVAError` becomes an
+    :class:`~longllava_sdk.errors.AdapterError` naming that file (the source when no file was
+    opened yet) with the original exception as ``__cause__``; ``MemoryError`` becomes a
+    :class:`~longllava_sdk.errors.ResourceLimitError`, ``ModuleNotFoundError`` a
+    :class:`~longllava_sdk.errors.MissingDependencyError`.
+    """
+
+    @functools.wraps(method)
+    def load(self: InputAdapter, source: Any, *args: Any, **kwargs: Any) -> Any:
+        with reading(self, source):
+            return method(self, source, *args, **kwargs)
+
+    load.__longllava_guarded__ = True  # type: ignore[attr-defined]
+    return load  # type: ignore[return-value]
+
+
+def guarded_claims(function: _F) -> _F:
+    """Decorate an adapter's ``claims`` (below ``@classmethod``): a file the sniff cannot read is
+    not claimed (``False``); typed SDK errors (a file outside the :func:`allowed_root`) pass."""
+
+    @functools.wraps(function)
+    def claims(cls: type[InputAdapter], path: Path) -> bool:
+        try:
+            return bool(function(cls, path))
+        except LongLLaVAError:
+            raise
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not claimed
+            return False
+
+    claims.__longllava_guarded__ = True  # type: ignore[attr-defined]
+    return claims  # type: ignore[return-value]
+
+
+def check_time_budget(where: str = "") -> None:
+    """Raise :class:`ResourceLimitError` when the current load used more CPU time than its budget.
+
+    Adapters call it between slices, frames, tiles and files (a single decode call is not
+    interrupted). The clock is the CPU time of the thread running ``load``.
+    """
+    state = _READ_STATE.get()
+    if state is None or state.budget is None:
+        return
+    used = time.thread_time() - state.started
+    if used > state.budget:
+        at = f" (stopped {where})" if where else ""
+        raise ResourceLimitError(
+            state.file or state.source,
+            f"reading used more than time_budget_s={state.budget:g} s of CPU time{at}; pass "
+            f"{adapter_option_hint('time_budget_s', 'SECONDS')} to allow more",
+        )
 
 
 def sample_indices(total: int, budget: int | None) -> list[int]:
@@ -285,3 +578,12 @@ def _parse_order(annotation: Any, listish: bool) -> int:
     if typing.get_origin(annotation) in _SEQUENCES or annotation in (list, tuple):
         return 4 if listish else 6
     return 5
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (list, tuple)):
+        return f"{source[0]} (+{len(source) - 1} more)" if source else "<empty list>"
+    try:
+        return os.fspath(source)
+    except TypeError:
+        return repr(source)

@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import PICKLE_SUFFIXES, atomic_directory, check_weights_safe
 from .config import PRESETS, LongLLaVAConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, option_hint
 
 OFFICIAL_MODEL_TYPE = "llava_jamba"
 REPORT_FILE = "conversion_report.json"
@@ -416,8 +416,8 @@ def resolve_vision_config(official: dict[str, Any], src: Path, vision_config: st
     if _CLIP_L14_336_NAME.search(name):
         return dict(PRESETS["9b"]["vision"]), f"mm_vision_tower {name!r} (OpenAI CLIP ViT-L/14-336)"
     raise CheckpointError(
-        f"{src}/config.json: cannot tell the CLIP dimensions of vision tower {name!r}; pass vision_config=PATH "
-        "(--vision-config) pointing at that CLIP's config.json"
+        f"{src}/config.json: cannot tell the CLIP dimensions of vision tower {name!r}; pass "
+        f"{option_hint('vision_config', 'PATH')} pointing at that CLIP's config.json"
     )
 
 
@@ -730,7 +730,7 @@ def convert_official(
         parts.append(SourceWeights(Path(vision_tower), allow_pickle=allow_pickle, namespace=CLIP_NAMESPACE))
     elif not has_vision:
         raise CheckpointError(f"{src}: no CLIP weights (model.vision_tower.vision_tower.*) in the checkpoint; "
-                              "pass vision_tower=DIR (--vision-tower) with the CLIP vision tower's safetensors")
+                              f"pass {option_hint('vision_tower', 'DIR')} with the CLIP vision tower's safetensors")
     sources = CombinedSources(*parts)
 
     plan = plan_conversion(sources.keys(), sources.shape, config.text_config.layers_num_experts)

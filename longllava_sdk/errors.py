@@ -85,7 +85,29 @@ class InputError(LongLLaVAError, ValueError):
 
 
 class AdapterError(InputError):
-    """An input adapter could not read a source (corrupt, truncated, unsupported...)."""
+    """An input adapter could not read a source (corrupt, truncated, unsupported...).
+
+    Errors the adapters translate from a library's exception (see
+    :func:`longllava_sdk.adapters.guarded_load`) chain it (``__cause__``); ``internal`` is
+    ``True`` when that exception looks like a bug in the adapter itself rather than bad data
+    (a ``TypeError`` raised in SDK code, for instance): please report the file.
+    """
+
+    internal: bool = False
+    #: The library exception type this error was translated from by the adapters' guard
+    #: (``"module.Type"``), ``None`` for errors the adapters raise themselves.
+    translated_from: str | None = None
+
+
+class ResourceLimitError(AdapterError):
+    """A source needs more than an adapter's resource limit allows (decoded bytes, pixels,
+    frames, tiles, CPU time), checked from the headers before the data is decoded. The message
+    names the adapter option (a keyword argument) that raises the limit."""
+
+
+class OutsideRootError(AdapterError):
+    """A file an adapter would open lies outside the allowed root (symlinks resolved); see
+    :func:`longllava_sdk.adapters.allowed_root`."""
 
 
 class UnsupportedSourceError(AdapterError):

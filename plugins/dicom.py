@@ -65,6 +65,19 @@ Output
     ``transfer_syntaxes``, ``warnings`` (list of strings: gaps, irregular spacing, duplicate
     positions, gantry tilt, small non-parallelism, dropped localizers, skipped files...).
 
+Limits (each a keyword argument; over one: :class:`~longllava_sdk.errors.ResourceLimitError`)
+    Checked in the header pass, before any pixel is decoded: ``max_pixels`` (2^26, e.g.
+    8192 x 8192) per image, ``max_frames`` (20,000) images in the header pass (files x
+    frames, so a ``NumberOfFrames`` of a million is refused before a record is built),
+    ``max_decoded_bytes`` (1 GiB) per decoded frame, per deflated file (inflated and
+    decoded whole) and for the output images (4 bytes per pixel),
+    ``max_compression_ratio`` (1000) between a deflated file's declared pixel bytes and its
+    size, and ``time_budget_s`` (60 s of CPU time, checked per file and per slice).
+    Deflated files are inflated incrementally with that cap (never ``zlib.decompress`` of the
+    whole file); RLE data that would have to expand more than RLE can (64:1) and pixel data
+    shorter than ``Rows x Columns x frames x samples x bits`` are header/data disagreements
+    (:class:`~longllava_sdk.errors.AdapterError`).
+
 Errors (all name the file)
     :class:`~longllava_sdk.errors.AdapterError`: not a DICOM file, corrupt or truncated
     header or pixel data (strict: a truncated file is never read partially), missing Pixel
@@ -89,9 +102,11 @@ Example::
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +115,35 @@ from typing import Any, ClassVar, Iterator, Sequence
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.utils import as_pixel_options, get_expected_length
 from pydicom.uid import UID
 
-from longllava_sdk.adapters import InputAdapter, Source, sample_indices
-from longllava_sdk.errors import (AdapterError, ConfigError, MissingDependencyError, UnsupportedSourceError,
-                                  adapter_option_hint)
+from longllava_sdk.adapters import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_TIME_BUDGET_S,
+    RGB_BYTES_PER_PIXEL,
+    InputAdapter,
+    Source,
+    check_limit,
+    check_time_budget,
+    confine,
+    format_bytes,
+    guarded_claims,
+    guarded_load,
+    sample_indices,
+    validate_limit,
+)
+from longllava_sdk.errors import (
+    AdapterError,
+    ConfigError,
+    MissingDependencyError,
+    ResourceLimitError,
+    UnsupportedSourceError,
+    adapter_option_hint,
+)
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
 from longllava_sdk.windowing import (
@@ -139,6 +175,18 @@ DUPLICATE_MM = 0.01
 TILT_TOLERANCE_DEG = 0.5
 #: Percentile normalisation estimates its range from at most this many sampled slices.
 NORMALISE_PROBE_SLICES = 16
+
+#: Largest image (Rows x Columns) decoded by default: 8192 x 8192.
+DEFAULT_MAX_PIXELS = 2**26
+#: Most images (files x frames) the header pass indexes by default.
+DEFAULT_MAX_FRAMES = 20_000
+#: Declared pixel bytes over a deflated file's size above which it is refused.
+DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
+#: Deflate's largest possible expansion; RLE (PackBits) expands at most 128 bytes from 2.
+DEFLATE_MAX_RATIO = 1032
+RLE_MAX_RATIO = 64
+_INFLATE_CHUNK = 1 << 16
+_INFLATE_STEP = 1 << 20
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _PIXEL_TAGS = {0x7FE00010: "Pixel Data", 0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float Pixel Data"}
@@ -178,8 +226,27 @@ class _Slice:
     pixel_options: dict[str, Any]  # pydicom decoder options for this file (shared by its frames)
 
 
+@dataclass(slots=True)
+class _Limits:
+    """The adapter's resource limits, handed to the header pass."""
+
+    max_pixels: int
+    max_frames: int
+    max_decoded_bytes: int
+    max_compression_ratio: float | None
+    frames_seen: int = 0
+
+
 class DicomSeriesAdapter(InputAdapter):
-    """Reads one DICOM series into ordered, windowed RGB slices (see the module docstring)."""
+    """Reads one DICOM series into ordered, windowed RGB slices (see the module docstring).
+
+    Options (keyword arguments): ``window``, ``series_uid``, ``max_images``,
+    ``allow_non_parallel``, ``percentiles`` (see the module docstring), and the limits
+    ``max_pixels`` (largest image, Rows x Columns), ``max_frames`` (images indexed by the
+    header pass), ``max_decoded_bytes`` (one decoded frame, a deflated file inflated whole,
+    the output images), ``max_compression_ratio`` (declared pixel bytes over a deflated
+    file's size) and ``time_budget_s`` (CPU seconds per load, ``None``: unlimited).
+    """
 
     name: ClassVar[str] = "dicom"
     kind: ClassVar[str] = "volume"
@@ -193,6 +260,11 @@ class DicomSeriesAdapter(InputAdapter):
         max_images: int | None = DEFAULT_MAX_IMAGES,
         allow_non_parallel: bool = False,
         percentiles: tuple[float, float] = (0.5, 99.5),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        max_compression_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
+        time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
     ) -> None:
         super().__init__()
         self.windows: list[Window] = []
@@ -212,18 +284,22 @@ class DicomSeriesAdapter(InputAdapter):
         self.max_images = max_images
         self.allow_non_parallel = bool(allow_non_parallel)
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+        self.max_pixels = validate_limit("max_pixels", max_pixels, allow_none=False)
+        self.max_frames = validate_limit("max_frames", max_frames, allow_none=False)
+        self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
+        self.max_compression_ratio = validate_limit("max_compression_ratio", max_compression_ratio, integer=False)
+        self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
 
     @classmethod
+    @guarded_claims
     def claims(cls, path: Path) -> bool:
         """A ``.dcm``/``.dicom``/``.ima`` file, any file with the ``DICM`` marker, or a folder holding one."""
-        try:
-            if path.is_dir():
-                return _folder_has_dicom(path)
-            return super().claims(path) or _has_dicm_marker(path)
-        except OSError:
-            return False
+        if path.is_dir():
+            return _folder_has_dicom(path)
+        return super().claims(path) or _has_dicm_marker(confine(path))
 
     # ------------------------------------------------------------------ loading
+    @guarded_load
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read ``source`` (file, folder or list) into at most ``max_images`` RGB slices."""
         budget = max_images if max_images is not None else self.max_images
@@ -234,12 +310,15 @@ class DicomSeriesAdapter(InputAdapter):
 
         records: list[_Slice] = []
         skipped: Counter[str] = Counter()
+        limits = _Limits(self.max_pixels, self.max_frames, self.max_decoded_bytes, self.max_compression_ratio)
         for path, explicit in _collect_files(source):
-            found = _read_header(path, explicit)
+            check_time_budget(f"in the header pass, after {len(records)} image(s)")
+            found = _read_header(path, explicit, limits)
             if isinstance(found, str):
                 skipped[found] += 1
             else:
                 records.extend(found)
+                limits.frames_seen = len(records)
         if skipped:
             warnings.append("skipped " + ", ".join(f"{n} file(s): {why}" for why, n in sorted(skipped.items())))
         if not records:
@@ -254,6 +333,12 @@ class DicomSeriesAdapter(InputAdapter):
             shown = ", ".join(f"{n} x {r}x{c}" for (r, c), n in sizes.most_common())
             warnings.append(f"images differ in size ({shown}): not a regular volume grid")
         chosen = [ordered[i] for i in sample_indices(len(ordered), budget)]
+        largest = max(s.rows * s.columns for s in chosen)
+        check_limit(
+            chosen[0].path, len(chosen) * largest * RGB_BYTES_PER_PIXEL, self.max_decoded_bytes,
+            "max_decoded_bytes", f"the {len(chosen)} output image(s) of up to {largest:,} px (4 bytes per pixel)",
+            unit="bytes", hint="lower max_images",
+        )
         plan = self._window_plan(chosen, warnings)
         images = self._render(chosen, plan)
 
@@ -354,7 +439,7 @@ class DicomSeriesAdapter(InputAdapter):
         """Percentile window over a bounded probe of the sampled slices (decimated 4x in-plane)."""
         probe = [grey[i] for i in sample_indices(len(grey), NORMALISE_PROBE_SLICES)]
         pieces: list[np.ndarray] = []
-        for _slot, record, raw in _decode(list(enumerate(probe))):
+        for _slot, record, raw in _decode(list(enumerate(probe)), self.max_decoded_bytes):
             values = _modality_values(raw, record)
             mask = _invalid_mask(raw, record)
             kept = values[::4, ::4] if mask is None else values[::4, ::4][~mask[::4, ::4]]
@@ -377,7 +462,7 @@ class DicomSeriesAdapter(InputAdapter):
         """Decode the chosen slices and window them: ``(image, window label or None for colour)``."""
         out: list[tuple[Image.Image, str | None] | None] = [None] * len(chosen)
         luts: dict[tuple[Any, ...], np.ndarray | None] = {}
-        for slot, record, raw in _decode(list(enumerate(chosen))):
+        for slot, record, raw in _decode(list(enumerate(chosen)), self.max_decoded_bytes):
             if _is_colour(record):
                 out[slot] = (_colour_image(raw, record), None)
                 continue
@@ -405,17 +490,20 @@ def _collect_files(source: Source) -> Iterator[tuple[str, bool]]:
                     full = os.path.join(root, name)
                     if not name.startswith(".") and full not in seen:
                         seen.add(full)
+                        confine(full)  # a file of the folder may be a symlink leaving the allowed root
                         yield full, False
         elif path.is_file():
             if str(path) not in seen:
                 seen.add(str(path))
+                confine(path)
                 yield str(path), True
         else:
             raise AdapterError(path, "no such file or folder")
 
 
-def _read_header(path: str, explicit: bool) -> list[_Slice] | str:
+def _read_header(path: str, explicit: bool, limits: _Limits) -> list[_Slice] | str:
     """Records for the images in ``path``; for a folder file that is not an image, why it was skipped."""
+    confine(path)
     try:
         handle = open(path, "rb")
     except OSError as exc:
@@ -431,28 +519,49 @@ def _read_header(path: str, explicit: bool) -> list[_Slice] | str:
                     "(only DICOM Part 10 files with a file meta header are read)",
                 )
             return "not DICOM"
-        handle.seek(0)
+        inflated: _InflatingReader | None = None
         try:
-            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=False)
-            pixel_offset = handle.tell()
+            # Every element value is converted inside this block: pydicom converts lazily, so a
+            # corrupt value (unknown VR, bad length) only fails when it is first read.
+            bounded = _BoundedReader(handle, size)
+            bounded.seek(132)
+            meta = _read_file_meta_info(bounded)
+            syntax_text = str(meta.get("TransferSyntaxUID") or "")
+            if syntax_text and UID(syntax_text).is_transfer_syntax and UID(syntax_text).is_deflated:
+                ds, inflated = _read_deflated(path, handle, limits.max_decoded_bytes, stop_before_pixels=True)
+                pixel_offset = inflated.tell()
+            else:
+                bounded.seek(0)
+                ds = pydicom.dcmread(bounded, stop_before_pixels=True, force=False)
+                pixel_offset = bounded.tell()
+            if bounded.overrun is not None:
+                position, asked, left = bounded.overrun
+                raise AdapterError(
+                    path, f"truncated or corrupt header: an element value at byte {position} declares {asked} "
+                    f"bytes but only {left} remain in the file",
+                )
+            meta = getattr(ds, "file_meta", Dataset())
+            sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+            has_syntax = bool(meta.get("TransferSyntaxUID"))
+            syntax = UID(str(meta.TransferSyntaxUID)) if has_syntax else UID("")
+            has_image = ds.get("Rows") is not None and ds.get("Columns") is not None
+        except (AdapterError, ResourceLimitError):
+            raise
         except Exception as exc:  # pydicom raises many types for corrupt headers
             raise AdapterError(path, f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
         # pydicom stops silently at the end of the file, even inside a value: a parse that
         # reaches EOF without meeting Pixel Data is complete only for non-image objects.
-        at_eof = pixel_offset >= size
-        meta = getattr(ds, "file_meta", Dataset())
-        sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+        at_eof = pixel_offset >= size if inflated is None else inflated.at_end()
         kind = UID(sop_class).name if sop_class else "unknown SOP class"
         if sop_class == _DICOMDIR_SOP_CLASS:
             if explicit:
                 raise AdapterError(path, "is a DICOMDIR index, not an image; pass the folder that holds it")
             return "DICOMDIR index"
-        if not meta.get("TransferSyntaxUID"):
+        if not has_syntax:
             if at_eof:
                 raise AdapterError(path, f"truncated: the file ends after {size} bytes, inside its header")
             raise AdapterError(path, "file meta header has no Transfer Syntax UID (0002,0010)")
-        syntax = UID(str(meta.TransferSyntaxUID))
-        if ds.get("Rows") is None or ds.get("Columns") is None:
+        if not has_image:
             if at_eof and "Image Storage" in kind:
                 raise AdapterError(
                     path,
@@ -462,12 +571,248 @@ def _read_header(path: str, explicit: bool) -> list[_Slice] | str:
                 raise AdapterError(path, f"holds no image ({kind}): no Rows/Columns")
             return "no image (SR, RT plan, ...)"
         try:
-            location = _check_pixel_data(path, handle, ds, syntax, pixel_offset, size)
+            if inflated is not None:  # limits first: checking the data means inflating it
+                _check_image_limits(path, ds, syntax, limits)
+                location = _check_deflated_pixel_data(path, inflated, ds, size, limits)
+            else:  # the data check reads a few bytes; a header/data mismatch is the truer error
+                location = _check_pixel_data(path, handle, ds, syntax, pixel_offset, size)
+                _check_image_limits(path, ds, syntax, limits)
             return _records(path, ds, syntax, location)
         except AdapterError:
             raise
         except Exception as exc:  # malformed values in the image modules
             raise AdapterError(path, f"invalid image attributes ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_image_limits(path: str, ds: Dataset, syntax: UID, limits: _Limits) -> None:
+    """Image size, frame count and decoded bytes against the limits, from the header alone."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.get("BitsAllocated") or 16)
+    if rows < 1 or columns < 1 or samples < 1 or not 1 <= bits <= 64:
+        raise AdapterError(
+            path, f"invalid image attributes: Rows {rows}, Columns {columns}, SamplesPerPixel {samples}, "
+            f"BitsAllocated {bits}"
+        )
+    check_limit(path, rows * columns, limits.max_pixels, "max_pixels", f"one image ({rows} x {columns} px)")
+    check_limit(
+        path, limits.frames_seen + frames, limits.max_frames, "max_frames",
+        f"the number of images to index ({limits.frames_seen} so far + NumberOfFrames {frames} in this file)",
+    )
+    frame_bytes = rows * columns * samples * math.ceil(bits / 8)
+    check_limit(path, frame_bytes, limits.max_decoded_bytes, "max_decoded_bytes",
+                f"one decoded frame ({rows} x {columns} px x {samples} sample(s) x {bits} bits)", unit="bytes")
+    if syntax.is_transfer_syntax and syntax.is_deflated:
+        check_limit(path, frame_bytes * frames, limits.max_decoded_bytes, "max_decoded_bytes",
+                    f"the pixel data of this deflated file ({frames} frame(s), inflated and decoded whole)",
+                    unit="bytes")
+    if str(ds.get("PhotometricInterpretation") or "").strip().upper() == "PALETTE COLOR":
+        has_lut = all(
+            f"{c}PaletteColorLookupTableDescriptor" in ds
+            and (f"{c}PaletteColorLookupTableData" in ds or f"Segmented{c}PaletteColorLookupTableData" in ds)
+            for c in ("Red", "Green", "Blue")
+        )
+        if not has_lut:
+            raise AdapterError(
+                path, "PALETTE COLOR image without its Red/Green/Blue Palette Color Lookup Table "
+                "(descriptor 0028,1101-1103 and data 0028,1201-1203): its colours cannot be shown"
+            )
+
+
+class _BoundedReader(io.RawIOBase):
+    """A file that never hands out more than it holds: ``read(n)`` is capped at the bytes left.
+
+    pydicom reads an element's value with ``read(length)``; with a corrupt length of 4 GB a
+    plain file object allocates the whole buffer before finding the file is 40 KB. Capped
+    reads come back short and pydicom reports the truncation instead.
+    """
+
+    def __init__(self, handle: Any, size: int) -> None:
+        super().__init__()
+        self._handle, self._size = handle, size
+        self.overrun: tuple[int, int, int] | None = None  # (position, bytes asked, bytes left)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._handle.tell()
+        left = max(0, self._size - position)
+        if size is not None and size > left and size > 8 and self.overrun is None:
+            self.overrun = (position, size, left)  # a value longer than the rest of the file
+        return self._handle.read(left if size is None or size < 0 else min(size, left))
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
+def _at_pixel_data(tag: Any, vr: str | None, length: int) -> bool:
+    return int(tag) in _PIXEL_TAGS
+
+
+class _InflatingReader(io.RawIOBase):
+    """The dataset of a Deflated Explicit VR Little Endian file, inflated only as far as it is read.
+
+    pydicom itself inflates the whole file in one ``zlib.decompress`` call; this reader lets
+    the header pass stop at Pixel Data, and caps what is ever inflated at ``limit`` bytes.
+    """
+
+    def __init__(self, handle: Any, path: str, limit: int) -> None:
+        super().__init__()
+        self._handle, self._path, self._limit = handle, path, limit
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buffer = bytearray()
+        self._position = 0
+        self._pending = b""
+        self._finished = False  # the deflate stream ended (or the file did)
+        self.inflated = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _next(self, room: int) -> bytes:
+        """Up to ``room`` more inflated bytes ("" at the end of the stream)."""
+        while not self._finished:
+            if not self._pending:
+                self._pending = self._handle.read(_INFLATE_CHUNK)
+                if not self._pending:
+                    self._finished = True
+                    if not self._inflater.eof:
+                        raise AdapterError(self._path, "truncated: the deflated dataset ends inside its deflate stream")
+                    return b""
+            out = self._inflater.decompress(self._pending, max(1, min(room, _INFLATE_STEP)))
+            self._pending = self._inflater.unconsumed_tail
+            if self._inflater.eof:
+                self._finished = True
+            if out:
+                self.inflated += len(out)
+                if self.inflated > self._limit:
+                    raise ResourceLimitError(
+                        self._path, f"the deflated dataset inflates to more than max_decoded_bytes="
+                        f"{format_bytes(self._limit)}; pass {adapter_option_hint('max_decoded_bytes', 'N')} to allow "
+                        "more",
+                    )
+                if self.inflated % (64 << 20) < len(out):
+                    check_time_budget(f"inflating, {format_bytes(self.inflated)} so far")
+                return out
+        return b""
+
+    def _fill(self, upto: int | None) -> None:
+        while upto is None or len(self._buffer) < upto:
+            out = self._next(_INFLATE_STEP if upto is None else upto - len(self._buffer))
+            if not out:
+                return
+            self._buffer += out
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = None if size is None or size < 0 else self._position + size
+        self._fill(end)
+        data = bytes(self._buffer[self._position : end])
+        self._position += len(data)
+        return data
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            self._fill(None)
+            offset += len(self._buffer)
+        elif whence == io.SEEK_CUR:
+            offset += self._position
+        self._position = max(0, offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def at_end(self) -> bool:
+        self._fill(self._position + 1)
+        return self._position >= len(self._buffer)
+
+    def count_ahead(self, count: int) -> int:
+        """How many of the next ``count`` bytes (from the current position) the stream holds.
+
+        Bytes past what is buffered are inflated and dropped (nothing is kept): the header
+        pass checks the pixel data is all there without holding it. Ends this reader's use.
+        """
+        have = max(0, len(self._buffer) - self._position)
+        del self._buffer[:]
+        total = have
+        while total < count:
+            out = self._next(count - total)
+            if not out:
+                break
+            total += len(out)
+        return min(total, count)
+
+
+def _read_deflated(
+    path: str, handle: Any, limit: int, *, stop_before_pixels: bool
+) -> tuple[FileDataset, _InflatingReader]:
+    """Read a deflated file with pydicom's dataset reader over a capped, incremental inflater."""
+    bounded = _BoundedReader(handle, os.fstat(handle.fileno()).st_size)
+    bounded.seek(0)
+    preamble = read_preamble(bounded, False)
+    file_meta = _read_file_meta_info(bounded)
+    reader = _InflatingReader(handle, path, limit)
+    dataset = read_dataset(reader, False, True, stop_when=_at_pixel_data if stop_before_pixels else None)
+    ds = FileDataset(path, dataset, preamble, file_meta, False, True)
+    return ds, reader
+
+
+def _check_deflated_pixel_data(
+    path: str, reader: _InflatingReader, ds: Dataset, size: int, limits: _Limits
+) -> tuple[int | None, dict[str, Any]]:
+    """The deflated stream holds a Pixel Data element with every byte the header declares."""
+    head = reader.read(8)
+    if len(head) < 8:
+        raise AdapterError(path, "has image attributes but no Pixel Data element (missing or truncated)")
+    group, element = struct.unpack("<HH", head[:4])
+    tag = group << 16 | element
+    if tag not in _PIXEL_TAGS:
+        raise AdapterError(path, f"corrupt file: element ({group:04X},{element:04X}) where Pixel Data was expected")
+    extra = reader.read(4)
+    if len(extra) < 4:
+        raise AdapterError(path, "truncated inside the Pixel Data element header")
+    (length,) = struct.unpack("<L", extra)
+    if length == 0xFFFFFFFF:
+        raise AdapterError(path, "corrupt file: undefined-length Pixel Data in a deflated (native) file")
+    _check_native_length(path, ds, length)
+    expected = get_expected_length(ds)
+    if expected > DEFLATE_MAX_RATIO * size:
+        raise AdapterError(
+            path, f"the header declares {expected} bytes of pixel data, but a {size}-byte deflated file can hold "
+            f"at most about {DEFLATE_MAX_RATIO * size} (deflate cannot exceed {DEFLATE_MAX_RATIO}:1): wrong "
+            "Rows/Columns/NumberOfFrames"
+        )
+    if limits.max_compression_ratio is not None:
+        check_limit(path, round(expected / max(1, size)), round(limits.max_compression_ratio), "max_compression_ratio",
+                    f"the ratio of the {format_bytes(expected)} of pixel data declared to the {format_bytes(size)} "
+                    "file (an almost constant image or a decompression bomb)")
+    available = reader.count_ahead(expected)
+    if available < expected:
+        raise AdapterError(
+            path, f"truncated: the deflated Pixel Data holds {available} bytes, the header declares {expected}"
+        )
+    return None, {}
 
 
 def _check_pixel_data(
@@ -480,14 +825,6 @@ def _check_pixel_data(
     """
     if not syntax.is_transfer_syntax:
         return None, {}  # unknown UID: refused by _check_decoders, naming it, if this series is chosen
-    if syntax.is_deflated:
-        # The whole dataset is zlib-compressed, so offsets are meaningless: read it once, strictly.
-        full = pydicom.dcmread(path, force=False)
-        present = [full[tag].value for tag in _PIXEL_TAGS if tag in full]
-        if not present or present[0] is None:
-            raise AdapterError(path, "has image attributes but no Pixel Data element (missing or truncated)")
-        _check_native_length(path, ds, len(present[0]))
-        return None, {}
     handle.seek(offset)
     head = handle.read(8)
     if len(head) < 8:
@@ -512,7 +849,15 @@ def _check_pixel_data(
     if length == 0xFFFFFFFF:
         if not syntax.is_encapsulated:
             raise AdapterError(path, f"corrupt file: undefined-length Pixel Data in native syntax {syntax.name}")
-        _check_fragments(path, handle, start, size)
+        stored = _check_fragments(path, handle, start, size)
+        if syntax == pydicom.uid.RLELossless:
+            expected = get_expected_length(ds)
+            if expected > RLE_MAX_RATIO * stored:
+                raise AdapterError(
+                    path, f"the header declares {expected} bytes of pixel data ({ds.Rows} x {ds.Columns} px), but "
+                    f"its {stored} bytes of RLE data can decode to at most {RLE_MAX_RATIO * stored} (RLE expands at "
+                    f"most {RLE_MAX_RATIO}:1): wrong Rows/Columns/NumberOfFrames or corrupt data",
+                )
         return start, element_info
     if syntax.is_encapsulated:
         raise AdapterError(path, f"corrupt file: {syntax.name} needs encapsulated Pixel Data, found a defined length")
@@ -539,22 +884,31 @@ def _check_native_length(path: str, ds: Dataset, length: int) -> None:
         )
 
 
-def _check_fragments(path: str, handle: Any, start: int, size: int) -> None:
-    """Walk the item headers of encapsulated pixel data; every fragment must end inside the file."""
+def _check_fragments(path: str, handle: Any, start: int, size: int) -> int:
+    """Walk the item headers of encapsulated pixel data; every fragment must end inside the file.
+
+    Returns the bytes held by the items (offset table and fragments).
+    """
     position = start
+    stored = 0
+    items = 0
     while True:
+        items += 1
+        if items % 4096 == 0:
+            check_time_budget(f"walking the Pixel Data fragments, item {items}")
         handle.seek(position)
         head = handle.read(8)
         if len(head) < 8:
             raise AdapterError(path, "truncated: encapsulated Pixel Data ends without its sequence delimiter")
         group, element, length = struct.unpack("<HHL", head)
         if (group, element) == (0xFFFE, 0xE0DD):
-            return
+            return stored
         if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
             raise AdapterError(
                 path, f"corrupt encapsulated Pixel Data: bad item ({group:04X},{element:04X}) at byte {position}"
             )
         position += 8 + length
+        stored += length
         if position > size:
             raise AdapterError(
                 path, f"truncated: a Pixel Data fragment of {length} bytes runs past the end of the file"
@@ -737,7 +1091,7 @@ def _order_slices(
         elif allow_non_parallel:
             warnings.append(
                 f"{len(strays)} of {len(slices)} images are not parallel to the main stack (up to "
-                f"{angles.max():.1f} degrees); kept and ordered along the main normal (allow_non_parallel=True)"
+                f"{angles.max():.1f} degrees); kept and ordered along the main normal ({adapter_option_hint('allow_non_parallel')})"
             )
         else:
             raise AdapterError(
@@ -846,7 +1200,7 @@ def _check_decoders(ordered: list[_Slice]) -> None:
 
 
 # ---------------------------------------------------------------------- decoding
-def _decode(items: list[tuple[int, _Slice]]) -> Iterator[tuple[int, _Slice, np.ndarray]]:
+def _decode(items: list[tuple[int, _Slice]], limit: int) -> Iterator[tuple[int, _Slice, np.ndarray]]:
     """Decode the listed images one file at a time: ``(slot, record, stored values)``.
 
     Values are the stored pixel values, shape ``(rows, columns)`` or ``(rows, columns, 3)``
@@ -860,10 +1214,16 @@ def _decode(items: list[tuple[int, _Slice]]) -> Iterator[tuple[int, _Slice, np.n
     for path, entries in by_file.items():
         syntax = entries[0][1].transfer_syntax
         entries.sort(key=lambda e: e[1].frame or 0)
+        check_time_budget(f"decoding, {len(entries)} image(s) of this file to go")
+        confine(path)
         try:
             if syntax.is_deflated:
-                # The dataset is zlib-compressed as a whole: this one file is inflated in memory.
-                array = pydicom.dcmread(path, force=False).pixel_array
+                # The dataset is zlib-compressed as a whole: this one file is inflated in memory
+                # (within max_decoded_bytes, checked by the header pass).
+                with open(path, "rb") as handle:  # pixel data <= limit (header pass); + room for the header
+                    full, reader = _read_deflated(path, handle, limit + (16 << 20), stop_before_pixels=False)
+                del reader
+                array = full.pixel_array
                 decoded = [array if r.frame is None else array[r.frame] for _, r in entries]
                 for (slot, record), raw in zip(entries, decoded):
                     yield slot, record, _checked_shape(path, record, raw)
@@ -871,11 +1231,14 @@ def _decode(items: list[tuple[int, _Slice]]) -> Iterator[tuple[int, _Slice, np.n
             decoder = get_decoder(syntax)
             with open(path, "rb") as handle:
                 for slot, record in entries:
+                    check_time_budget("decoding")
                     handle.seek(record.pixel_offset)  # type: ignore[arg-type]
                     raw, _ = decoder.as_array(handle, index=record.frame, validate=True, **record.pixel_options)
                     yield slot, record, _checked_shape(path, record, raw)
-        except AdapterError:
+        except (AdapterError, ResourceLimitError):
             raise
+        except MemoryError:
+            raise  # the load's guard reports it as a resource limit
         except Exception as exc:  # decoder errors: corrupt codestream, truncated fragments...
             decoder = get_decoder(syntax)
             if syntax.is_compressed and decoder.missing_dependencies and "not support" in str(exc):
@@ -1061,7 +1424,7 @@ def _folder_has_dicom(folder: Path, limit: int = 64) -> bool:
         for name in sorted(files):
             if name.startswith("."):
                 continue
-            if _has_dicm_marker(Path(root, name)):
+            if _has_dicm_marker(confine(Path(root, name))):
                 return True
             checked += 1
             if checked >= limit:

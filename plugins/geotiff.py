@@ -11,7 +11,20 @@ Reading
       (``II*\\0``, ``MM\\0*``, ``II+\\0``, ``MM\\0+``) and is opened with GDAL's ``GTiff``
       driver alone. A GDAL VRT (XML that can point at any file or URL) is refused even when
       renamed ``.tif``, and so are ``/vsi*`` virtual paths and URLs (``http://``,
-      ``s3://``...). The declared size is checked against ``max_pixels`` before any read.
+      ``s3://``...).
+    * **Checked before GDAL opens it.** The TIFF directories are read with ``struct``
+      (:mod:`longllava_sdk.tiff_layout`): the declared size against ``max_pixels``, the
+      samples per pixel against ``max_bands``, the decoded bytes of one strip/tile (all
+      samples of a pixel-interleaved block) against ``max_decoded_bytes``, and the strip/tile
+      tables against the image size and the file (count, every block inside the file,
+      uncompressed blocks complete). A header that disagrees with the data is an
+      :class:`~longllava_sdk.errors.AdapterError`, never a partial or zero-filled read.
+    * **No sidecars, no network.** GDAL runs with ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``
+      and ``GDAL_PAM_ENABLED=NO``, so no ``.ovr``, ``.msk``, ``.aux.xml`` or world file next
+      to the TIFF is read (``sidecars=True`` allows ``.ovr``/``.msk`` files that are real TIFFs
+      inside the allowed root, and ``.aux.xml``), and with ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS``
+      matching nothing plus ``GDAL_HTTP_*`` timeouts of a second, so ``/vsicurl/`` and its
+      relatives never connect, whatever a file references.
     * **Bands** by 1-based index (``bands=(4, 3, 2)``) or by name (``bands=("B4", "B3",
       "B2")``): names match band descriptions case-insensitively, and Sentinel-2 style names
       are normalised, so ``"B4"`` finds a band described ``"B04"`` or ``"B4 - Red"`` and
@@ -50,13 +63,21 @@ Tiles
 
 Budget
     ``max_images`` counts the thumbnail plus every tile of the grid (before ``drop_empty``,
-    so the result does not depend on the data). When the grid is too large a GIS analyst
+    so the result does not depend on the data); ``max_tiles`` (default 1024) caps the grid
+    too, when ``max_images`` is ``None`` or larger. When the grid is too large a GIS analyst
     wants to know, not to get silently missing tiles, so holes are never made:
     ``on_budget="coarsen"`` (default) grows the tile size and stride by the same factor
     until the grid fits, keeping full coverage at a coarser ground resolution (reported in
     ``info["effective_tile_size"]``, ``info["effective_stride"]`` and ``info["warnings"]``);
     ``on_budget="error"`` raises an :class:`~longllava_sdk.errors.AdapterError` naming the
     grid, the budget and a ``tile_size``/``stride`` that would fit.
+
+Limits (checked from the header before the reads; each a keyword argument)
+    ``max_pixels`` (2^34) per image, ``max_bands`` (1024) samples per pixel, ``max_tiles``
+    (1024) tiles, ``max_decoded_bytes`` (1 GiB: the output images at 4 bytes per pixel, the
+    largest read, and any single strip/tile), ``time_budget_s`` (60 s of CPU time, checked
+    between tiles). Over a limit: :class:`~longllava_sdk.errors.ResourceLimitError` naming
+    the option.
 
 Source-level facts in ``info``: ``crs`` (e.g. ``"EPSG:32633"``, ``None`` when not
 georeferenced), ``transform`` (GDAL order), ``res``, ``bounds``, ``width``, ``height``,
@@ -85,16 +106,53 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from longllava_sdk.adapters import InputAdapter, Source, ensure_local_path, single_source
-from longllava_sdk.errors import AdapterError
+from longllava_sdk.adapters import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_TIME_BUDGET_S,
+    RGB_BYTES_PER_PIXEL,
+    InputAdapter,
+    Source,
+    check_limit,
+    check_time_budget,
+    confine,
+    format_bytes,
+    ensure_local_path,
+    guarded_claims,
+    guarded_load,
+    single_source,
+    validate_limit,
+)
+from longllava_sdk.errors import AdapterError, adapter_option_hint
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
+from longllava_sdk.tiff_layout import inspect_tiff
 
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: Tags whose presence makes a TIFF a GeoTIFF (pixel scale, tie point, transformation, geokeys).
 GEO_TAGS = frozenset({33550, 33922, 34264, 34735})
 #: 2**34 pixels (e.g. 131072 x 131072): larger declared sizes are treated as decompression bombs.
 DEFAULT_MAX_PIXELS = 2**34
+#: Hyperspectral scenes have a few hundred bands; more is treated as a corrupt header.
+DEFAULT_MAX_BANDS = 1024
+#: Tiles per scene when ``max_images`` does not bound the grid more tightly.
+DEFAULT_MAX_TILES = 1024
+#: Decoded size over stored size above which a raster is refused (almost all constant or
+#: sparse: a decompression bomb). Deflate itself cannot exceed about 1032:1.
+DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
+#: GDAL configuration for every SDK read: no sidecar files, no network.
+GDAL_SAFE_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing: no .ovr/.msk/.aux.xml/world file
+    "GDAL_PAM_ENABLED": "NO",  # no .aux.xml read or written
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".longllava-network-disabled",  # /vsicurl/ & co. open nothing
+    "GDAL_HTTP_TIMEOUT": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "1",
+    "GDAL_HTTP_MAX_RETRY": "0",
+    "GDAL_HTTP_PROXY": "",
+    "CPL_VSIL_CURL_USE_HEAD": "NO",
+    "GDAL_ENABLE_WMS_CACHE": "NO",
+}
+#: Sidecar files GDAL would look for next to ``scene.tif`` (``sidecars=True`` only).
+_SIDECAR_SUFFIXES = (".ovr", ".msk")
 _S2_NAME = re.compile(r"^B0*([1-9][0-9]?)(A?)(?![0-9A-Z])")
 
 BandSpec = Sequence[int | str]
@@ -336,6 +394,17 @@ class GeoTiffAdapter(InputAdapter):
             ``"nearest"``...); paletted (categorical) bands always use ``"nearest"``.
         palette: render a single paletted band through its colour table.
         gdal_cache_mb: GDAL block cache for this read (bounds memory on huge scenes).
+        max_bands: refuse files declaring more samples per pixel than this.
+        max_tiles: most tiles per scene (the grid is coarsened, or ``on_budget="error"``
+            raises, beyond it); ``None`` leaves only ``max_images``.
+        max_decoded_bytes: bound on the decoded data of the source: output images
+            (4 bytes per pixel), the largest single read, and any one strip/tile.
+        time_budget_s: CPU seconds one ``load`` may use, checked between tiles (``None``:
+            unlimited).
+        max_compression_ratio: refuse rasters whose decoded size is more than this many
+            times the bytes stored for them (sparse blocks store none).
+        sidecars: also read ``scene.tif.ovr`` / ``scene.tif.msk`` (only when they are TIFFs
+            inside the allowed root) and ``.aux.xml`` metadata; off by default.
     """
 
     name = "geotiff"
@@ -359,6 +428,12 @@ class GeoTiffAdapter(InputAdapter):
         resampling: str = "average",
         palette: bool = True,
         gdal_cache_mb: int = 64,
+        max_bands: int = DEFAULT_MAX_BANDS,
+        max_tiles: int | None = DEFAULT_MAX_TILES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
+        max_compression_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
+        sidecars: bool = False,
     ) -> None:
         from rasterio.enums import Resampling
 
@@ -392,16 +467,51 @@ class GeoTiffAdapter(InputAdapter):
         self.stats_max_side = stats_max_side
         self.palette = palette
         self.gdal_cache_mb = gdal_cache_mb
+        self.max_pixels = validate_limit("max_pixels", max_pixels, allow_none=False)
+        self.max_bands = validate_limit("max_bands", max_bands, allow_none=False)
+        self.max_tiles = validate_limit("max_tiles", max_tiles)
+        self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
+        self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
+        self.max_compression_ratio = validate_limit("max_compression_ratio", max_compression_ratio, integer=False)
+        self.sidecars = bool(sidecars)
 
+    def _gdal_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = dict(GDAL_SAFE_OPTIONS)
+        if self.sidecars:
+            options["GDAL_DISABLE_READDIR_ON_OPEN"] = "FALSE"
+            options["GDAL_PAM_ENABLED"] = "YES"
+        # rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not MB
+        options["GDAL_CACHEMAX"] = self.gdal_cache_mb * 1024 * 1024
+        return options
+
+    def _check_sidecars(self, path: Path) -> None:
+        """With ``sidecars=True``: external overviews/masks must be TIFFs inside the allowed root."""
+        for suffix in _SIDECAR_SUFFIXES:
+            for candidate in (path.with_name(path.name + suffix), path.with_suffix(suffix)):
+                if candidate.exists():
+                    confine(candidate)
+                    with candidate.open("rb") as handle:
+                        head = handle.read(4)
+                    if head not in TIFF_SIGNATURES:
+                        raise AdapterError(
+                            candidate, f"sidecar {suffix} file is not a TIFF (a VRT or other format could point at "
+                            "other files or the network); remove it or read with sidecars=False",
+                        )
+                    inspect_tiff(candidate, max_pixels=self.max_pixels, max_bands=self.max_bands,
+                                 max_block_bytes=self.max_decoded_bytes)
+        confine(path)  # errors name the scene again
     @classmethod
+    @guarded_claims
     def claims(cls, path: Path) -> bool:
         """``.tif``/``.tiff`` that carry GeoTIFF tags, or that are not TIFFs at all (to explain why)."""
         if not super().claims(path):
             return False
+        confine(path)
         tags = _first_ifd_tags(path)
         return tags is None or bool(tags & GEO_TAGS)
 
     # -----------------------------------------------------------------------------------
+    @guarded_load
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read one GeoTIFF into a thumbnail + tiles :class:`Media` (see the module docstring)."""
         import rasterio
@@ -411,22 +521,41 @@ class GeoTiffAdapter(InputAdapter):
             raise AdapterError(
                 str(source), f"a tiled scene needs max_images >= 2 (thumbnail + tiles), got {max_images}"
             )
-        path = _require_local_path(source)
+        path = confine(_require_local_path(source))
         _sniff(path)
-        try:
-            # rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not MB
-            with rasterio.Env(GDAL_CACHEMAX=self.gdal_cache_mb * 1024 * 1024), warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                # rasterio.windows.bounds uses affine's deprecated `*`; not ours to fix
-                warnings.simplefilter("ignore", PendingDeprecationWarning)
-                with rasterio.open(path, driver="GTiff") as src:
-                    if src.driver != "GTiff":  # belt and braces: never read through another driver
-                        raise AdapterError(path, f"opened by GDAL driver {src.driver!r}, only GTiff is allowed")
-                    return self._load(src, path, max_images)
-        except AdapterError:
-            raise
-        except (RasterioError, OSError, ValueError) as exc:
-            raise AdapterError(path, f"cannot read as GeoTIFF: {exc}") from exc
+        layout = inspect_tiff(path, max_pixels=self.max_pixels, max_bands=self.max_bands,
+                              max_block_bytes=self.max_decoded_bytes)
+        main = layout.images[0]
+        if self.max_compression_ratio is not None and main.decoded_bytes > self.max_compression_ratio * max(
+            1, main.stored_bytes
+        ):
+            ratio = main.decoded_bytes / max(1, main.stored_bytes)
+            sparse = f", {main.n_sparse} of {main.n_blocks} blocks sparse (not stored)" if main.n_sparse else ""
+            check_limit(
+                path, round(ratio), round(self.max_compression_ratio), "max_compression_ratio",
+                f"the decoded-to-stored size ratio ({format_bytes(main.decoded_bytes)} decoded from "
+                f"{format_bytes(main.stored_bytes)} of blocks{sparse}; an almost empty raster or a decompression bomb)",
+            )
+        if self.sidecars:
+            self._check_sidecars(path)
+        with rasterio.Env(**self._gdal_options()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            # rasterio.windows.bounds uses affine's deprecated `*`; not ours to fix
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            try:
+                src = rasterio.open(path, driver="GTiff")
+            except RasterioError as exc:
+                raise AdapterError(path, f"cannot read as GeoTIFF: GDAL cannot open it ({exc})") from exc
+            with src:
+                if src.driver != "GTiff":  # belt and braces: never read through another driver
+                    raise AdapterError(path, f"opened by GDAL driver {src.driver!r}, only GTiff is allowed")
+                media = self._load(src, path, max_images)
+        sparse = layout.images[0].n_sparse
+        if sparse:
+            media.info["warnings"].append(
+                f"{sparse} of {layout.images[0].n_blocks} blocks are sparse (not written: read as nodata/zero)"
+            )
+        return media
 
     def _load(self, src: Any, path: Path, max_images: int | None) -> Media:
         from rasterio.enums import ColorInterp, Resampling
@@ -437,8 +566,9 @@ class GeoTiffAdapter(InputAdapter):
             raise AdapterError(
                 path,
                 f"declares {width}x{height} = {width * height:,} pixels, over max_pixels={self.max_pixels:,} "
-                "(possible decompression bomb); pass max_pixels= to allow it",
+                f"(possible decompression bomb); pass {adapter_option_hint('max_pixels', 'N')} to allow it",
             )
+        check_limit(path, src.count, self.max_bands, "max_bands", "the number of bands")
         dtype = np.dtype(src.dtypes[0])
         if np.issubdtype(dtype, np.complexfloating):
             raise AdapterError(path, f"complex data ({dtype}) cannot be rendered as an image; convert it first")
@@ -452,33 +582,30 @@ class GeoTiffAdapter(InputAdapter):
                 palette = None
         resampling = Resampling.nearest if palette is not None else self.resampling
 
-        # One decimated read (overviews when present) for the statistics and the thumbnail.
+        # Plan the grid first: every limit is checked before the first pixel read.
         scale = min(1.0, self.stats_max_side / max(width, height))
         stats_shape = (len(bands), max(1, round(height * scale)), max(1, round(width * scale)))
-        overview = self._read(src, path, bands, None, stats_shape, Resampling.nearest)
-        stretch = None if palette is not None else compute_stretch(overview, self.percentiles, self.value_range)
-        if not _valid_mask(overview).any():
-            warnings_.append("no valid pixel in the decimated read: the scene looks empty (all nodata)")
-        thumb_rgb, _ = render_rgb(overview, stretch, palette)
-        del overview
         out_side = self.output_size or self.tile_size
-        thumbnail = Image.fromarray(thumb_rgb)
-        thumbnail.thumbnail((out_side, out_side), Image.Resampling.LANCZOS)
-
         tile, stride = self.tile_size, self.stride
         rows, cols = grid_shape(width, height, tile, stride)
-        if max_images is not None and rows * cols > max_images - 1:
-            fit_tile, fit_stride = fit_grid(width, height, tile, stride, max_images - 1)
+        caps = [(max_images - 1, "max_images")] if max_images is not None else []
+        if self.max_tiles is not None:
+            caps.append((self.max_tiles, "max_tiles"))
+        budget, budget_name = min(caps) if caps else (None, "")
+        if budget is not None and rows * cols > budget:
+            fit_tile, fit_stride = fit_grid(width, height, tile, stride, budget)
             if self.on_budget == "error":
+                limit = (f"the budget of {budget} (max_images={max_images} minus the thumbnail)"
+                         if budget_name == "max_images" else f"max_tiles={budget}")
                 raise AdapterError(
                     path,
                     f"{width}x{height} px with tile_size={tile}, stride={stride} gives a {rows}x{cols} grid "
-                    f"= {rows * cols} tiles, over the budget of {max_images - 1} (max_images={max_images} "
-                    f"minus the thumbnail); use tile_size={fit_tile}, stride={fit_stride}, raise "
-                    "max_images, or on_budget='coarsen'",
+                    f"= {rows * cols} tiles, over {limit}; use tile_size={fit_tile}, stride={fit_stride}, raise "
+                    f"{budget_name}, or on_budget='coarsen'",
                 )
             warnings_.append(
-                f"{rows}x{cols} grid exceeds the budget of {max_images - 1} tiles: tile_size {tile}->{fit_tile}, "
+                f"{rows}x{cols} grid exceeds the budget of {budget} tiles ({budget_name}): "
+                f"tile_size {tile}->{fit_tile}, "
                 f"stride {stride}->{fit_stride} (coarser ground resolution, full coverage)"
             )
             tile, stride = fit_tile, fit_stride
@@ -486,6 +613,26 @@ class GeoTiffAdapter(InputAdapter):
             if self.output_size is None:
                 out_side = self.tile_size  # keep the requested pixel size per tile image
         factor = out_side / tile
+        side = out_side if factor < 1 else tile
+        itemsize = dtype.itemsize + 1 + 4  # values, mask, float32 rendering
+        largest_read = len(bands) * max(side * side, stats_shape[1] * stats_shape[2]) * itemsize
+        outputs = (1 + rows * cols) * out_side * out_side * RGB_BYTES_PER_PIXEL
+        check_limit(
+            path, outputs + largest_read, self.max_decoded_bytes, "max_decoded_bytes",
+            f"the decoded data ({rows * cols} tile(s) + thumbnail of {out_side} x {out_side} px, and a read of "
+            f"{len(bands)} band(s) x {side} x {side} px)", unit="bytes",
+            hint="lower max_images / max_tiles, or raise tile_size",
+        )
+
+        # One decimated read (overviews when present) for the statistics and the thumbnail.
+        overview = self._read(src, path, bands, None, stats_shape, Resampling.nearest)
+        stretch = None if palette is not None else compute_stretch(overview, self.percentiles, self.value_range)
+        if not _valid_mask(overview).any():
+            warnings_.append("no valid pixel in the decimated read: the scene looks empty (all nodata)")
+        thumb_rgb, _ = render_rgb(overview, stretch, palette)
+        del overview
+        thumbnail = Image.fromarray(thumb_rgb)
+        thumbnail.thumbnail((out_side, out_side), Image.Resampling.LANCZOS)
 
         images: list[Image.Image] = [thumbnail]
         metadata: list[dict[str, Any]] = [
@@ -494,11 +641,11 @@ class GeoTiffAdapter(InputAdapter):
         dropped = 0
         for row in range(rows):
             for col in range(cols):
+                check_time_budget(f"at tile row {row}, column {col} of {rows}x{cols}")
                 col_off, row_off = col * stride, row * stride
                 read_w, read_h = min(tile, width - col_off), min(tile, height - row_off)
                 window = Window(col_off, row_off, read_w, read_h)
                 # Reduce in GDAL (overview-aware, reads only this window's blocks); enlarge in PIL.
-                side = out_side if factor < 1 else tile
                 out_w = max(1, min(side, round(read_w * side / tile)))
                 out_h = max(1, min(side, round(read_h * side / tile)))
                 data = self._read(

@@ -16,6 +16,14 @@ Reading is strict and bounded:
   the header is parsed, before any pixel is decoded (Pillow's global
   ``Image.MAX_IMAGE_PIXELS`` is never modified; it still refuses images over twice its
   value on its own, which is reported the same way).
+* **Memory.** Before a pixel is decoded, the decoded size of each image (its mode's bytes
+  per pixel plus the 4-byte RGB copy) and of every image kept so far, plus for ``high_res``
+  the tiles, is checked against ``max_decoded_bytes`` (1 GiB). TIFFs also have their
+  strip/tile tables checked against the image size and the file
+  (:mod:`longllava_sdk.tiff_layout`): a header that disagrees with its data is an error.
+* **Tiles.** ``high_res`` splits into at most ``max_tiles`` (default 64) sub-images; larger
+  images are shrunk to fit (``pad``) or resized to the grid (``grid``).
+* **Time.** ``time_budget_s`` (60 s of CPU time) is checked between files and stages.
 * **Truncation.** ``Image.verify()`` (PNG chunk CRCs...) then a full decode with
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` left ``False``: a truncated or corrupt file is an
   :class:`~longllava_sdk.errors.AdapterError`, never a partially grey image.
@@ -52,6 +60,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -61,17 +70,46 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from longllava_sdk.adapters import InputAdapter, Source, ensure_local_path, sample_indices
-from longllava_sdk.errors import AdapterError
+from longllava_sdk.adapters import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_TIME_BUDGET_S,
+    RGB_BYTES_PER_PIXEL,
+    InputAdapter,
+    Source,
+    check_limit,
+    check_time_budget,
+    confine,
+    ensure_local_path,
+    format_bytes,
+    guarded_load,
+    sample_indices,
+    validate_limit,
+)
+from longllava_sdk.errors import AdapterError, ConfigError, adapter_option_hint
 from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
+from longllava_sdk.tiff_layout import SIGNATURES as TIFF_SIGNATURES, inspect_tiff
 
 #: Pillow format names that are decoded; everything else is refused before decoding.
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 #: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``): ~179 megapixels.
 DEFAULT_MAX_PIXELS = 178_956_970
+#: Default cap on high-resolution sub-images (the global view comes on top).
+DEFAULT_MAX_TILES = 64
+#: Decoded size over file size above which an image is refused (almost constant, or a header
+#: declaring more pixels than the data holds: Pillow fills the missing rows silently).
+DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
+#: Deflate's largest possible expansion: a PNG beyond it cannot hold the pixels it declares.
+DEFLATE_MAX_RATIO = 1032
+#: Bits per pixel of each mode as stored in the file (for the compression ratio).
+_MODE_BITS = {"1": 1, "L": 8, "P": 8, "LA": 16, "PA": 16, "RGB": 24, "RGBA": 32, "RGBX": 32, "CMYK": 32,
+              "YCbCr": 24, "LAB": 24, "HSV": 24, "I": 32, "F": 32, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+#: Bytes per pixel of each Pillow mode once decoded (for the memory check before decoding).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "La": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4,
+               "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
+               "I;16N": 2}
 
 _ALLOWED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
@@ -94,7 +132,7 @@ def _natural_key(path: Path) -> list[Any]:
 
 
 def _require_local_file(path: str | os.PathLike[str]) -> Path:
-    return ensure_local_path(path, what="image file")
+    return confine(ensure_local_path(path, what="image file"))
 
 
 def _describe_unknown(path: Path) -> str:
@@ -139,11 +177,17 @@ class ImagesAdapter(InputAdapter):
         tile: sub-image side in pixels (336 = the vision encoder's input).
         split_mode: ``"pad"`` (paper: white-pad to a multiple of ``tile``) or ``"grid"``
             (resize to the grid closest to the aspect ratio with at most ``max_tiles``).
-        max_tiles: cap on the number of sub-images (required for ``grid``; in ``pad``
-            mode the image is shrunk until it fits). ``max_images - 1`` caps it too.
+        max_tiles: cap on the number of sub-images (default 64; in ``pad`` mode the image
+            is shrunk until it fits). ``max_images - 1`` caps it too.
         max_pixels: refuse images declaring more pixels than this (decompression bombs);
             ``None`` leaves only Pillow's own limit.
         background: RGB colour transparency is composited on, and the padding colour.
+        max_decoded_bytes: bound on the decoded data of one source (every image kept, its
+            RGB copy, and the high-res tiles), checked from the headers before decoding.
+        max_compression_ratio: refuse images whose declared pixels are more than this many
+            times the file size (``None``: no check; a PNG beyond deflate's 1032:1 is refused
+            regardless, since it cannot hold the pixels it declares).
+        time_budget_s: CPU seconds one ``load`` may use (``None``: unlimited).
 
     Raises (from :meth:`load`):
         AdapterError: missing / empty / truncated / corrupt file, a format outside the
@@ -162,9 +206,12 @@ class ImagesAdapter(InputAdapter):
         high_res: bool = False,
         tile: int = 336,
         split_mode: SplitMode = "pad",
-        max_tiles: int | None = None,
+        max_tiles: int | None = DEFAULT_MAX_TILES,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         background: tuple[int, int, int] = WHITE,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
+        max_compression_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
     ) -> None:
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
@@ -182,6 +229,9 @@ class ImagesAdapter(InputAdapter):
         self.max_tiles = max_tiles
         self.max_pixels = max_pixels
         self.background = tuple(background)
+        self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
+        self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
+        self.max_compression_ratio = validate_limit("max_compression_ratio", max_compression_ratio, integer=False)
 
     # -- source listing -------------------------------------------------------------------
     def _list_files(self, source: Source) -> list[Path]:
@@ -191,13 +241,16 @@ class ImagesAdapter(InputAdapter):
             return [_require_local_file(item) for item in source]
         path = ensure_local_path(source, what="image file", must_be_file=False)
         if path.is_dir():
+            confine(path)
             files = sorted(
-                (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and p.name.lower().endswith(IMAGE_EXTENSIONS)),
+                (p for p in path.iterdir() if not p.name.startswith(".")
+                 and p.name.lower().endswith(IMAGE_EXTENSIONS) and p.is_file()),
                 key=_natural_key,
             )
             if not files:
                 raise AdapterError(path, f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            for file in files:  # every file found, symlinks resolved, before any is opened
+                confine(file)
             return files
         return [_require_local_file(path)]
 
@@ -210,7 +263,8 @@ class ImagesAdapter(InputAdapter):
             raise AdapterError(
                 path,
                 f"declares {width}x{height} = {width * height:,} pixels, over the max_pixels limit of "
-                f"{self.max_pixels:,} (possible decompression bomb); pass max_pixels= to allow it",
+                f"{self.max_pixels:,} (possible decompression bomb); pass {adapter_option_hint('max_pixels', 'N')} to "
+                "allow it",
             )
 
     def _open(self, path: Path) -> Image.Image:
@@ -228,14 +282,58 @@ class ImagesAdapter(InputAdapter):
         except Exception as exc:  # Pillow raises many types on malformed headers
             raise AdapterError(path, f"unreadable image header: {type(exc).__name__}: {exc}") from exc
 
-    def read_image(self, path: Path) -> tuple[Image.Image, dict[str, Any]]:
-        """Decode one file fully and strictly into RGB; returns the image and its metadata."""
+    def _check_ratio(self, path: Path, image: Image.Image) -> None:
+        """Declared pixels against the file size: Pillow zero-fills rows a short stream lacks."""
+        width, height = image.size
+        stored = max(1, path.stat().st_size)
+        declared = math.ceil(width * height * _MODE_BITS.get(image.mode, 32) / 8)
+        if image.format == "PNG" and declared > DEFLATE_MAX_RATIO * stored:
+            raise AdapterError(
+                path, f"the PNG header declares {width} x {height} px ({image.mode}, {declared} bytes) but a "
+                f"{stored}-byte file holds at most about {DEFLATE_MAX_RATIO * stored} (deflate cannot exceed {DEFLATE_MAX_RATIO}:1): "
+                "wrong dimensions or truncated data",
+            )
+        if self.max_compression_ratio is not None:
+            check_limit(
+                path, round(declared / stored), round(self.max_compression_ratio), "max_compression_ratio",
+                f"the ratio of the {format_bytes(declared)} of pixels declared ({width} x {height}, {image.mode}) to "
+                f"the {format_bytes(stored)} file (an almost constant image, or a header declaring more pixels than "
+                "the file holds)",
+            )
+
+    def _decoded_bytes(self, image: Image.Image) -> int:
+        """Decoded bytes of ``image`` plus its RGB copy, from the header alone."""
+        width, height = image.size
+        per_pixel = _MODE_BYTES.get(image.mode, 4)
+        rgb = 0 if image.mode == "RGB" else RGB_BYTES_PER_PIXEL
+        return width * height * (per_pixel + rgb)
+
+    def read_image(self, path: Path, *, extra_bytes: int = 0,
+                   plan: Any = None) -> tuple[Image.Image, dict[str, Any]]:
+        """Decode one file fully and strictly into RGB; returns the image and its metadata.
+
+        ``extra_bytes`` (decoded data already held for this source) and, when given, the
+        bytes ``plan(size)`` returns (the high-res tiles) count against ``max_decoded_bytes``
+        before the pixels are decoded.
+        """
+        confine(path)
         if path.stat().st_size == 0:
             raise AdapterError(path, "empty file")
+        with path.open("rb") as handle:
+            is_tiff = handle.read(4) in TIFF_SIGNATURES
+        if is_tiff:  # strip/tile tables must match the image size and the file
+            inspect_tiff(path, max_pixels=self.max_pixels, max_block_bytes=self.max_decoded_bytes, all_ifds=False)
         image = self._open(path)
         fmt = image.format or "?"
         try:
             self._check_size(path, image)
+            self._check_ratio(path, image)
+            needed = extra_bytes + self._decoded_bytes(image) + (plan(image.size) if plan is not None else 0)
+            check_limit(path, needed, self.max_decoded_bytes, "max_decoded_bytes",
+                        f"the decoded data of {image.size[0]} x {image.size[1]} px (mode {image.mode}, plus its RGB "
+                        "copy" + (", the images already read" if extra_bytes else "")
+                        + (" and the high-res tiles" if plan is not None else "") + ")", unit="bytes",
+                        hint="lower max_images or max_tiles")
             image.verify()  # checks what the format allows without decoding (PNG CRCs...)
         except AdapterError:
             image.close()
@@ -244,6 +342,7 @@ class ImagesAdapter(InputAdapter):
             image.close()
             raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
         image.close()
+        check_time_budget("before decoding")
         image = self._open(path)  # verify() leaves the image unusable: reopen to decode
         try:
             n_frames = int(getattr(image, "n_frames", 1))
@@ -266,6 +365,7 @@ class ImagesAdapter(InputAdapter):
         return rgb, meta
 
     # -- public ---------------------------------------------------------------------------
+    @guarded_load
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read ``source`` (file, folder or list of files) into :class:`Media`.
 
@@ -275,7 +375,7 @@ class ImagesAdapter(InputAdapter):
                 counts the global view plus the tiles and must be at least 2.
         """
         if max_images is not None and max_images < 1:
-            raise ValueError(f"max_images must be >= 1, got {max_images}")
+            raise ConfigError(f"max_images must be >= 1, got {max_images}")
         files = self._list_files(source)
         if self.high_res:
             if len(files) != 1:
@@ -283,8 +383,11 @@ class ImagesAdapter(InputAdapter):
             return self._load_high_res(files[0], max_images)
         warnings_: list[str] = []
         images, metadata = [], []
+        held = 0
         for index in sample_indices(len(files), max_images):
-            image, meta = self.read_image(files[index])
+            check_time_budget(f"at file {index + 1} of {len(files)}")
+            image, meta = self.read_image(files[index], extra_bytes=held)
+            held += image.size[0] * image.size[1] * RGB_BYTES_PER_PIXEL
             meta["index"] = index
             if meta["n_frames"] > 1:
                 warnings_.append(f"{files[index]}: {meta['n_frames']} frames, first frame used")
@@ -297,10 +400,19 @@ class ImagesAdapter(InputAdapter):
     def _load_high_res(self, path: Path, max_images: int | None) -> Media:
         if max_images is not None and max_images < 2:
             raise AdapterError(path, f"high_res needs max_images >= 2 (global view + tiles), got {max_images}")
-        image, meta = self.read_image(path)
         cap = self.max_tiles
         if max_images is not None:
             cap = max_images - 1 if cap is None else min(cap, max_images - 1)
+
+        def tiles_bytes(size: tuple[int, int]) -> int:
+            planned = plan_high_res(size, tile=self.tile, mode=self.split_mode, max_tiles=cap)
+            rows, cols = planned.grid
+            resized = planned.resized_size[0] * planned.resized_size[1] if planned.resized_size != size else 0
+            canvas = rows * cols * self.tile * self.tile  # the padded canvas, then the tiles cut from it
+            return RGB_BYTES_PER_PIXEL * (resized + 2 * canvas + self.tile * self.tile)
+
+        image, meta = self.read_image(path, plan=tiles_bytes)
+        check_time_budget("before splitting")
         plan = plan_high_res(image.size, tile=self.tile, mode=self.split_mode, max_tiles=cap)
         tiles = apply_plan(image, plan, self.background)
         overview = global_view(image, self.tile)

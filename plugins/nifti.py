@@ -57,6 +57,17 @@ Options
         detected where slices are read (still an error, never a partial result), and the
         CRC is not verified.
 
+Limits (each a keyword argument; over one: :class:`~longllava_sdk.errors.ResourceLimitError`)
+    All checked from the header before any voxel is read. ``max_pixels`` (2^26) per slice
+    (and per stored plane when slices are assembled across the slowest axis);
+    ``max_decoded_bytes`` (1 GiB) for the sampled slices (float32) plus their RGB images
+    (4 bytes per pixel); ``max_compression_ratio`` (1000) between the bytes the header
+    declares and the size of a ``.nii.gz`` (beyond deflate's own maximum of about 1032:1 the
+    header is simply wrong: an :class:`~longllava_sdk.errors.AdapterError`);
+    ``time_budget_s`` (60 s of CPU time, checked per MiB of gzip data and per slice or slab). The gzip stream is never decompressed whole: it is
+    streamed in 1 MiB chunks, and a stream longer than the header declares (plus 16 MiB) is
+    an error.
+
 Non-finite voxels
     NaN and +/-inf voxels are masked (black in every channel, excluded from normalisation)
     and counted in ``info["warnings"]``; a volume whose sampled slices hold no finite value
@@ -101,7 +112,20 @@ import numpy as np
 from nibabel.orientations import aff2axcodes, io_orientation
 from PIL import Image
 
-from longllava_sdk.adapters import InputAdapter, Source, sample_indices
+from longllava_sdk.adapters import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_TIME_BUDGET_S,
+    RGB_BYTES_PER_PIXEL,
+    InputAdapter,
+    Source,
+    check_limit,
+    check_time_budget,
+    confine,
+    format_bytes,
+    guarded_load,
+    sample_indices,
+    validate_limit,
+)
 from longllava_sdk.errors import AdapterError, ConfigError, UnsupportedSourceError, adapter_option_hint
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
@@ -116,10 +140,25 @@ AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NORMALISE_MAX_VALUES = 4_000_000
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
+#: Largest slice (rows x columns) decoded by default: 8192 x 8192.
+DEFAULT_MAX_PIXELS = 2**26
+#: Declared (decompressed) bytes over the .nii.gz size above which the header is refused.
+DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
+#: A gzip stream may run this far past what the header declares (extensions, padding).
+GZIP_SLACK_BYTES = 16 << 20
+#: Deflate's largest possible expansion (258-byte matches coded in about 2 bits).
+DEFLATE_MAX_RATIO = 1032
 
 
 class NiftiVolumeAdapter(InputAdapter):
-    """Reads one NIfTI volume into RAS-oriented, windowed RGB slices (see the module docstring)."""
+    """Reads one NIfTI volume into RAS-oriented, windowed RGB slices (see the module docstring).
+
+    Options (keyword arguments): ``axis``, ``window``, ``volume_index``, ``max_images``,
+    ``percentiles``, ``verify_gzip`` (see the module docstring), and the limits
+    ``max_pixels`` (largest slice, rows x columns), ``max_decoded_bytes`` (sampled slices
+    as float32 plus their RGB images), ``max_compression_ratio`` (declared bytes over the
+    ``.nii.gz`` size), ``time_budget_s`` (CPU seconds per load, ``None``: unlimited).
+    """
 
     name: ClassVar[str] = "nifti"
     kind: ClassVar[str] = "volume"
@@ -134,6 +173,10 @@ class NiftiVolumeAdapter(InputAdapter):
         max_images: int | None = DEFAULT_MAX_IMAGES,
         percentiles: tuple[float, float] = (0.5, 99.5),
         verify_gzip: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        max_compression_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
+        time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
     ) -> None:
         super().__init__()
         if not isinstance(axis, str) or axis.strip().lower() not in AXES:
@@ -149,7 +192,12 @@ class NiftiVolumeAdapter(InputAdapter):
         self.max_images = max_images
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.verify_gzip = bool(verify_gzip)
+        self.max_pixels = validate_limit("max_pixels", max_pixels, allow_none=False)
+        self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
+        self.max_compression_ratio = validate_limit("max_compression_ratio", max_compression_ratio, integer=False)
+        self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
 
+    @guarded_load
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read the volume in ``source`` into at most ``max_images`` RGB slices along ``axis``."""
         path = _single_path(source)
@@ -188,7 +236,24 @@ class NiftiVolumeAdapter(InputAdapter):
 
         offset = int(img.dataobj.offset)
         needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
-        _check_data_size(path, compressed, needed, self.verify_gzip)
+        if not compressed or not self.verify_gzip:
+            _check_data_size(path, compressed, needed, verify_gzip=False)  # cheap: file size / gzip trailer
+        if compressed:
+            stored_size = path.stat().st_size
+            if needed > DEFLATE_MAX_RATIO * stored_size + GZIP_SLACK_BYTES:
+                raise AdapterError(
+                    path,
+                    f"truncated or wrong header: dimensions {shape} ({dtype}) declare {needed} bytes of header + data, "
+                    f"but a {stored_size}-byte gzip file decompresses to at most about "
+                    f"{DEFLATE_MAX_RATIO * stored_size} bytes (deflate cannot exceed {DEFLATE_MAX_RATIO}:1)",
+                )
+            if self.max_compression_ratio is not None:
+                check_limit(
+                    path, round(needed / max(1, stored_size)), round(self.max_compression_ratio),
+                    "max_compression_ratio",
+                    f"the ratio of the {format_bytes(needed)} the header declares (shape {shape}, {dtype}) to the "
+                    f"{format_bytes(stored_size)} gzip file (an almost constant volume or a decompression bomb)",
+                )
 
         n_volumes = shape[3] if len(shape) == 4 else 1
         volume = self._volume_index(path, n_volumes, shape)
@@ -201,6 +266,9 @@ class NiftiVolumeAdapter(InputAdapter):
         stored = source_axis[canonical]
         count = spatial[stored]
         picks = sample_indices(count, budget)  # canonical indices along the slice axis
+        self._check_limits(path, spatial, stored, len(picks))
+        if compressed and self.verify_gzip:
+            _check_data_size(path, compressed, needed, verify_gzip=True)  # streams the whole gzip data once
 
         stored_indices = [count - 1 - k if flipped[stored] else k for k in picks]
         slices = _read_slices(path, img, shape, volume, stored, stored_indices)
@@ -229,7 +297,8 @@ class NiftiVolumeAdapter(InputAdapter):
             images.append(window_to_rgb(values, windows, mask=mask if mask.any() else None))  # type: ignore[arg-type]
             slices[index] = None  # type: ignore[call-overload]  # free as we go
 
-        canonical_affine = img.affine @ _reorient_matrix(ornt, spatial)
+        with np.errstate(all="ignore"):
+            canonical_affine = np.asarray(img.affine, dtype=np.float64) @ _reorient_matrix(ornt, spatial)
         zooms = [float(z) for z in header.get_zooms()[:3]] + [1.0] * (3 - min(3, len(header.get_zooms())))
         in_plane = [a for a in range(3) if a != canonical]  # canonical (column axis, row axis)
         metadata = []
@@ -238,9 +307,11 @@ class NiftiVolumeAdapter(InputAdapter):
             for axis in in_plane:
                 voxel[axis] = (spatial[source_axis[axis]] - 1) / 2.0
             voxel[canonical] = k
+            with np.errstate(all="ignore"):
+                position = float((canonical_affine @ voxel)[canonical])
             metadata.append(
                 {
-                    "slice_position": float((canonical_affine @ voxel)[canonical]),
+                    "slice_position": position if np.isfinite(position) else None,
                     "slice_index": int(k),
                     "voxel_index": int(count - 1 - k if flipped[stored] else k),
                     "window": label,
@@ -250,7 +321,7 @@ class NiftiVolumeAdapter(InputAdapter):
         slope, inter = getattr(img.dataobj, "slope", None), getattr(img.dataobj, "inter", None)
         info = {
             "orientation": "RAS",
-            "original_orientation": "".join(aff2axcodes(img.affine)),
+            "original_orientation": _axis_codes(img.affine),
             "affine_source": affine_source,
             "axis": self.axis,
             "spacing": {
@@ -271,6 +342,21 @@ class NiftiVolumeAdapter(InputAdapter):
             "warnings": warnings,
         }
         return Media(kind="volume", images=images, metadata=metadata, source=str(path), info=info)
+
+    def _check_limits(self, path: Path, spatial: tuple[int, ...], stored: int, n_picks: int) -> None:
+        """Slice size and decoded bytes of the sampled slices, before any voxel is read."""
+        rest = [a for a in range(3) if a != stored]
+        slice_pixels = spatial[rest[0]] * spatial[rest[1]]
+        check_limit(path, slice_pixels, self.max_pixels, "max_pixels",
+                    f"one {self.axis} slice ({spatial[rest[0]]} x {spatial[rest[1]]} voxels)")
+        if stored != 2:  # slices assembled from slabs of whole stored planes along the slowest axis
+            check_limit(path, spatial[0] * spatial[1], self.max_pixels, "max_pixels",
+                        f"one stored plane ({spatial[0]} x {spatial[1]} voxels, read whole to assemble "
+                        f"{self.axis} slices)")
+        needed = n_picks * slice_pixels * (4 + RGB_BYTES_PER_PIXEL)
+        check_limit(path, needed, self.max_decoded_bytes, "max_decoded_bytes",
+                    f"the {n_picks} sampled slice(s) of {spatial[rest[0]]} x {spatial[rest[1]]} voxels (float32 "
+                    "values and RGB images)", unit="bytes", hint="lower max_images")
 
     def _volume_index(self, path: Path, n_volumes: int, shape: tuple[int, ...]) -> int | None:
         if n_volumes == 1:
@@ -302,7 +388,7 @@ def _single_path(source: Source) -> Path:
     path = Path(source)  # type: ignore[arg-type]
     if not path.is_file():
         raise AdapterError(path, "no such file" if not path.exists() else "not a file")
-    return path
+    return confine(path)
 
 
 def _check_container(path: Path) -> bool:
@@ -364,13 +450,21 @@ def _check_data_size(path: Path, compressed: bool, needed: int, verify_gzip: boo
         _check_gzip_trailer(path, needed)
         return
     total = 0
+    cap = needed + GZIP_SLACK_BYTES
     try:
         with gzip.open(path, "rb") as stream:
             while True:
+                check_time_budget(f"verifying the gzip stream, {format_bytes(total)} decompressed")
                 chunk = stream.read(_CHUNK)
                 if not chunk:
                     break
                 total += len(chunk)
+                if total > cap:
+                    raise AdapterError(
+                        path,
+                        f"the gzip stream decompresses to more than {format_bytes(cap)}, far more than the "
+                        f"{needed} bytes of header + data the dimensions declare (corrupt header or appended data)",
+                    )
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         where = f" after {total} decompressed bytes" if total else ""
         raise AdapterError(path, f"corrupt or truncated gzip data{where} ({type(exc).__name__}: {exc})") from exc
@@ -411,11 +505,26 @@ def _orientation(img: Any, warnings: list[str]) -> tuple[np.ndarray, str]:
     if source == "none":
         warnings.append("no sform/qform: orientation unknown, the voxel grid is assumed to be RAS")
     affine = np.asarray(img.affine, dtype=np.float64)
-    ornt = io_orientation(affine)
+    ras = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    if not np.isfinite(affine).all():
+        warnings.append(f"the {source} affine holds NaN or infinite values: the voxel grid is assumed to be RAS")
+        return ras, source
+    with np.errstate(all="ignore"):
+        ornt = io_orientation(affine)
     if not np.isfinite(ornt).all() or sorted(int(a) for a in ornt[:3, 0]) != [0, 1, 2]:
         warnings.append("degenerate affine (an axis has no direction): the voxel grid is assumed to be RAS")
-        ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+        ornt = ras
     return ornt[:3], source
+
+
+def _axis_codes(affine: np.ndarray) -> str:
+    """Axis codes of the file's affine (``"LAS"``...), ``"?"`` for an axis without a direction."""
+    matrix = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        return "???"
+    with np.errstate(all="ignore"):
+        codes = aff2axcodes(matrix)
+    return "".join(code or "?" for code in codes)
 
 
 def _reorient_matrix(ornt: np.ndarray, spatial: tuple[int, int, int]) -> np.ndarray:
@@ -480,6 +589,7 @@ def _read_slices(
     slowest = 2
     if stored == slowest:
         for i in order:
+            check_time_budget(f"reading slice {indices[i]}")
             out[i] = read((full, full, indices[i]))
         return out  # type: ignore[return-value]
 
@@ -489,6 +599,7 @@ def _read_slices(
     step = max(1, SLAB_BYTES // max(1, plane_bytes))
     for z0 in range(0, spatial[slowest], step):
         z1 = min(spatial[slowest], z0 + step)
+        check_time_budget(f"reading planes {z0}..{z1 - 1}")
         slab = read((full, full, slice(z0, z1)))  # (nx, ny, dz)
         for i in order:
             index = indices[i]

@@ -50,6 +50,15 @@ Robustness
       non-video file.
     * Rotation metadata (the display matrix phones write) is applied, so portrait videos
       come out portrait; ``info["rotation"]`` gives the angle (counter-clockwise degrees).
+    * Container and stream metadata that is not valid UTF-8 is decoded with replacement
+      characters instead of failing.
+
+Limits (each a keyword argument; over one: :class:`~longllava_sdk.errors.ResourceLimitError`)
+    ``max_pixels`` (2^26, e.g. 8192 x 8192) per coded frame, checked from the stream header
+    and again on every decoded frame before it is converted; ``max_frames`` (1,000,000)
+    packets indexed by the demux pass; ``max_decoded_bytes`` (1 GiB) for the output frames
+    (4 bytes per pixel), checked before decoding; ``time_budget_s`` (60 s of CPU time of the
+    calling thread, checked every 4096 packets and every decoded frame).
 
 Example::
 
@@ -70,13 +79,31 @@ from typing import Any, Iterator, Literal
 
 from PIL import Image
 
-from longllava_sdk.adapters import InputAdapter, Source, ensure_local_path, sample_indices, single_source
-from longllava_sdk.errors import AdapterError
+from longllava_sdk.adapters import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_TIME_BUDGET_S,
+    RGB_BYTES_PER_PIXEL,
+    InputAdapter,
+    Source,
+    check_limit,
+    check_time_budget,
+    confine,
+    ensure_local_path,
+    guarded_load,
+    sample_indices,
+    single_source,
+    validate_limit,
+)
+from longllava_sdk.errors import AdapterError, ConfigError
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
 
 SamplingMode = Literal["uniform", "fps", "segments"]
 DEFAULT_NUM_FRAMES = 64
+#: Largest coded frame (width x height) decoded by default: 8192 x 8192.
+DEFAULT_MAX_PIXELS = 2**26
+#: Most packets the demux pass indexes by default (about 9 hours at 30 fps).
+DEFAULT_MAX_FRAMES = 1_000_000
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
     ".wmv", ".asf", ".flv", ".3gp", ".3g2", ".ogv",
@@ -88,7 +115,7 @@ _MANIFESTS = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"<smil", b"[playlist]
 
 
 def _require_local_file(source: Source) -> Path:
-    path = ensure_local_path(single_source(source, "video"), what="video file")
+    path = confine(ensure_local_path(single_source(source, "video"), what="video file"))
     with path.open("rb") as handle:
         head = handle.read(64)
     if not head:
@@ -218,6 +245,10 @@ class VideoAdapter(InputAdapter):
             ``segments``).
         stream: which video stream (0 = the first).
         resize_interpolation: swscale interpolation for the on-the-fly resize.
+        max_pixels: refuse streams whose coded frames are larger than this (width x height).
+        max_frames: refuse files with more video packets than this (the demux pass stops).
+        max_decoded_bytes: bound on the output frames (4 bytes per pixel).
+        time_budget_s: CPU seconds one ``load`` may use (``None``: unlimited).
     """
 
     name = "video"
@@ -239,6 +270,10 @@ class VideoAdapter(InputAdapter):
         keep_endpoints: bool | None = None,
         stream: int = 0,
         resize_interpolation: str = "AREA",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
     ) -> None:
         if sampling not in ("uniform", "fps", "segments"):
             raise ValueError(f"sampling must be 'uniform', 'fps' or 'segments', got {sampling!r}")
@@ -261,16 +296,25 @@ class VideoAdapter(InputAdapter):
         self.keep_endpoints = keep_endpoints
         self.stream = stream
         self.resize_interpolation = resize_interpolation
+        self.max_pixels = validate_limit("max_pixels", max_pixels, allow_none=False)
+        self.max_frames = validate_limit("max_frames", max_frames, allow_none=False)
+        self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
+        self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
 
     # -- container access -----------------------------------------------------------------
     def _open(self, path: Path) -> Any:
         import av
 
         try:
-            # An absolute path can never be read as "protocol:..." by FFmpeg.
-            return av.open(str(path.resolve()), options=dict(_OPEN_OPTIONS))
+            # An absolute path can never be read as "protocol:..." by FFmpeg. Metadata that is
+            # not UTF-8 is decoded with replacement characters instead of failing.
+            return av.open(str(path.resolve()), options=dict(_OPEN_OPTIONS), metadata_errors="replace")
         except av.error.EOFError as exc:
             raise AdapterError(path, f"file ends before any video data (empty or zero-frame video): {exc}") from exc
+        except av.error.MemoryError as exc:
+            # FFmpeg refuses absurd counts/sizes (sample tables...) with ENOMEM before allocating
+            raise AdapterError(path, "corrupt container: a size or count in its header asks FFmpeg for more memory "
+                                     f"than the file can need ({exc})") from exc
         except av.error.InvalidDataError as exc:
             raise AdapterError(path, "not a video FFmpeg can read (unknown container, or corrupt / "
                                      f"truncated header): {exc}") from exc
@@ -288,7 +332,12 @@ class VideoAdapter(InputAdapter):
         if codec is None or not getattr(codec, "name", None) or codec.name == "none":
             raise AdapterError(path, "video stream uses a codec FFmpeg has no decoder for (unknown or "
                                      "unsupported codec); cannot decode")
+        self._check_frame_size(path, codec.width or 0, codec.height or 0)
         return stream
+
+    def _check_frame_size(self, path: Path, width: int, height: int) -> None:
+        check_limit(path, width * height, self.max_pixels, "max_pixels",
+                    f"the coded frame size {width} x {height} px")
 
     def _index(self, path: Path) -> tuple[_Index, dict[str, Any]]:
         """Demux-only pass: every video packet's timestamp and keyframe flag (no decoding)."""
@@ -314,7 +363,12 @@ class VideoAdapter(InputAdapter):
             if stream.time_base is None:
                 raise AdapterError(path, "video stream has no time base; cannot place frames in time")
             try:
-                for packet in container.demux(stream):
+                for count, packet in enumerate(container.demux(stream)):
+                    if count >= self.max_frames:
+                        check_limit(path, count + 1, self.max_frames, "max_frames",
+                                    "the number of video packets", hint="the demux pass stopped there")
+                    if count % 4096 == 4095:
+                        check_time_budget(f"indexing packets, after {count + 1}")
                     if packet.size == 0 or packet.is_discard:
                         continue
                     ts = packet.pts if packet.pts is not None else packet.dts
@@ -331,10 +385,11 @@ class VideoAdapter(InputAdapter):
         return index, facts
 
     # -- public ---------------------------------------------------------------------------
+    @guarded_load
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Sample frames from one local video file (see the module docstring)."""
         if max_images is not None and max_images < 1:
-            raise ValueError(f"max_images must be >= 1, got {max_images}")
+            raise ConfigError(f"max_images must be >= 1, got {max_images}")
         path = _require_local_file(source)
         index, facts = self._index(path)
         warnings_: list[str] = []
@@ -364,6 +419,11 @@ class VideoAdapter(InputAdapter):
         count = min(budget) if budget else DEFAULT_NUM_FRAMES
         chosen = [lo + i for i in select_frames(all_times[lo:hi], self.sampling, count, self.fps,
                                                   self.keep_endpoints)]
+        out_w, out_h = output_size(max(1, facts["width"] or 1), max(1, facts["height"] or 1),
+                                   facts["sample_aspect"], self.max_side)
+        check_limit(path, len(chosen) * max(out_w, out_h) ** 2 * RGB_BYTES_PER_PIXEL, self.max_decoded_bytes,
+                    "max_decoded_bytes", f"the {len(chosen)} output frame(s) of up to {self.max_side} px "
+                    "(4 bytes per pixel)", unit="bytes", hint="lower num_frames / max_images or max_side")
         frames, metadata, stats = self._decode(path, index, chosen, time_base, origin)
         if stats["decode_errors"]:
             warnings_.append(f"{stats['decode_errors']} packets failed to decode and were skipped")
@@ -452,6 +512,7 @@ class VideoAdapter(InputAdapter):
                     frame_iter = self._frames(container, stream, stats)
                 found = None
                 for frame in frame_iter:
+                    check_time_budget(f"decoding, {len(frames)} of {len(targets)} frames done")
                     pts = frame.pts if frame.pts is not None else frame.dts
                     if pts is None:
                         continue
@@ -471,6 +532,7 @@ class VideoAdapter(InputAdapter):
                 following = bisect.bisect_right(targets, pts, lo=t + 1)
                 stats["missed"] += following - (t + 1)
                 t = following
+                self._check_frame_size(path, found.width, found.height)
                 size = output_size(found.width, found.height, sample_aspect, self.max_side)
                 image = found.to_image(width=size[0], height=size[1], interpolation=self.resize_interpolation)
                 rotation = getattr(found, "rotation", 0) or 0

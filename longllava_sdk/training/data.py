@@ -43,6 +43,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..adapters import allowed_root
 from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
 from ..media import Media
@@ -457,7 +458,15 @@ class MediaLoader:
         return min(limits) if limits else None
 
     def load(self, source: MediaSource, n_sources: int = 1, paths: list[Path] | None = None) -> Media:
-        """Read one source into :class:`Media` (raises the path check's or the adapter's typed error)."""
+        """Read one source into :class:`Media` (raises the path check's or the adapter's typed error).
+
+        Every file the adapter opens (files of a folder, symlinks resolved) must lie inside the
+        data root (:func:`~longllava_sdk.adapters.allowed_root`).
+        """
+        with allowed_root(self.root):
+            return self._load(source, n_sources, paths)
+
+    def _load(self, source: MediaSource, n_sources: int, paths: list[Path] | None) -> Media:
         paths = paths if paths is not None else self.resolve_paths(source)
         name = self.adapter_name(source, paths)
         options = self.recipe.adapter_options(name) if self.recipe is not None else {}

@@ -24,7 +24,7 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from longllava_sdk.errors import AdapterError, LongLLaVAError
+from longllava_sdk.errors import AdapterError, LongLLaVAError, ResourceLimitError
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,8 @@ RASTER_VIDEO_BAD_INPUTS: list[BadInput] = [
     BadInput("tiff_truncated", "geotiff", _truncated_tiff, AdapterError, "truncated"),
     BadInput("tiff_wrong_magic", "geotiff", _wrong_magic_tiff, AdapterError, "not a tiff"),
     BadInput("tiff_vrt_disguised", "geotiff", _vrt_disguised, AdapterError, "vrt"),
-    BadInput("tiff_huge_declared_dims", "geotiff", _huge_declared_tiff, AdapterError, "decompression bomb"),
-    BadInput("tiff_corrupt_ifd", "geotiff", _corrupt_ifd_tiff, AdapterError, "cannot read as geotiff"),
+    BadInput("tiff_huge_declared_dims", "geotiff", _huge_declared_tiff, ResourceLimitError, "decompression bomb"),
+    BadInput("tiff_corrupt_ifd", "geotiff", _corrupt_ifd_tiff, AdapterError, "corrupt tiff"),
     BadInput("tiff_empty", "geotiff", _empty("empty.tif"), AdapterError, "empty file"),
     BadInput("tiff_vsicurl", "geotiff", _url("/vsicurl/http://127.0.0.1:9/scene.tif"), AdapterError,
              "virtual file systems", is_file=False),
