@@ -188,6 +188,8 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Recipe | None = None) -> 
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(path, f"not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise InputError(path, "JSON nested too deeply to be a data file") from None
         if not isinstance(data, list):
             raise InputError(path, f"a .json data file must hold a list of rows, got {type(data).__name__}")
         raw_rows = [(f"item {i}", row) for i, row in enumerate(data)]
@@ -199,6 +201,8 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Recipe | None = None) -> 
                 raw_rows.append((f"line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 raw_rows.append((f"line {number}", _Invalid(f"not valid JSON: {exc.msg} at column {exc.colno}")))
+            except RecursionError:
+                raw_rows.append((f"line {number}", _Invalid("JSON nested too deeply to be a row")))
     elif suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "source" not in [f.strip() for f in reader.fieldnames]:
@@ -370,15 +374,21 @@ def resolve_data_path(value: str | os.PathLike[str], root: str | os.PathLike[str
     text = os.fspath(value)
     if _URL.match(text) or text.startswith("/vsi"):
         raise InputError(text, "URLs and virtual file systems are not allowed in training data; use local files")
-    real_root = Path(os.path.realpath(root))
-    candidate = Path(text).expanduser()
-    joined = Path(os.path.abspath(candidate if candidate.is_absolute() else real_root / candidate))
-    real = Path(os.path.realpath(joined))
+    if "\x00" in text:
+        raise InputError(repr(text), "a path cannot contain a NUL character")
+    try:
+        real_root = Path(os.path.realpath(root))
+        candidate = Path(text).expanduser()
+        joined = Path(os.path.abspath(candidate if candidate.is_absolute() else real_root / candidate))
+        real = Path(os.path.realpath(joined))
+        exists = real.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the filesystem, an unusable string
+        raise InputError(text[:200], f"unusable path: {exc}") from None
     if not _inside(real, real_root):
         how = "absolute path" if candidate.is_absolute() else "path"
         via = " through a symlink" if _inside(joined, real_root) else ""
         raise InputError(text, f"{how} leaves the data root {real_root}{via}")
-    if not real.exists():
+    if not exists:
         raise InputError(text, f"file not found (looked for {real})")
     return real
 
