@@ -240,12 +240,23 @@ class _Limits:
 class DicomSeriesAdapter(InputAdapter):
     """Reads one DICOM series into ordered, windowed RGB slices (see the module docstring).
 
-    Options (keyword arguments): ``window``, ``series_uid``, ``max_images``,
-    ``allow_non_parallel``, ``percentiles`` (see the module docstring), and the limits
-    ``max_pixels`` (largest image, Rows x Columns), ``max_frames`` (images indexed by the
-    header pass), ``max_decoded_bytes`` (one decoded frame, a deflated file inflated whole,
-    the output images), ``max_compression_ratio`` (declared pixel bytes over a deflated
-    file's size) and ``time_budget_s`` (CPU seconds per load, ``None``: unlimited).
+    Args:
+        window: ``"auto"`` (the window stored in each slice, else percentile normalisation),
+            ``"dicom"`` (the stored window, an error when missing), a preset name (``lung``,
+            ``mediastinum``, ``abdomen``, ``liver``, ``bone``, ``brain``, ``subdural``),
+            ``"WIDTH,LEVEL"`` such as ``"400,40"``, three of those stacked as R/G/B
+            (``lung,mediastinum,bone``), or ``None`` for percentile normalisation (MR).
+        series_uid: the SeriesInstanceUID to read when a folder holds several series.
+        max_images: slices returned at most (sampled evenly, first and last kept).
+        allow_non_parallel: order slices whose orientations differ along the main normal
+            instead of refusing them.
+        percentiles: the normalisation percentiles when ``window`` is ``None``.
+        max_pixels: largest image accepted (Rows x Columns).
+        max_frames: images the header pass may index (files x frames).
+        max_decoded_bytes: bound on one decoded frame, a deflated file inflated whole and the
+            output images.
+        max_compression_ratio: declared pixel bytes over a deflated file's size.
+        time_budget_s: CPU seconds one load may use (``None``: unlimited).
     """
 
     name: ClassVar[str] = "dicom"

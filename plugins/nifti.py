@@ -153,11 +153,18 @@ DEFLATE_MAX_RATIO = 1032
 class NiftiVolumeAdapter(InputAdapter):
     """Reads one NIfTI volume into RAS-oriented, windowed RGB slices (see the module docstring).
 
-    Options (keyword arguments): ``axis``, ``window``, ``volume_index``, ``max_images``,
-    ``percentiles``, ``verify_gzip`` (see the module docstring), and the limits
-    ``max_pixels`` (largest slice, rows x columns), ``max_decoded_bytes`` (sampled slices
-    as float32 plus their RGB images), ``max_compression_ratio`` (declared bytes over the
-    ``.nii.gz`` size), ``time_budget_s`` (CPU seconds per load, ``None``: unlimited).
+    Args:
+        axis: slicing axis in RAS: ``axial``, ``coronal`` or ``sagittal``.
+        window: a CT window (a preset name such as ``lung``, ``"WIDTH,LEVEL"``, or three of
+            those stacked as R/G/B), or ``None`` for percentile normalisation (MR).
+        volume_index: which volume of a 4-D image (time point, diffusion direction).
+        max_images: slices returned at most (sampled evenly, first and last kept).
+        percentiles: the normalisation percentiles when ``window`` is ``None``.
+        verify_gzip: read a ``.nii.gz`` to its end to check its CRC (catches truncation).
+        max_pixels: largest slice accepted (rows x columns).
+        max_decoded_bytes: bound on the sampled slices as float32 plus their RGB images.
+        max_compression_ratio: declared bytes over the ``.nii.gz`` file size.
+        time_budget_s: CPU seconds one load may use (``None``: unlimited).
     """
 
     name: ClassVar[str] = "nifti"

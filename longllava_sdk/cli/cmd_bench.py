@@ -19,7 +19,13 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "adapters-medical": ("bench_adapters_medical.py", []),
     "adapters-raster-video": ("bench_adapters_raster_video.py", []),
     "learnability": ("learnability.py", []),
+    # ~2 minutes: 20 SIGKILLs of a real finetune run, each followed by --resume
+    "fault-injection": ("fault_injection.py", ["--kills", "20"]),
 }
+
+
+#: Suites run only when named (minutes each, or they stress the machine on purpose).
+_ON_REQUEST = {"learnability", "fault-injection"}
 
 
 def benchmarks_dir() -> Path:
@@ -34,10 +40,11 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability);
-            default: all but learnability (which takes up to 10 minutes).
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability,
+            fault-injection); default: all but learnability (up to 10 minutes) and fault-injection
+            (about 2 minutes of repeated SIGKILLs).
     """
-    names = suite or [name for name in SUITES if name != "learnability"]
+    names = suite or [name for name in SUITES if name not in _ON_REQUEST]
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise ConfigError(f"unknown benchmark suite(s) {unknown}; available: {', '.join(SUITES)}")
