@@ -17,6 +17,7 @@ both (it imports neither).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .heads import TaskHead
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "TRAINING_INFO_NAME", "STATE_WEIGHTS_NAME",
@@ -91,13 +94,16 @@ def save_model(model: torch.nn.Module, processor: LongLLaVAProcessor, output: st
 
 
 def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-               dtype: str | torch.dtype | None = None, allow_pickle: bool = False
+               dtype: str | torch.dtype | None = None, allow_pickle: bool = False, quantize: str | None = None
                ) -> tuple[LongLLaVAForConditionalGeneration, LongLLaVAProcessor]:
     """Model and processor from a local model folder (never a hub; safetensors unless ``allow_pickle``).
 
     Args:
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:1"``...
         dtype: ``None``/``"auto"``: bf16 on CUDA, fp32 on CPU.
+        quantize: ``"int8"``: the language model's linear layers in 8 bits, Mamba and the
+            vision path kept (:mod:`longllava_sdk.quantization`): torch dynamic quantization on
+            CPU, bitsandbytes LLM.int8 on CUDA.
 
     Raises:
         CheckpointError: no such folder, no weights; UnsafeCheckpointError: pickle weights
@@ -107,14 +113,25 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
+    from .quantization import QUANTIZE_MODES, bitsandbytes_config, quantize_model
+
     path = Path(path)
     use_safetensors = check_weights_safe(path, allow_pickle=allow_pickle)
     target = resolve_device(device)
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise CheckpointError(f"unknown {option_hint('quantize', quantize)}; supported: {', '.join(QUANTIZE_MODES)}")
     config = LongLLaVAConfig.from_pretrained(path, local_files_only=True)
+    extra: dict[str, Any] = {}
+    if quantize is not None and target.type == "cuda":  # bitsandbytes quantizes while loading
+        extra = {"quantization_config": bitsandbytes_config(), "device_map": {"": target.index or 0}}
     model = LongLLaVAForConditionalGeneration.from_pretrained(
         path, config=config, dtype=resolve_dtype(dtype, target), use_safetensors=use_safetensors,
-        local_files_only=True,
-    ).to(target)
+        local_files_only=True, **extra,
+    )
+    if not extra:
+        model = model.to(target)
+    if quantize is not None and target.type == "cpu":
+        logger.info(quantize_model(model, quantize).summary())
     return model, LongLLaVAProcessor.from_pretrained(path, config=config)
 
 

@@ -107,9 +107,13 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
-                        allow_pickle: bool = False) -> "Pipeline":
-        """Load model, processor and task head from a local model folder (safetensors only unless ``allow_pickle``)."""
-        model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+                        allow_pickle: bool = False, quantize: str | None = None) -> "Pipeline":
+        """Load model, processor and task head from a local model folder (safetensors only unless ``allow_pickle``).
+
+        ``quantize="int8"`` runs the language model's linear layers in 8 bits (Mamba and the
+        vision path kept; :mod:`longllava_sdk.quantization`).
+        """
+        model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
         get_plugin_manager().hook.longllava_model_loaded(model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
         return cls(model, processor, head=None if head is None or head.generates else head)

@@ -18,6 +18,7 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "scan": ("bench_scan.py", ["--full"]),
     "adapters-medical": ("bench_adapters_medical.py", []),
     "adapters-raster-video": ("bench_adapters_raster_video.py", []),
+    "int8": ("bench_int8.py", []),
     "learnability": ("learnability.py", []),
     # ~2 minutes: 20 SIGKILLs of a real finetune run, each followed by --resume
     "fault-injection": ("fault_injection.py", ["--kills", "20"]),
@@ -40,7 +41,7 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability,
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, learnability,
             fault-injection); default: all but learnability (up to 10 minutes) and fault-injection
             (about 2 minutes of repeated SIGKILLs).
     """

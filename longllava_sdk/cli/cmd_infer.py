@@ -21,6 +21,7 @@ def infer(
     max_new_tokens: int = 256,
     device: str = "auto",
     dtype: str | None = None,
+    quantize: str | None = None,
     stream: bool = True,
 ) -> None:
     """Run the model on a prompt and media and print the answer (or the task head's prediction).
@@ -41,13 +42,14 @@ def infer(
         max_new_tokens: generation length limit.
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
+        quantize: int8: the language model's linear layers in 8 bits (Mamba and vision kept).
         stream: print pieces as they are generated.
     """
     import json
 
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(model, device=device, dtype=dtype)
+    pipe = Pipeline.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
     media: dict[str, Any] = {k: v for k, v in dict(video=video, volume=volume, tiled=tiled, adapter=adapter,
                                                    adapter_options=adapter_options, max_images=max_images).items()
                              if v is not None}
