@@ -299,3 +299,12 @@ def test_training_collator_pads_right_and_orders_images(root, proc):
     heads = TrainingCollator(proc)([data_mod.TrainingSample([1], [1], head_labels=[1.0, 0.0]),
                                     data_mod.TrainingSample([1, 2], [1, 2], head_labels=[0.0, 1.0])])
     assert heads["head_labels"].dtype == torch.float32 and heads["head_labels"].shape == (2, 2)
+
+
+def test_manifest_fields_of_the_wrong_type_are_row_problems(tmp_path):
+    """Fuzzing found an adapter given as an object crashing the loader: it is a row problem now."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"source": "x.png", "adapter": {"name": "dicom"}, "question": "q", "answer": "a"})
+                    + "\n" + json.dumps({"source": "x.png", "adapter": ["images"], "answer": "a"}) + "\n")
+    rows = read_rows(path)
+    assert ["'adapter' must be an adapter name" in " ".join(r.problems) for r in rows] == [True, True]

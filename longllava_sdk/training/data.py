@@ -326,6 +326,9 @@ def _parse_manifest(raw: dict[str, Any], row: DataRow, recipe: Recipe | None) ->
         row.problems.append(f"'source' must be a path (or a list of paths), got {source!r}")
     else:
         adapter = raw.get("adapter") or None
+        if adapter is not None and not isinstance(adapter, str):
+            row.problems.append(f"'adapter' must be an adapter name, got {adapter!r}")
+            adapter = None
         options = raw.get("options") or {}
         if isinstance(options, str):  # CSV: a JSON object in a cell
             try:
