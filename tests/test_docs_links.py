@@ -45,6 +45,7 @@ def _links(path: Path) -> list[str]:
 
 def test_slug_rules():
     assert github_slug("Key map: official -> SDK") == "key-map-official---sdk"
+    assert github_slug("Key map: official to SDK") == "key-map-official-to-sdk"
     assert github_slug("`longllava_register_heads`") == "longllava_register_heads"
 
 
