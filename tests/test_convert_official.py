@@ -343,7 +343,8 @@ def test_converted_model_runs_and_round_trips(moe_case, tmp_path, rgb_images):
     processor = LongLLaVAProcessor.from_pretrained(dst)
     assert processor.tokens_per_image == 144 and processor.pad_to_square
     assert processor.image_processor.crop_size["height"] == 336
-    batch = processor(text="What is shown in the image?", images=[rgb_images[0]])
+    batch = processor(messages=[{"role": "user", "content": "What is shown in the image?",
+                                 "media": [rgb_images[0]]}])
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape[-1] == TEXT.vocab_size and torch.isfinite(logits).all()

@@ -35,7 +35,7 @@ def rendered(pipe, monkeypatch):
     original = pipe.processor.encode_conversation
 
     def spy(messages, **kwargs):
-        text = pipe.processor.apply_chat_template(messages, kwargs.get("add_generation_prompt", False))
+        text = pipe.processor.render_conversation(messages, kwargs.get("add_generation_prompt", False))
         sample = original(messages, **kwargs)
         calls.append((text, len(sample.images)))
         return sample

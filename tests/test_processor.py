@@ -66,7 +66,7 @@ def test_chat_template_matches_released_model(processor):
         {"role": "assistant", "content": "Hello"},
         {"role": "user", "content": "Again"},
     ]
-    assert processor.apply_chat_template(messages) == (
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == (
         "<|startoftext|><|User|>\nHi\n<|startoftext|><|Assistant|>\nHello\n"
         "<|startoftext|><|User|>\nAgain\n<|startoftext|><|Assistant|>\n"
     )
@@ -119,7 +119,10 @@ def test_preprocess_images_shape_and_padding(processor):
 
 
 def test_batch_call_left_pads_for_generation(processor):
-    batch = processor(["short", "a much longer prompt than the other"], images=[[_img()], []])
+    prompts = [processor.apply_chat_template([{"role": "user", "content": text, "media": media}],
+                                             add_generation_prompt=True)
+               for text, media in (("short", [_img()]), ("a much longer prompt than the other", []))]
+    batch = processor(prompts, images=[[_img()], []])
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 1
     # the text-only prompt is shorter than the one with 144 image tokens: padded on the left
     assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][1, -1] == 1

@@ -12,21 +12,36 @@ It turns conversations with attached media into model inputs::
 A message's ``media`` items (``Media`` objects, PIL images or image paths) belong to that
 message. If its text holds ``<image>`` markers, there must be one per media item and each is
 replaced by that item's protocol string; otherwise the media are put before the text.
+
+The processor is also a transformers ``ProcessorMixin`` registered with ``AutoProcessor``, with
+the calling conventions of transformers' processors (docs/checkpoints.md, "Plain transformers,
+peft and the HF pipeline"):
+
+* ``processor(text=prompt, images=[...])`` takes an already chat-templated prompt and expands
+  each ``<image>`` (inside the protocol's ``<img><image></img>``) to ``tokens_per_image``
+  placeholder ids; ``processor(messages=conversation)`` templates an SDK conversation itself.
+* ``processor.apply_chat_template(conversation)`` renders the Jinja template saved with the
+  processor (``protocol.CHAT_TEMPLATE``), from SDK messages or HF content parts.
+* ``decode`` / ``batch_decode`` / ``post_process_image_text_to_text`` drop the placeholder id.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, Tuple
+from typing import Any, Iterable, Literal, Mapping, Sequence, Tuple
 
 import torch
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
-from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoProcessor, AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast, ProcessorMixin)
 
+from ..config import LongLLaVAConfig
 from ..errors import InputError, ProtocolError
 from ..highres import expand_to_square, mean_colour
 from ..media import Media
@@ -34,7 +49,14 @@ from . import protocol
 from .tokenizer import build_tokenizer
 
 IGNORE_INDEX = -100
+#: The SDK's processor settings (what SDK versions before the transformers integration read).
 PROCESSOR_CONFIG = "longllava_processor.json"
+#: transformers' processor config: ``processor_class`` (what ``AutoProcessor`` dispatches on)
+#: and the same settings.
+HF_PROCESSOR_CONFIG = "processor_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+#: The settings both files hold; a folder whose two files disagree is refused.
+_SETTINGS = ("tokens_per_image", "image_token_id", "pad_to_square")
 Truncation = Literal["error", "drop"]
 #: How a template segment is labelled: ``ignore`` (-100), ``copy`` (its own ids, an answer) or
 #: ``eos`` (the separator after a non-final answer: ``\n`` in the input, ``<|endoftext|>`` as
@@ -42,6 +64,8 @@ Truncation = Literal["error", "drop"]
 LabelMode = Literal["ignore", "copy", "eos"]
 Segment = Tuple[str, LabelMode]
 MediaLike = Media | Image.Image | str | os.PathLike[str]
+Conversation = Sequence[Mapping[str, Any]]
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass
@@ -57,17 +81,36 @@ class EncodedSample:
 
 
 def as_media(item: MediaLike) -> Media:
-    """Wrap a PIL image or an image path as single-image :class:`Media`; pass ``Media`` through."""
+    """Wrap a PIL image or a local image path as single-image :class:`Media`; pass ``Media`` through.
+
+    Raises:
+        InputError: ``item`` is a URL: images are read from local files only (nothing is
+            downloaded behind the caller's back).
+    """
     if isinstance(item, Media):
         return item
     if isinstance(item, Image.Image):
         return Media(kind="images", images=[item.convert("RGB")])
+    if isinstance(item, str) and _URL.match(item):
+        raise InputError(item, "images are read from local files only; download it and pass the local path")
     from ..plugin_manager import resolve_adapter
 
     return resolve_adapter(item, kind="images").load(item)
 
 
-class LongLLaVAProcessor:
+def _raise_template_error(message: str) -> None:
+    raise TemplateError(message)
+
+
+# One sandboxed environment for every render: the template is data from a model folder, so it
+# may not reach Python internals. ``raise_exception`` is the helper chat templates conventionally
+# call (transformers' renderer defines the same name), so a saved template renders the same here
+# and in transformers.
+_JINJA = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+_JINJA.globals["raise_exception"] = _raise_template_error
+
+
+class LongLLaVAProcessor(ProcessorMixin):
     """Tokenizer, CLIP image processor and tag protocol for LongLLaVA.
 
     Args:
@@ -77,7 +120,12 @@ class LongLLaVAProcessor:
         tokens_per_image: placeholder ids per image (must match the model config).
         image_token_id: the placeholder id (the model config's ``image_token_id``).
         pad_to_square: pad images to squares in the CLIP mean colour before resizing.
+        chat_template: the Jinja chat template (default: :data:`protocol.CHAT_TEMPLATE`, the
+            released model's layout).
     """
+
+    #: The marker each image occupies in templated text (HF processors expose the name).
+    image_token = protocol.IMAGE_PLACEHOLDER
 
     def __init__(
         self,
@@ -86,12 +134,14 @@ class LongLLaVAProcessor:
         tokens_per_image: int = 144,
         image_token_id: int | None = None,
         pad_to_square: bool = True,
+        chat_template: str | None = None,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.tokens_per_image = tokens_per_image
-        self.image_token_id = len(tokenizer) if image_token_id is None else image_token_id
-        self.pad_to_square = pad_to_square
+        # ProcessorMixin takes its sub-processors from the names of this signature's parameters
+        # (``tokenizer``, ``image_processor``), checks their types and stores the template.
+        super().__init__(tokenizer, image_processor, chat_template=chat_template or protocol.CHAT_TEMPLATE)
+        self.tokens_per_image = int(tokens_per_image)
+        self.image_token_id = len(tokenizer) if image_token_id is None else int(image_token_id)
+        self.pad_to_square = bool(pad_to_square)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -99,26 +149,57 @@ class LongLLaVAProcessor:
     @classmethod
     def for_config(cls, config: Any, tokenizer: PreTrainedTokenizerBase | None = None) -> "LongLLaVAProcessor":
         """A processor matching ``config`` (a ``LongLLaVAConfig``); builds the local tokenizer if none is given."""
-        size = config.vision_config.image_size
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         tokenizer = tokenizer or build_tokenizer(config.text_config.vocab_size)
-        return cls(tokenizer, image_processor, config.tokens_per_image, config.image_token_id)
+        return cls(tokenizer, _image_processor_for(config), config.tokens_per_image, config.image_token_id)
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        directory = Path(directory)
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings saved next to the tokenizer and image processor."""
+        return {"tokens_per_image": self.tokens_per_image, "image_token_id": self.image_token_id,
+                "pad_to_square": self.pad_to_square}
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False,
+                        **kwargs: Any) -> list[str]:
+        """Write the processor files into a local directory (never to a hub).
+
+        Writes the tokenizer files, ``preprocessor_config.json`` (CLIP settings),
+        ``longllava_processor.json`` (the SDK's settings), ``processor_config.json`` (the same
+        settings and ``processor_class``, which ``AutoProcessor`` reads) and
+        ``chat_template.jinja``. Returns the paths of the processor config files.
+        """
+        if push_to_hub:
+            raise InputError(save_directory, "the SDK saves processors locally only; upload the folder yourself")
+        directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
-        settings = {"tokens_per_image": self.tokens_per_image, "image_token_id": self.image_token_id,
-                    "pad_to_square": self.pad_to_square}
-        (directory / PROCESSOR_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+        (directory / PROCESSOR_CONFIG).write_text(json.dumps(self.settings, indent=2) + "\n")
+        hf_config = {"processor_class": type(self).__name__, **self.settings}
+        (directory / HF_PROCESSOR_CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
+        # Written after the tokenizer, which writes its own template (if it has one) to this name.
+        (directory / CHAT_TEMPLATE_FILE).write_text(self.chat_template)
+        return [str(directory / PROCESSOR_CONFIG), str(directory / HF_PROCESSOR_CONFIG)]
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], config: Any | None = None) -> "LongLLaVAProcessor":
-        """Load tokenizer and image settings from a local directory (never from a hub)."""
-        directory = Path(directory)
+    def from_pretrained(cls, directory: str | os.PathLike[str], config: Any | None = None,
+                        **kwargs: Any) -> "LongLLaVAProcessor":
+        """Load tokenizer, image settings and chat template from a local directory (never from a hub).
+
+        ``AutoProcessor.from_pretrained`` and ``transformers.pipeline`` call this with their
+        loader options (``revision``, ``token``, ``trust_remote_code``, ``device_map``...):
+        they concern hubs and models, and are ignored; no remote code ever runs. ``subfolder``
+        is honoured; ``tokens_per_image``, ``image_token_id``, ``pad_to_square`` and
+        ``chat_template`` override the saved values.
+
+        Args:
+            directory: the folder (a model folder, or a processor-only folder such as a LoRA
+                run's ``adapter/``).
+            config: the model's ``LongLLaVAConfig``, for folders that lack processor settings
+                (default: the folder's own ``config.json``, if it is a LongLLaVA one).
+        """
+        directory = Path(directory) / str(kwargs.get("subfolder") or "")
         if not directory.is_dir():
-            raise InputError(directory, "processor directory does not exist")
+            raise InputError(directory, "processor directory does not exist (processors load from local folders only)")
         if (directory / "tokenizer.json").exists():
             # The generic fast class reads tokenizer.json as written. The class named in the
             # released tokenizer_config.json (LlamaTokenizer) would, in transformers 5, rebuild
@@ -127,20 +208,50 @@ class LongLLaVAProcessor:
         else:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         tokenizer.padding_side = "left"
-        if (directory / "preprocessor_config.json").exists():
+        settings = cls._read_settings(directory)
+        has_image_settings = (directory / "preprocessor_config.json").exists()
+        if config is None and not (has_image_settings and {"tokens_per_image", "image_token_id"} <= set(settings)):
+            config = _folder_config(directory)
+        if has_image_settings:
             image_processor = CLIPImageProcessorPil.from_pretrained(directory, local_files_only=True)
         elif config is not None:
-            size = config.vision_config.image_size
-            image_processor = CLIPImageProcessorPil(size={"shortest_edge": size},
-                                                    crop_size={"height": size, "width": size})
+            image_processor = _image_processor_for(config)
         else:
             raise InputError(directory, "no preprocessor_config.json and no model config to derive image settings")
+        if config is not None:
+            for key in ("tokens_per_image", "image_token_id"):
+                settings.setdefault(key, getattr(config, key))
+        settings.update({key: kwargs[key] for key in _SETTINGS if key in kwargs})
+        chat_template = kwargs.get("chat_template")
+        if chat_template is None and (directory / CHAT_TEMPLATE_FILE).is_file():
+            chat_template = (directory / CHAT_TEMPLATE_FILE).read_text()
+        return cls(tokenizer, image_processor, chat_template=chat_template, **settings)
+
+    @classmethod
+    def _read_settings(cls, directory: Path) -> dict[str, Any]:
+        """The settings of ``longllava_processor.json`` and ``processor_config.json`` (which must agree)."""
         settings: dict[str, Any] = {}
-        if (directory / PROCESSOR_CONFIG).exists():
-            settings = json.loads((directory / PROCESSOR_CONFIG).read_text())
-        elif config is not None:
-            settings = {"tokens_per_image": config.tokens_per_image, "image_token_id": config.image_token_id}
-        return cls(tokenizer, image_processor, **settings)
+        for name in (PROCESSOR_CONFIG, HF_PROCESSOR_CONFIG):
+            path = directory / name
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise InputError(path, f"not valid JSON ({exc})") from exc
+            if not isinstance(data, dict):
+                raise InputError(path, "expected a JSON object")
+            named = data.get("processor_class", cls.__name__)
+            if name == HF_PROCESSOR_CONFIG and named not in {cls.__name__, LongLLaVAProcessor.__name__}:
+                raise InputError(path, f"this folder's processor is a {named}, not a LongLLaVA processor")
+            for key in _SETTINGS:
+                if key not in data:
+                    continue
+                if key in settings and settings[key] != data[key]:
+                    raise InputError(directory, f"{PROCESSOR_CONFIG} and {HF_PROCESSOR_CONFIG} disagree on {key} "
+                                                f"({settings[key]!r} vs {data[key]!r}); fix or delete one of them")
+                settings[key] = data[key]
+        return settings
 
     # -- images ------------------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -170,11 +281,14 @@ class LongLLaVAProcessor:
             out += protocol.render_media(item) + piece
         return out, images
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The conversation as one prompt string (media rendered as placeholders)."""
+    def render_conversation(self, messages: Conversation, add_generation_prompt: bool = False) -> str:
+        """The SDK's own rendering of a conversation (the layout training and :class:`Pipeline` use).
+
+        :meth:`apply_chat_template` renders the same string through the Jinja template.
+        """
         return "".join(text for text, _ in self._segments(messages, add_generation_prompt)[0])
 
-    def _segments(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool
+    def _segments(self, messages: Conversation, add_generation_prompt: bool
                   ) -> tuple[list[Segment], list[Image.Image]]:
         """(text, label mode) pieces of the templated conversation, plus images in order.
 
@@ -190,6 +304,9 @@ class LongLLaVAProcessor:
         last_answer = max((i for i, role in enumerate(roles) if role == "assistant"), default=-1)
         for index, (role, message) in enumerate(zip(roles, messages)):
             content = message.get("content", message.get("value", "")) or ""
+            if not isinstance(content, str):
+                raise ProtocolError(f"message {index}: content parts (a list) are rendered by apply_chat_template; "
+                                    "the SDK's conversations hold text and a `media` list")
             text, message_images = self.render_content(content, message.get("media", message.get("images", ())))
             images.extend(message_images)
             if role == "system":
@@ -211,10 +328,141 @@ class LongLLaVAProcessor:
         return segments, images
 
     @staticmethod
-    def _role(message: dict[str, Any]) -> str:
+    def _role(message: Mapping[str, Any]) -> str:
         role = str(message.get("role") or message.get("from") or "")
         return protocol.ROLE_ALIASES.get(role.lower(), role)
 
+    # -- the chat template -------------------------------------------------------------------------
+    def _template_messages(self, messages: Conversation) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+        """Messages as the Jinja template reads them, and their images in placeholder order.
+
+        SDK messages (text with a ``media`` list, LLaVA's ``from`` / ``value``) have their media
+        rendered into the text here, so every media kind (video, volume, tiled) keeps its tags;
+        HF content parts keep their order, each image part holding one image (a PIL image or a
+        local path under ``image``, ``path`` or ``url``).
+        """
+        rendered: list[dict[str, Any]] = []
+        images: list[Image.Image] = []
+        for index, message in enumerate(messages):
+            role = self._role(message)
+            content = message.get("content", message.get("value"))
+            media = message.get("media", message.get("images"))
+            if isinstance(content, str) or content is None:
+                text, found = self.render_content(content or "", media or ())
+                rendered.append({"role": role, "content": text})
+                images.extend(found)
+                continue
+            if media:
+                raise ProtocolError(f"message {index}: put its images either in its content parts or in `media`, "
+                                    "not both")
+            parts: list[dict[str, Any]] = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "text":
+                    parts.append({"type": "text", "text": str(part.get("text") or "")})
+                elif kind == "image":
+                    images.append(self._part_image(index, part))
+                    parts.append({"type": "image"})
+                else:
+                    raise ProtocolError(f"message {index}: content part {part!r} is not a text or image part "
+                                        "(video, volumes and tiled rasters go in a message's `media` list)")
+            rendered.append({"role": role, "content": parts})
+        return rendered, images
+
+    @staticmethod
+    def _part_image(index: int, part: Mapping[str, Any]) -> Image.Image:
+        sources = [part[key] for key in ("image", "path", "url") if part.get(key) is not None]
+        if len(sources) != 1:
+            raise ProtocolError(f"message {index}: an image part needs exactly one of `image` (a PIL image or a "
+                                f"local path), `path` or `url` (a local path); got {sorted(part)}")
+        media = as_media(sources[0])
+        if len(media.images) != 1:
+            raise ProtocolError(f"message {index}: an image part holds one image, {sources[0]!r} has "
+                                f"{len(media.images)}; put multi-image media in a message's `media` list")
+        return media.images[0]
+
+    def _render_template(self, messages: Conversation, template: str, add_generation_prompt: bool,
+                         continue_final_message: bool, variables: Mapping[str, Any]
+                         ) -> tuple[str, list[Image.Image]]:
+        rendered_messages, images = self._template_messages(messages)
+        try:
+            # The tokenizer's special tokens are variables too, as transformers passes them.
+            text = _JINJA.from_string(template).render({
+                **self.tokenizer.special_tokens_map, **variables,
+                "messages": rendered_messages, "add_generation_prompt": add_generation_prompt})
+        except TemplateError as exc:
+            raise ProtocolError(f"the chat template refused the conversation: {exc}") from exc
+        if continue_final_message:
+            # As transformers does: the prompt stops right after the final message's text, so
+            # generation continues that message instead of closing it.
+            final = rendered_messages[-1]["content"] if rendered_messages else ""
+            if not isinstance(final, str):
+                final = next((p["text"] for p in reversed(final) if p["type"] == "text"), "")
+            final = final.strip()
+            if not final or final not in text:
+                raise ProtocolError("continue_final_message needs a final message with text to continue")
+            text = text[: text.rindex(final) + len(final)]
+        return text, images
+
+    def apply_chat_template(  # type: ignore[override]
+        self,
+        conversation: Conversation | Sequence[Conversation],
+        chat_template: str | None = None,
+        *,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        processor_kwargs: Mapping[str, Any] | None = None,
+        **template_variables: Any,
+    ) -> str | list[str] | BatchFeature | torch.Tensor:
+        """Render a conversation (or a batch of them) with the Jinja chat template; optionally tokenize it.
+
+        transformers' conventions: the result is the prompt string (a list for a batch);
+        ``tokenize=True`` runs the processor on it (``return_dict=True``: the whole
+        ``BatchFeature`` with ``pixel_values``; else ``input_ids``). The template is the one saved
+        with the processor unless ``chat_template`` is given.
+
+        Messages are SDK messages (``content`` text with a ``media`` list; LLaVA's ``from`` /
+        ``value``) or HF messages whose ``content`` is a list of ``{"type": "text", "text": ...}``
+        and ``{"type": "image", "image": <PIL image or local path>}`` parts. Images are read
+        from local files only.
+
+        Args:
+            add_generation_prompt: end with the assistant header (what generation continues).
+            continue_final_message: end right after the final message's text (a prefilled answer
+                the model continues); excludes ``add_generation_prompt``.
+            processor_kwargs: options for the processor call when tokenizing (``max_length``).
+            template_variables: extra variables for the template (the default one uses none).
+
+        Raises:
+            ProtocolError: the template refuses the conversation (a system message that does not
+                open it, an unknown role or part type), or images and placeholders disagree.
+        """
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TypeError("chat_template must be a template string; pass add_generation_prompt= by keyword")
+        if add_generation_prompt and continue_final_message:
+            raise ValueError("add_generation_prompt and continue_final_message exclude each other")
+        unsupported = sorted(set(template_variables) & {"tools", "documents", "return_assistant_tokens_mask"})
+        if any(template_variables[name] for name in unsupported):
+            raise ValueError(f"{', '.join(unsupported)}: not supported by LongLLaVA's chat template (training "
+                             "labels come from processor.encode_conversation)")
+        variables = {k: v for k, v in template_variables.items() if k not in unsupported}
+        template = chat_template if chat_template is not None else self.chat_template
+        batched = bool(conversation) and not isinstance(conversation[0], Mapping)
+        conversations: list[Conversation] = list(conversation) if batched else [conversation]  # type: ignore[list-item]
+        rendered = [self._render_template(c, template, add_generation_prompt, continue_final_message, variables)
+                    for c in conversations]
+        texts = [text for text, _ in rendered]
+        if not tokenize:
+            return texts if batched else texts[0]
+        images = [found for _, found in rendered]
+        encoded = self(text=texts, images=images if any(images) else None, return_tensors=return_tensors,
+                       **dict(processor_kwargs or {}))
+        return encoded if return_dict else encoded["input_ids"]
+
+    # -- tokenization ------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text``, each ``<image>`` expanded to ``tokens_per_image`` placeholder ids."""
         ids: list[int] = []
@@ -227,7 +475,7 @@ class LongLLaVAProcessor:
 
     def encode_conversation(
         self,
-        messages: Sequence[dict[str, Any]],
+        messages: Conversation,
         *,
         add_generation_prompt: bool = False,
         max_length: int | None = None,
@@ -252,57 +500,112 @@ class LongLLaVAProcessor:
                 labels.extend([eos_id] + [IGNORE_INDEX] * (len(ids) - 1))
             else:
                 labels.extend([IGNORE_INDEX] * len(ids))
-        n_placeholders = input_ids.count(self.image_token_id)
-        if n_placeholders != len(images) * self.tokens_per_image:
-            raise ProtocolError(
-                f"{n_placeholders // self.tokens_per_image} image placeholders in the text but {len(images)} images"
-            )
-        if max_length is not None and len(input_ids) > max_length:
-            if truncation == "drop":
-                return None
-            raise ProtocolError(
-                f"sample is {len(input_ids)} tokens ({len(images)} images x {self.tokens_per_image}) but "
-                f"max_length is {max_length}; truncating would cut through media (use fewer images or "
-                "truncation='drop')"
-            )
+        self._check_placeholders(input_ids, len(images))
+        if not self._fits(input_ids, len(images), max_length, truncation):
+            return None
         return EncodedSample(input_ids, labels, images)
 
-    def __call__(
+    def _check_placeholders(self, input_ids: Sequence[int], n_images: int, where: str = "") -> None:
+        n_placeholders = list(input_ids).count(self.image_token_id)
+        if n_placeholders != n_images * self.tokens_per_image:
+            raise ProtocolError(f"{where}{n_placeholders // self.tokens_per_image} image placeholders in the text "
+                                f"but {n_images} images")
+
+    def _fits(self, input_ids: Sequence[int], n_images: int, max_length: int | None,
+              truncation: Truncation) -> bool:
+        if max_length is None or len(input_ids) <= max_length:
+            return True
+        if truncation == "drop":
+            return False
+        raise ProtocolError(
+            f"sample is {len(input_ids)} tokens ({n_images} images x {self.tokens_per_image}) but "
+            f"max_length is {max_length}; truncating would cut through media (use fewer images or "
+            "truncation='drop')"
+        )
+
+    def __call__(  # type: ignore[override]
         self,
         text: str | Sequence[str] | None = None,
-        images: Sequence[MediaLike] | Sequence[Sequence[MediaLike]] | None = None,
+        images: MediaLike | Sequence[MediaLike] | Sequence[Sequence[MediaLike]] | None = None,
         *,
-        messages: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]] | None = None,
+        messages: Conversation | Sequence[Conversation] | None = None,
         add_generation_prompt: bool = True,
         max_length: int | None = None,
-        return_tensors: str = "pt",
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
     ) -> BatchFeature:
         """Model inputs for generation: ``input_ids`` / ``attention_mask`` ``(B, L)`` left-padded, ``pixel_values``.
 
-        Pass either raw ``text`` (a prompt, or a list of prompts, with ``images`` for each)
-        which is wrapped in the chat template as one user turn, or full ``messages``.
+        Pass either
+
+        * ``text``: prompts already in the chat template (transformers' convention: from
+          :meth:`apply_chat_template`, or written by hand), one string or a list. Each
+          ``<image>`` (the protocol writes ``<img><image></img>`` per image) becomes
+          ``tokens_per_image`` placeholder ids; ``images`` holds the images in placeholder
+          order, as one flat list (split over the prompts by their placeholder counts) or one
+          list per prompt; or
+        * ``messages``: an SDK conversation (or a list of them), templated here
+          (``add_generation_prompt`` applies to this form only).
+
+        Raises:
+            ProtocolError: placeholders and images disagree, or a prompt exceeds ``max_length``
+                (media are never cut).
         """
-        if messages is None:
-            if text is None:
-                raise ValueError("pass text or messages")
-            texts = [text] if isinstance(text, str) else list(text)
-            if images is None:
-                per_text: list[Sequence[MediaLike]] = [()] * len(texts)
-            elif isinstance(text, str):
-                per_text = [images]  # type: ignore[list-item]
-            else:
-                per_text = list(images)  # type: ignore[arg-type]
-            if len(per_text) != len(texts):
-                raise ProtocolError(f"{len(texts)} prompts but {len(per_text)} image lists")
-            conversations = [[{"role": "user", "content": t, "media": m}] for t, m in zip(texts, per_text)]
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors={return_tensors!r}: the processor returns torch tensors ('pt')")
+        samples: list[EncodedSample] = []
+        if messages is not None:
+            if text is not None or images is not None:
+                raise ValueError("pass text (and images) or messages, not both")
+            conversations = [messages] if messages and isinstance(messages[0], Mapping) else list(messages)
+            for conversation in conversations:
+                sample = self.encode_conversation(conversation, add_generation_prompt=add_generation_prompt,
+                                                  max_length=max_length)
+                assert sample is not None  # truncation="error" raises instead of dropping
+                samples.append(sample)
         else:
-            conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)  # type: ignore
-        encoded = [self.encode_conversation(c, add_generation_prompt=add_generation_prompt, max_length=max_length)
-                   for c in conversations]
-        return self.collate_for_generation(encoded)  # type: ignore[arg-type]
+            if text is None:
+                raise ValueError("pass text (a chat-templated prompt, see apply_chat_template) or messages")
+            texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else []
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise TypeError("text must be a prompt string or a list of them (pass images= by keyword)")
+            for index, (prompt, prompt_images) in enumerate(zip(texts, self._images_per_text(texts, images))):
+                ids = self.tokenize(prompt)
+                self._check_placeholders(ids, len(prompt_images), where=f"prompt {index}: " if len(texts) > 1 else "")
+                self._fits(ids, len(prompt_images), max_length, "error")
+                samples.append(EncodedSample(ids, [IGNORE_INDEX] * len(ids), prompt_images))
+        if padding in (False, "do_not_pad") and len({len(s) for s in samples}) > 1:
+            raise ValueError("prompts of different lengths in one batch are left-padded to the longest (padding=True)")
+        return self.collate_for_generation(samples)
+
+    def _images_per_text(self, texts: Sequence[str], images: Any) -> list[list[Image.Image]]:
+        """``images`` (None, one image, a flat list or one list per text) as one image list per text."""
+        if images is None:
+            return [[] for _ in texts]
+        if isinstance(images, (Image.Image, Media, str, os.PathLike)):
+            images = [images]
+        images = list(images)
+        nested = bool(images) and all(isinstance(item, (list, tuple)) for item in images)
+        if nested:
+            if len(images) != len(texts):
+                raise ProtocolError(f"{len(texts)} prompts but {len(images)} image lists")
+            return [[img for item in group for img in as_media(item).images] for group in images]
+        flat = [img for item in images for img in as_media(item).images]
+        per_text: list[list[Image.Image]] = []
+        start = 0
+        for prompt in texts:
+            count = prompt.count(protocol.IMAGE_PLACEHOLDER)
+            per_text.append(flat[start:start + count])
+            start += count
+        if start != len(flat):
+            raise ProtocolError(f"{start} image placeholders in the text but {len(flat)} images")
+        return per_text
 
     def collate_for_generation(self, samples: Iterable[EncodedSample]) -> BatchFeature:
+        """Left-pad ``samples`` into one batch (their images, in order, as ``pixel_values``)."""
         samples = list(samples)
+        if not samples:
+            raise ProtocolError("nothing to encode: every sample was dropped")
         width = max(len(s) for s in samples)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(samples), width), pad, dtype=torch.long)
@@ -316,6 +619,44 @@ class LongLLaVAProcessor:
             data["pixel_values"] = self.preprocess_images(all_images)
         return BatchFeature(data)
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
-        ids = [int(i) for i in ids if int(i) != self.image_token_id]
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    # -- decoding ----------------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True,  # type: ignore[override]
+               **kwargs: Any) -> str:
+        """Text of ``ids`` without the image placeholder id (which may lie outside the vocabulary)."""
+        kept = [int(i) for i in ids if int(i) != self.image_token_id]
+        return self.tokenizer.decode(kept, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def batch_decode(self, sequences: Sequence[Sequence[int]] | torch.Tensor,  # type: ignore[override]
+                     skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+        """:meth:`decode` of each sequence of a batch."""
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs) for ids in sequences]
+
+    def post_process_image_text_to_text(self, generated_outputs: Sequence[Sequence[int]] | torch.Tensor,
+                                        skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+        """Decoded texts of ``generate``'s ``(B, L)`` output (what transformers' image-text-to-text pipeline calls)."""
+        if isinstance(generated_outputs, torch.Tensor) and generated_outputs.ndim == 1:
+            generated_outputs = generated_outputs.unsqueeze(0)
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+def _image_processor_for(config: Any) -> CLIPImageProcessorPil:
+    size = config.vision_config.image_size
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _folder_config(directory: Path) -> LongLLaVAConfig | None:
+    """The folder's ``config.json`` if it is a LongLLaVA one (a processor-only folder has none)."""
+    path = directory / "config.json"
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if model_type != LongLLaVAConfig.model_type:
+        return None
+    return LongLLaVAConfig.from_pretrained(directory, local_files_only=True)
+
+
+# ``AutoProcessor.from_pretrained(folder)`` finds this class by the folder's config (model type
+# ``longllava``) or by ``processor_class`` in its processor_config.json; the model classes
+# register with their Auto classes in modeling_longllava.py, the config in config.py.
+AutoProcessor.register(LongLLaVAConfig, LongLLaVAProcessor)

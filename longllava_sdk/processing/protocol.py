@@ -67,3 +67,60 @@ def render_media(media: Media) -> str:
 def user_turn(content: str) -> str:
     return f"{USER_HEADER}{content}\n"
 
+
+#: The chat template as Jinja, saved as ``chat_template.jinja`` with every processor and used by
+#: ``LongLLaVAProcessor.apply_chat_template`` (and by any tool that renders a saved folder's
+#: template itself, e.g. ``tokenizer.apply_chat_template``). It renders exactly the layout of
+#: ``LongLLaVAProcessor._segments`` (``tests/test_transformers_interop.py`` checks string
+#: equality): an optional opening system message prefixes the first user turn; every answer but
+#: the conversation's last ends with ``\n``, the last with ``<|endoftext|>`` unless a generation
+#: prompt follows. A message's content is a string (rendered as it is) or a list of parts:
+#: ``{"type": "image"}`` renders ``<img><image></img>``, ``{"type": "text", "text": ...}`` its
+#: text. Images that open a message are its media before the text, followed by ``\n`` (the
+#: layout of media attached to a message); images after text are inline. Every tag is a
+#: ``{%- -%}`` block, so the output is the same whether or not the renderer trims blocks.
+CHAT_TEMPLATE = r"""{#- LongLLaVA chat layout (longllava-sdk, docs/protocol.md) -#}
+{%- set state = namespace(last_answer=-1, system='') -%}
+{%- for message in messages -%}
+    {%- if message['role'] == 'assistant' -%}{%- set state.last_answer = loop.index0 -%}{%- endif -%}
+{%- endfor -%}
+{%- for message in messages -%}
+    {%- if message['content'] is string -%}
+        {%- set content = message['content'] -%}
+    {%- elif message['content'] is none -%}
+        {%- set content = '' -%}
+    {%- else -%}
+        {%- set parts = namespace(text='', leading=true) -%}
+        {%- for part in message['content'] -%}
+            {%- if part['type'] == 'image' -%}
+                {%- set parts.text = parts.text + '<img><image></img>' -%}
+            {%- elif part['type'] == 'text' -%}
+                {%- if parts.leading and parts.text -%}{%- set parts.text = parts.text + '\n' -%}{%- endif -%}
+                {%- set parts.leading = false -%}
+                {%- set parts.text = parts.text + part['text'] -%}
+            {%- else -%}
+                {{- raise_exception('unsupported content part type ' ~ part['type'] ~ ' (text or image)') -}}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- if parts.leading and parts.text -%}{%- set parts.text = parts.text + '\n' -%}{%- endif -%}
+        {%- set content = parts.text -%}
+    {%- endif -%}
+    {%- if message['role'] == 'system' -%}
+        {%- if not loop.first -%}{{- raise_exception('a system message may only open the conversation') -}}{%- endif -%}
+        {%- set state.system = content ~ '\n' -%}
+    {%- elif message['role'] == 'user' -%}
+        {{- state.system ~ '<|startoftext|><|User|>\n' ~ content ~ '\n' -}}
+        {%- set state.system = '' -%}
+    {%- elif message['role'] == 'assistant' -%}
+        {{- '<|startoftext|><|Assistant|>\n' ~ content -}}
+        {%- if loop.index0 == state.last_answer and not add_generation_prompt -%}
+            {{- '<|endoftext|>' -}}
+        {%- else -%}
+            {{- '\n' -}}
+        {%- endif -%}
+    {%- else -%}
+        {{- raise_exception('unknown role ' ~ message['role'] ~ ' (user, assistant or system)') -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|startoftext|><|Assistant|>\n' -}}{%- endif -%}
+"""
