@@ -19,7 +19,10 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "adapters-medical": ("bench_adapters_medical.py", []),
     "adapters-raster-video": ("bench_adapters_raster_video.py", []),
     "learnability": ("learnability.py", []),
+    "niah-learning": ("bench_niah_learning.py", []),
 }
+#: Suites that train a model for minutes: run only when named.
+LONG_SUITES = ("learnability", "niah-learning")
 
 
 def benchmarks_dir() -> Path:
@@ -34,10 +37,10 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability);
-            default: all but learnability (which takes up to 10 minutes).
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability,
+            niah-learning); default: all but the two that train a model (up to 10 minutes each).
     """
-    names = suite or [name for name in SUITES if name != "learnability"]
+    names = suite or [name for name in SUITES if name not in LONG_SUITES]
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise ConfigError(f"unknown benchmark suite(s) {unknown}; available: {', '.join(SUITES)}")
