@@ -51,6 +51,8 @@ def test_niah_end_to_end(tiny_checkpoint, tmp_path):
         assert item["reference"] in "ABCD" and item["options"][" ABCD".index(item["reference"]) - 1] == item["answer"]
         assert isinstance(item["prediction"], str) and item["score"] in (0.0, 1.0)
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    modes = {(out / name).stat().st_mode & 0o777 for name in ("report.json", "heatmap.png", "run.json", "items.jsonl")}
+    assert len(modes) == 1  # atomically written files get the same permissions as plainly opened ones
     assert len((out / "items.jsonl").read_text().splitlines()) == 4
     assert "depth \\ images" in report.table and "chance 25.0%" in report.table
 
