@@ -162,7 +162,14 @@ class TaskHead(torch.nn.Module, ABC):
 
     @abstractmethod
     def metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """Evaluation scores (e.g. ``accuracy``) of :meth:`predict` outputs against ``targets``."""
+        """Evaluation scores (e.g. ``accuracy``) of :meth:`predict` outputs against ``targets``.
+
+        ``LongLLaVATrainer.evaluate`` and ``longllava-sdk eval`` both score through this
+        method. A score that is a matrix is flattened into the dict: a confusion matrix is
+        ``confusion/<gold label>/<predicted label>`` counts (missing cells are 0), which
+        ``longllava-sdk eval`` rebuilds into a table; ``eval`` reports ``accuracy`` per
+        needle-in-a-haystack cell, so a head that can compute one should.
+        """
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_labels)`` -> class indices ``(B,)`` or 0/1 ``(B, num_labels)``."""

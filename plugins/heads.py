@@ -2,13 +2,15 @@
 
 * ``generate`` (default): the language model's own ``lm_head`` answers in text. It has no
   weights; its metrics compare generated answers with the references: closed questions
-  (reference ``yes`` / ``no``) by normalised exact match, open ones by token F1, recall
-  and BLEU-1, the usual medical-VQA (VQA-RAD / SLAKE) reporting.
+  (reference ``yes`` / ``no``) by normalised exact match, multiple-choice questions
+  (reference an option letter) by the option letter parsed from the answer, open ones by
+  token F1, recall and BLEU-1, the usual medical-VQA (VQA-RAD / SLAKE) reporting.
 * ``multilabel``: a linear layer on the masked-mean pooled hidden state, one logit per
   label, binary cross-entropy; accuracy / precision / recall / F1 per label and macro
   (e.g. the 18 CT-RATE abnormalities of a chest CT volume).
 * ``classify``: a linear layer on the pooled hidden state, softmax cross-entropy over the
-  labels; accuracy and macro precision / recall / F1 (e.g. a remote-sensing scene class).
+  labels; accuracy, macro precision / recall / F1 and the confusion matrix (e.g. a
+  remote-sensing scene class).
 
 Heads are chosen by name (``head: {type: multilabel, labels: [...]}`` in a recipe, or
 ``--head``); the trainer saves ``head_config.json`` + ``head.safetensors`` with every
@@ -31,7 +33,8 @@ from longllava_sdk.errors import ConfigError
 from longllava_sdk.heads import TaskHead
 from longllava_sdk.hookspecs import hookimpl
 
-__all__ = ["GenerateHead", "MultiLabelHead", "ClassifyHead", "normalize_answer", "answer_metrics"]
+__all__ = ["GenerateHead", "MultiLabelHead", "ClassifyHead", "normalize_answer", "parse_option_letter",
+           "option_letter_reference", "answer_metrics"]
 
 CLOSED_ANSWERS = frozenset({"yes", "no"})
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -47,6 +50,52 @@ def normalize_answer(text: str) -> str:
     text = str(text).lower().translate(_PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
+
+
+# A reference that is an option letter: "B", "(B)", "B.", "b)".
+_LETTER_ONLY = re.compile(r"^\s*[(\[]?([A-Za-z])[)\]]?[.:)]?\s*$")
+# "Answer: B", "the answer is b) blue", "Option (C)", "correct choice is D."
+_LETTER_AFTER_CUE = re.compile(
+    r"\b(?:answer|option|choice)s?\b\s*(?:is|:|-|=)?\s*(?:option\s*|choice\s*)?[(\[]?([A-Za-z])[)\]]?(?=$|[\s.,:;!?)])",
+    re.IGNORECASE)
+# "b) blue", "B. blue", "(C) blue", "D: blue" at the start of the answer.
+_LETTER_LEADING = re.compile(r"^\s*[(\[]?([A-Za-z])[)\].:](?=\s|$)")
+# "(B)" anywhere: a bracketed letter is an option letter in any sentence.
+_LETTER_BRACKETED = re.compile(r"(?<![A-Za-z])[(\[]([A-Za-z])[)\]]")
+# A lone capital anywhere ("I would pick B"), unless it reads as a word: "A dog", "I think".
+_LETTER_LONE_CAPITAL = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])(?!\s+[a-z])")
+
+
+def option_letter_reference(reference: str) -> str | None:
+    """The option letter a reference answer *is* (``"B"``, ``"(B)"``, ``"b."`` -> ``"B"``), else ``None``.
+
+    Only a reference consisting of one letter (with brackets / a full stop) is a
+    multiple-choice reference; ``"B cells"`` is an open answer.
+    """
+    match = _LETTER_ONLY.match(str(reference))
+    return match.group(1).upper() if match else None
+
+
+def parse_option_letter(text: str) -> str | None:
+    """The option letter a generated answer chooses, upper case, or ``None`` when it names none.
+
+    Tried in order (the first that matches decides): the whole answer is a letter (``"B"``,
+    ``"(B)"``, ``"B."``); a letter after a cue word (``"Answer: B"``, ``"the answer is b)
+    blue"``, ``"Option C"``); a letter opening the answer before ``)`` / ``.`` / ``:``
+    (``"b) blue"``, ``"C. blue"``); a bracketed letter anywhere (``"I pick (D)"``); a lone
+    capital anywhere that does not read as a word (``"so B"``, but not ``"A dog"`` or
+    ``"I think"``). A lower-case letter followed by a word is never taken (``"the answer is
+    a dog"`` names no option).
+    """
+    text = str(text)
+    for pattern in (_LETTER_ONLY, _LETTER_AFTER_CUE, _LETTER_LEADING, _LETTER_BRACKETED, _LETTER_LONE_CAPITAL):
+        for match in pattern.finditer(text):
+            letter = match.group(1)
+            # "the answer is a dog": a lower-case "a" / "i" before a word is an article / pronoun
+            if letter.islower() and re.match(r"\s+[a-z]", text[match.end(1):]):
+                continue
+            return letter.upper()
+    return None
 
 
 def _token_f1(prediction: list[str], reference: list[str]) -> tuple[float, float, float]:
@@ -74,16 +123,33 @@ def _bleu1(prediction: list[str], reference: list[str]) -> float:
 def answer_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """VQA scores of generated ``predictions`` against ``references`` (same length).
 
+    Each reference is one of three kinds: *closed* (``yes`` / ``no`` after normalising),
+    *choice* (an option letter, :func:`option_letter_reference`) or *open* (anything else).
+
     Returns:
-        ``accuracy`` (normalised exact match over all), ``closed_accuracy`` (over references
-        ``yes`` / ``no``), ``open_recall`` / ``open_token_f1`` / ``open_bleu1`` (over the
-        others), ``token_f1`` / ``bleu1`` (over all) and the counts ``n_closed`` / ``n_open``.
+        ``accuracy`` over all items: a choice item counts when :func:`parse_option_letter` of
+        the prediction is the reference's letter, any other item when the normalised
+        prediction equals the normalised reference (exact match);
+        ``closed_accuracy`` (the prediction's first word is the right yes / no),
+        ``choice_accuracy`` (the parsed letter is right), ``open_recall`` /
+        ``open_token_f1`` / ``open_bleu1`` (token overlap, over open items),
+        ``token_f1`` / ``bleu1`` over all items (a choice item's is 1 or 0, its letter being
+        its one token), and the counts ``n_closed`` / ``n_choice`` / ``n_open``.
         A score over an empty group is omitted.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    exact, closed, f1s, bleus, open_f1, open_recall, open_bleu = [], [], [], [], [], [], []
+    exact, closed, choice, f1s, bleus, open_f1, open_recall, open_bleu = [], [], [], [], [], [], [], []
     for prediction, reference in zip(predictions, references):
+        letter = option_letter_reference(reference)
+        if letter is not None:
+            # normalize_answer drops "a" (an article): option letters are compared as letters
+            hit = float(parse_option_letter(prediction) == letter)
+            exact.append(hit)
+            choice.append(hit)
+            f1s.append(hit)
+            bleus.append(hit)
+            continue
         pred, ref = normalize_answer(prediction), normalize_answer(reference)
         pred_tokens, ref_tokens = pred.split(), ref.split()
         match = float(pred == ref)
@@ -103,11 +169,14 @@ def answer_metrics(predictions: Sequence[str], references: Sequence[str]) -> dic
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)
 
-    out: dict[str, float] = {"n_closed": float(len(closed)), "n_open": float(len(open_f1))}
+    out: dict[str, float] = {"n_closed": float(len(closed)), "n_choice": float(len(choice)),
+                             "n_open": float(len(open_f1))}
     if exact:
         out.update(accuracy=mean(exact), token_f1=mean(f1s), bleu1=mean(bleus))
     if closed:
         out["closed_accuracy"] = mean(closed)
+    if choice:
+        out["choice_accuracy"] = mean(choice)
     if open_f1:
         out.update(open_token_f1=mean(open_f1), open_recall=mean(open_recall), open_bleu1=mean(open_bleu))
     return out
@@ -246,8 +315,16 @@ class ClassifyHead(_PooledLinearHead):
         return F.cross_entropy(logits.float(), targets.long().to(logits.device))
 
     def metrics(self, predictions: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """``accuracy`` and macro ``precision`` / ``recall`` / ``f1`` over the labels that occur
-        in the targets or the predictions (as scikit-learn's ``average="macro"``)."""
+        """``accuracy``, macro ``precision`` / ``recall`` / ``f1`` over the labels that occur in the
+        targets or the predictions (as scikit-learn's ``average="macro"``), and the confusion
+        matrix.
+
+        The confusion matrix is flattened into the same ``dict[str, float]`` as every other
+        score: ``confusion/<gold label>/<predicted label>`` is the number of samples of class
+        *gold* predicted as *pred*. Only non-zero cells are listed (a missing cell is 0), so a
+        head with many labels logs only the cells its data fills; the diagonal cells sum to
+        ``accuracy`` times the sample count.
+        """
         preds = predictions.detach().long().cpu().flatten()
         gold = targets.detach().long().cpu().flatten()
         if preds.numel() == 0:
@@ -255,12 +332,19 @@ class ClassifyHead(_PooledLinearHead):
         present = sorted(set(preds.tolist()) | set(gold.tolist()))
         scores = [_prf(int(((preds == c) & (gold == c)).sum()), int(((preds == c) & (gold != c)).sum()),
                        int(((preds != c) & (gold == c)).sum())) for c in present]
-        return {
+        out = {
             "accuracy": float((preds == gold).float().mean()),
             "macro_precision": sum(s[0] for s in scores) / len(scores),
             "macro_recall": sum(s[1] for s in scores) / len(scores),
             "macro_f1": sum(s[2] for s in scores) / len(scores),
         }
+        cells = Counter(zip(gold.tolist(), preds.tolist()))
+        for (g, p), count in sorted(cells.items()):
+            out[f"confusion/{self._label_name(g)}/{self._label_name(p)}"] = float(count)
+        return out
+
+    def _label_name(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < self.num_labels else str(index)
 
 
 @hookimpl

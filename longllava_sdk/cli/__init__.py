@@ -18,6 +18,8 @@ Conventions of the signature -> flags mapping:
 * ``dict[str, ...]`` becomes a repeatable ``--name KEY=VALUE`` (``adapter_options`` ->
   ``--adapter-option window=lung --adapter-option allow_non_parallel=true``);
 * underscores become dashes (``max_new_tokens`` -> ``--max-new-tokens``);
+* a command group (:func:`~.builtin.command_group`) is a command whose sub-commands are
+  functions themselves (``longllava-sdk eval niah``, ``eval vnbench``, ``eval data``);
 * the first paragraph of the docstring is the command's help, the rest (without the
   ``Args:`` section) its description; ``Args:`` lines document the flags.
 
@@ -91,10 +93,21 @@ def _unwrap_optional(annotation: Any) -> Any:
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callable[..., Any]) -> None:
-    """Add ``func`` as sub-command ``name``, with flags derived from its signature."""
+    """Add ``func`` as sub-command ``name``, with flags derived from its signature.
+
+    A command with ``subcommands`` (:func:`~.builtin.command_group`) becomes a parser whose
+    own sub-commands are those functions (``longllava-sdk eval niah --model DIR``).
+    """
     summary, description, param_docs = _arg_docs(func)
     parser = subparsers.add_parser(name, help=summary.replace("%", "%%"), description=description.replace("%", "%%"),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    subcommands: dict[str, Callable[..., Any]] | None = getattr(func, "subcommands", None)
+    if subcommands:
+        nested = parser.add_subparsers(dest="_subcommand", metavar="MODE")
+        for sub_name, sub_func in subcommands.items():
+            add_command(nested, sub_name, sub_func)
+        parser.set_defaults(_group_parser=parser)
+        return
     hints = typing.get_type_hints(func)
     for pname, param in inspect.signature(func).parameters.items():
         if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
@@ -181,9 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = vars(parser.parse_args(argv))
         func = args.pop("_command", None)
-        args.pop("command", None)
-        if func is None:
-            parser.print_help()
+        group = args.pop("_group_parser", None)
+        for key in ("command", "_subcommand"):
+            args.pop(key, None)
+        if func is None:  # no command, or a command group without its sub-command
+            (group or parser).print_help()
             return 2
         try:
             result = func(**args)

@@ -34,10 +34,38 @@ def command(func: Callable[..., Any], *, name: str | None = None,
     return run
 
 
+class CommandGroup:
+    """A command made of sub-commands: ``longllava-sdk <name> <sub-command> [flags]``.
+
+    Each sub-command is a function as for :func:`command` (its signature is its flags). The
+    group itself is only a name and a help text; calling it is the same as running it
+    without a sub-command (the parser prints the group's help instead).
+    """
+
+    def __init__(self, name: str, doc: str, subcommands: list[Callable[..., Any]]) -> None:
+        self.command_name = name
+        self.__doc__ = doc
+        self.__name__ = name.replace("-", "_")
+        self.subcommands: dict[str, Callable[..., Any]] = {
+            getattr(f, "command_name", None) or f.__name__.replace("_", "-"): f for f in subcommands}
+
+    def __call__(self) -> int:
+        return 2
+
+
+def command_group(name: str, doc: str, subcommands: list[Callable[..., Any]]) -> CommandGroup:
+    """A command ``name`` whose sub-commands are ``subcommands`` (see :class:`CommandGroup`).
+
+    ``doc``'s first paragraph is the group's help line in ``longllava-sdk --help``.
+    """
+    return CommandGroup(name, doc, subcommands)
+
+
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, bench."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, bench."""
     from ..convert_official import convert_official
+    from ..evaluation import evaluate_data, evaluate_niah, evaluate_vnbench
     from ..model_folders import merge_adapter
     from ..training.finetuning import finetune
     from .cmd_bench import bench
@@ -45,7 +73,7 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
     from .cmd_info import info
     from .cmd_model import init_model
     from .cmd_plugins import plugins
-    from .present import present_finetune, present_merge
+    from .present import present_eval, present_finetune, present_merge
 
     return [
         info, init_model, infer,
@@ -53,5 +81,19 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
         plugins,
         command(finetune, present=present_finetune),
         command(merge_adapter, name="merge", present=present_merge),
+        command_group("eval", EVAL_HELP, [
+            command(evaluate_niah, name="niah", present=present_eval),
+            command(evaluate_vnbench, name="vnbench", present=present_eval),
+            command(evaluate_data, name="data", present=present_eval),
+        ]),
         bench,
     ]
+
+
+EVAL_HELP = """Evaluate a model folder: needle-in-a-haystack, VNBench-style diagnostics, or metrics on a dataset.
+
+    longllava-sdk eval niah --model DIR               accuracy by number of images x needle depth + heatmap
+    longllava-sdk eval vnbench --model DIR            retrieval / ordering / counting multiple choice
+    longllava-sdk eval data --model DIR --domain medical     (or --data FILE) the head's metrics
+
+Runs are resumable: rerun the same command to continue an interrupted one."""

@@ -22,11 +22,10 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "learnability": ("learnability.py", []),
     # ~2 minutes: 20 SIGKILLs of a real finetune run, each followed by --resume
     "fault-injection": ("fault_injection.py", ["--kills", "20"]),
+    "niah-learning": ("bench_niah_learning.py", []),
 }
-
-
-#: Suites run only when named (minutes each, or they stress the machine on purpose).
-_ON_REQUEST = {"learnability", "fault-injection"}
+#: Suites run only when named: they train a model for minutes, or stress the machine on purpose.
+_ON_REQUEST = {"learnability", "niah-learning", "fault-injection"}
 
 
 def benchmarks_dir() -> Path:
@@ -42,8 +41,8 @@ def bench(suite: list[str] | None = None) -> int:
 
     Args:
         suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, learnability,
-            fault-injection); default: all but learnability (up to 10 minutes) and fault-injection
-            (about 2 minutes of repeated SIGKILLs).
+            niah-learning, fault-injection); default: all but the two that train a model (up to
+            10 minutes each) and fault-injection (about 2 minutes of repeated SIGKILLs).
     """
     names = suite or [name for name in SUITES if name not in _ON_REQUEST]
     unknown = [n for n in names if n not in SUITES]

@@ -64,3 +64,16 @@ def present_merge(output: Path) -> int:
     print(f"wrote merged model {output}\n"
           f"  from longllava_sdk import Pipeline\n  pipe = Pipeline.from_pretrained({str(Path(output).resolve())!r})")
     return 0
+
+
+def present_eval(report: Any) -> int:
+    """Print an evaluation's table, where its files are, and what was resumed."""
+    lines = [report.table, ""]
+    if report.resumed:
+        lines.append(f"{report.resumed} item(s) taken from an earlier run with these settings, "
+                     f"{report.scored} scored now")
+    lines.append(f"report (per-item predictions and metrics): {Path(report.report_path).resolve()}")
+    if report.heatmap_path is not None:
+        lines.append(f"heatmap: {Path(report.heatmap_path).resolve()}")
+    print("\n".join(lines))
+    return 0

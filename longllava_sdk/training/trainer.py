@@ -53,6 +53,8 @@ __all__ = [
     "PromptOnlyCollator",
     "build_training_arguments",
     "answer_span",
+    "split_for_generation",
+    "decode_generated",
     "save_task_model",
     "load_task_model_weights",
 ]
@@ -87,6 +89,31 @@ def prompt_only(sample: EncodedSample) -> EncodedSample:
     cut.input_ids = list(sample.input_ids[:start])
     cut.labels = [IGNORE_INDEX] * start
     return cut
+
+
+def split_for_generation(sample: EncodedSample, processor: Any) -> tuple[EncodedSample, str]:
+    """``(prompt, reference)``: the sample up to its final answer, and that answer as text.
+
+    The prompt is :func:`prompt_only`'s cut as a plain :class:`EncodedSample` (what
+    ``processor.collate_for_generation`` batches); the reference is the answer's tokens
+    without ``<|endoftext|>``, decoded. Generation is scored by comparing what the model
+    writes after the prompt with the reference (``LongLLaVATrainer.evaluate`` and
+    ``longllava-sdk eval data`` both do it this way).
+    """
+    start, end = answer_span(sample.labels)
+    eos = processor.tokenizer.eos_token_id
+    answer = [t for t in sample.input_ids[start:end] if t != eos]
+    prompt = EncodedSample(list(sample.input_ids[:start]), [IGNORE_INDEX] * start, list(sample.images))
+    return prompt, processor.decode(answer).strip()
+
+
+def decode_generated(tokens: Sequence[int], processor: Any) -> str:
+    """The text of generated ``tokens`` (those after the prompt), cut at the first ``<|endoftext|>``."""
+    tokens = [int(t) for t in tokens]
+    eos = processor.tokenizer.eos_token_id
+    if eos in tokens:
+        tokens = tokens[:tokens.index(eos)]
+    return processor.decode(tokens).strip()
 
 
 class PromptOnlyCollator:
@@ -560,11 +587,9 @@ class LongLLaVATrainer(Trainer):
             losses = task_model(**batch)["loss"]
             prompts, references = [], []
             for sample in samples:
-                start, end = answer_span(sample.labels)
-                answer = [t for t in sample.input_ids[start:end] if t != eos]
-                references.append(self.processor.decode(answer).strip())
-                prompts.append(EncodedSample(list(sample.input_ids[:start]), [IGNORE_INDEX] * start,
-                                             list(sample.images)))
+                prompt, reference = split_for_generation(sample, self.processor)
+                prompts.append(prompt)
+                references.append(reference)
             inputs = self._to_device(dict(self.processor.collate_for_generation(prompts)))
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(lm.vision_tower.dtype)
@@ -573,10 +598,8 @@ class LongLLaVATrainer(Trainer):
                                     eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, synced_gpus=synced)
             prompt_len = inputs["input_ids"].shape[1]
             for j, index in enumerate(chunk):
-                tokens = generated[j, prompt_len:].tolist()
-                if eos in tokens:
-                    tokens = tokens[:tokens.index(eos)]
-                rows.append((index, self.processor.decode(tokens).strip(), references[j], float(losses)))
+                prediction = decode_generated(generated[j, prompt_len:].tolist(), self.processor)
+                rows.append((index, prediction, references[j], float(losses)))
         unique = _dedupe(self._gather(rows))
         metrics = dict(task_model.head.metrics([r[1] for r in unique], [r[2] for r in unique]))
         metrics["loss"] = sum(r[3] for r in unique) / max(len(unique), 1)
