@@ -36,9 +36,10 @@ def command(func: Callable[..., Any], *, name: str | None = None,
 
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, bench."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, serve, bench."""
     from ..convert_official import convert_official
     from ..model_folders import merge_adapter
+    from ..serving import serve
     from ..training.finetuning import finetune
     from .cmd_bench import bench
     from .cmd_infer import infer
@@ -53,5 +54,6 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
         plugins,
         command(finetune, present=present_finetune),
         command(merge_adapter, name="merge", present=present_merge),
+        command(serve),
         bench,
     ]
