@@ -20,6 +20,9 @@ from longllava_sdk import Pipeline
 from longllava_sdk.serving import ServerSettings, create_app
 from serving_fixtures import SECRET, data_url, make_root, png_bytes, running_server, user
 
+# Part of the compatibility subset: CI also runs it on the oldest allowed server stack.
+pytestmark = pytest.mark.compat
+
 KEY = "test-key"
 MODEL = "tiny"
 

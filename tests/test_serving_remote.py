@@ -21,6 +21,9 @@ from longllava_sdk.serving.api_errors import APIError
 from longllava_sdk.serving.remote import RemotePolicy
 from serving_fixtures import data_url, png_bytes, running_server, user
 
+# Part of the compatibility subset: CI also runs it on the oldest allowed server stack.
+pytestmark = pytest.mark.compat
+
 MODEL = "tiny"
 IMAGE = png_bytes(colour=(10, 200, 30))
 

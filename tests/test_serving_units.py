@@ -9,6 +9,9 @@ from longllava_sdk.serving.api_errors import APIError, PathRedactor, from_sdk_er
 from longllava_sdk.serving.detokenize import TextAssembler
 from longllava_sdk.serving.security import RootJail, api_key_matches
 
+# Part of the compatibility subset: CI also runs it on the oldest allowed server stack.
+pytestmark = pytest.mark.compat
+
 
 def _bytes_decoder(vocab):
     """A byte-level decoder like the tokenizers': ids -> bytes -> text, invalid UTF-8 shown as U+FFFD."""
