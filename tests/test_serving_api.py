@@ -311,3 +311,29 @@ def test_error_bodies_are_openai_shaped_and_carry_no_internals(server, root, pip
     response = post(message())
     assert response.status_code == 500
     assert _assert_clean(response, root)["code"] == "internal_error"
+
+
+def test_a_model_with_a_task_head_classifies_over_http(tiny_model_and_processor, tmp_path, root):
+    from longllava_sdk.model_folders import save_head, save_model
+    from longllava_sdk.plugin_manager import get_head_class
+
+    model, processor = tiny_model_and_processor
+    head = get_head_class("classify")(model.config.text_config.hidden_size, ["benign", "malignant"], dropout=0.0)
+    with torch.no_grad():
+        head.classifier.weight.normal_()
+    folder = save_model(model, processor, tmp_path / "with-head", head=head)
+    pipe = Pipeline.from_pretrained(folder)
+    with running_server(create_app(pipe, ServerSettings(model_name=MODEL, root=root))) as server:
+        body = {"model": MODEL, "messages": [user("Benign or malignant?", {"type": "image",
+                                                                          "image": {"path": "images/ihc_01.png"}})]}
+        response = httpx.post(f"{server.url}/v1/classify", json=body, timeout=30)
+        two_turns = httpx.post(f"{server.url}/v1/classify", timeout=30,
+                               json={**body, "messages": body["messages"] * 2})
+        assert server.client().models.retrieve(MODEL).model_extra["task_head"] is True
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["object"] == "classification" and answer["model"] == MODEL
+    expected = pipe.classify("Benign or malignant?", images=[root / "images/ihc_01.png"])
+    assert answer["result"]["labels"] == expected["labels"]
+    assert answer["result"]["scores"] == pytest.approx(expected["scores"])
+    assert two_turns.status_code == 400 and two_turns.json()["error"]["param"] == "messages"

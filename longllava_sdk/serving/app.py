@@ -129,7 +129,7 @@ class Server:
 
     def submit(self, kind: str, work: Callable[[Job], None], conversation: Conversation, redact: PathRedactor,
                max_new_tokens: int = 0) -> Job:
-        prefix = "chatcmpl" if kind == "chat" else "classify"
+        prefix = "chatcmpl" if kind == "chat" else "clf"
         read = partial(self.reader.read, self.pipeline, conversation, redact)
         job = Job(f"{prefix}-{uuid.uuid4().hex}", kind, partial(work, pipeline=self.pipeline, read_messages=read),
                   redact=redact, max_new_tokens=max_new_tokens)
@@ -286,7 +286,7 @@ async def classify(request: Request) -> Response:
     if [turn.role for turn in conversation.turns] != ["user"]:
         raise APIError(400, "classify takes exactly one user message (its text and media)", code="invalid_request",
                        param="messages")
-    job = server.submit("classify", run_classify, conversation, redact)
+    job = server.submit("classification", run_classify, conversation, redact)
     gone = asyncio.create_task(_client_gone(request.receive))
     try:
         while True:

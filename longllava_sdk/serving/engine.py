@@ -44,7 +44,7 @@ class JobRecord:
 
     Attributes:
         id: the response id (``chatcmpl-...``).
-        kind: ``chat`` or ``classify``.
+        kind: ``chat`` or ``classification``.
         outcome: how it ended (:data:`Outcome`).
         steps: tokens generated.
         max_new_tokens: the generation limit it had.
@@ -66,7 +66,7 @@ class Job:
 
     Args:
         id: the response id.
-        kind: ``chat`` or ``classify``.
+        kind: ``chat`` or ``classification``.
         work: the body, called in the worker thread with the job; it emits ``ready``,
             ``delta`` and ``done`` events and raises :class:`APIError` for the client.
         redact: how paths are shown in the messages of SDK errors it raises.
