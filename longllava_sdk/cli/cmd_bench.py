@@ -19,6 +19,8 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "adapters-medical": ("bench_adapters_medical.py", []),
     "adapters-raster-video": ("bench_adapters_raster_video.py", []),
     "learnability": ("learnability.py", []),
+    # 200 requests x 3 runs against `longllava-sdk serve` on loopback: ~1-2 minutes
+    "serve": ("bench_serve.py", []),
 }
 
 
@@ -34,7 +36,7 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability);
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability, serve);
             default: all but learnability (which takes up to 10 minutes).
     """
     names = suite or [name for name in SUITES if name != "learnability"]
