@@ -126,7 +126,8 @@ def test_stop_strings_end_the_answer_and_the_generation(server, client):
 def test_a_data_url_image_reaches_the_model_like_the_same_file(pipe, client, tmp_path):
     path = tmp_path / "red.png"
     path.write_bytes(png_bytes())
-    response = chat(client, user("What is shown?", {"type": "image_url", "image_url": {"url": data_url(path.read_bytes())}}))
+    part = {"type": "image_url", "image_url": {"url": data_url(path.read_bytes())}}
+    response = chat(client, user("What is shown?", part))
     expected, prompt = reference(pipe, [{"role": "user", "content": "What is shown?",
                                          "media": pipe.collect_media([path])}], 12)
     assert response.choices[0].message.content == expected
@@ -136,12 +137,14 @@ def test_a_data_url_image_reaches_the_model_like_the_same_file(pipe, client, tmp
 def test_server_side_image_paths_under_the_root(pipe, client, root):
     image = root / "images/ihc_01.png"
     by_url = chat(client, user("What stain?", {"type": "image_url", "image_url": {"url": "images/ihc_01.png"}}))
-    expected, prompt = reference(pipe, [{"role": "user", "content": "What stain?", "media": pipe.collect_media([image])}], 12)
+    expected, prompt = reference(pipe, [{"role": "user", "content": "What stain?",
+                                         "media": pipe.collect_media([image])}], 12)
     assert by_url.choices[0].message.content == expected and by_url.usage.prompt_tokens == prompt
     absolute = chat(client, user("What stain?", {"type": "image", "image": {"path": str(image)}}))
     assert absolute.choices[0].message.content == expected
 
-    high = chat(client, user("What stain?", {"type": "image", "image": {"path": "images/ihc_01.png", "high_res": True}}))
+    high = chat(client, user("What stain?", {"type": "image", "image": {"path": "images/ihc_01.png",
+                                                                        "high_res": True}}))
     expected_high, prompt_high = reference(pipe, [{"role": "user", "content": "What stain?",
                                                    "media": pipe.collect_media([image], high_res=True)}], 12)
     assert high.choices[0].message.content == expected_high and high.usage.prompt_tokens == prompt_high > prompt
@@ -185,7 +188,8 @@ def test_multi_turn_messages_keep_each_turns_media(pipe, client, root, tmp_path)
         {"role": "system", "content": "You are a pathologist."},
         user("What colour is this?", {"type": "image_url", "image_url": {"url": data_url(red.read_bytes())}}),
         {"role": "assistant", "content": "Red."},
-        user("And this one, compared with the slide?", {"type": "image_url", "image_url": {"url": data_url(blue.read_bytes())}},
+        user("And this one, compared with the slide?",
+             {"type": "image_url", "image_url": {"url": data_url(blue.read_bytes())}},
              {"type": "image", "image": {"path": "images/ihc_01.png"}}),
     ]
     response = chat(client, *messages)
@@ -200,7 +204,8 @@ def test_multi_turn_messages_keep_each_turns_media(pipe, client, root, tmp_path)
     assert response.usage.prompt_tokens == prompt
     assert response.choices[0].message.content == expected
     # The comparison can tell turns apart: the same media all in the last turn is another prompt.
-    moved = [turns[0], {**turns[1], "media": []}, turns[2], {**turns[3], "media": turns[1]["media"] + turns[3]["media"]}]
+    moved = [turns[0], {**turns[1], "media": []}, turns[2],
+             {**turns[3], "media": turns[1]["media"] + turns[3]["media"]}]
     assert not torch.equal(pipe.inputs(moved)["input_ids"], pipe.inputs(turns)["input_ids"])
 
 
@@ -314,7 +319,7 @@ def test_error_bodies_are_openai_shaped_and_carry_no_internals(server, root, pip
 
 
 def test_a_model_with_a_task_head_classifies_over_http(tiny_model_and_processor, tmp_path, root):
-    from longllava_sdk.model_folders import save_head, save_model
+    from longllava_sdk.model_folders import save_model
     from longllava_sdk.plugin_manager import get_head_class
 
     model, processor = tiny_model_and_processor

@@ -140,7 +140,8 @@ def test_body_and_image_size_caps(pipe):
     with serving(pipe, max_image_mb=0.1) as server:
         with pytest.raises(openai.APIStatusError) as caught:
             server.client().chat.completions.create(
-                model=MODEL, messages=[user("x", {"type": "image_url", "image_url": {"url": data_url(big.getvalue())}})],
+                model=MODEL,
+                messages=[user("x", {"type": "image_url", "image_url": {"url": data_url(big.getvalue())}})],
                 max_tokens=2)
         assert caught.value.status_code == 413 and caught.value.body["code"] == "image_too_large"
 
@@ -213,9 +214,9 @@ def test_the_cli_command_serves_until_interrupted(tiny_checkpoint, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "LONGLLAVA_API_KEY": "env-key", "OMP_WAIT_POLICY": "PASSIVE"}
-    process = subprocess.Popen([sys.executable, "-m", "longllava_sdk", "serve", str(tiny_checkpoint), "--port", str(port),
-                                "--model-name", MODEL, "--no-access-log"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "longllava_sdk", "serve", str(tiny_checkpoint), "--port", str(port),
+               "--model-name", MODEL, "--no-access-log"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -224,7 +225,9 @@ def test_the_cli_command_serves_until_interrupted(tiny_checkpoint, tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else ""
+            if process.poll() is not None:
+                pytest.fail(f"the server exited: {process.stderr.read()}")
+            assert time.monotonic() < deadline, "the server did not answer /health within 120 s"
             time.sleep(0.2)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="env-key", max_retries=0)
         answer = client.chat.completions.create(model=MODEL, messages=[user("Hello?")], max_tokens=3)

@@ -25,7 +25,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -34,12 +34,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive
 
 from ..pipeline import Pipeline
 from .api_errors import APIError, PathRedactor, error_body
 from .content import ContentReader, Conversation
 from .engine import Event, GenerationEngine, Job
-from .generation import GenerationParams, run_chat, run_classify
+from .generation import GenerationParams, MessageReader, run_chat, run_classify
 from .remote import RemoteFetcher, RemotePolicy
 from .schemas import ChatCompletionRequest, ClassifyRequest
 from .security import APIKeyMiddleware, RootJail
@@ -127,12 +128,13 @@ class Server:
         return GenerationParams(max_new_tokens=max_tokens, min_new_tokens=payload.min_tokens,
                                 temperature=payload.temperature, top_p=payload.top_p, stop=stop)
 
-    def submit(self, kind: str, work: Callable[[Job], None], conversation: Conversation, redact: PathRedactor,
-               max_new_tokens: int = 0) -> Job:
+    def submit(self, kind: str, work: Callable[[Job, MessageReader], None], conversation: Conversation,
+               redact: PathRedactor, max_new_tokens: int = 0) -> Job:
+        """Queue ``work(job, read_messages)`` (429 when full); ``read_messages`` reads the media in the worker."""
         prefix = "chatcmpl" if kind == "chat" else "clf"
-        read = partial(self.reader.read, self.pipeline, conversation, redact)
-        job = Job(f"{prefix}-{uuid.uuid4().hex}", kind, partial(work, pipeline=self.pipeline, read_messages=read),
-                  redact=redact, max_new_tokens=max_new_tokens)
+        read: MessageReader = partial(self.reader.read, self.pipeline, conversation, redact)
+        job = Job(f"{prefix}-{uuid.uuid4().hex}", kind, lambda job: work(job, read), redact=redact,
+                  max_new_tokens=max_new_tokens)
         self.engine.submit(job)
         return job
 
@@ -150,7 +152,7 @@ class Server:
         raise job.timeout_error()
 
 
-async def _client_gone(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+async def _client_gone(receive: Receive) -> None:
     """Returns when the client disconnects (the body is read: the next message is the disconnect)."""
     while True:
         message = await receive()
@@ -203,7 +205,9 @@ async def chat_completions(request: Request) -> Response:
     params = server.generation_params(payload)
     redact = PathRedactor(server.settings.root)
     conversation = await server.reader.parse(payload.messages, redact)
-    job = server.submit("chat", partial(run_chat, params=params), conversation, redact, params.max_new_tokens)
+    pipeline = server.pipeline
+    job = server.submit("chat", lambda job, read: run_chat(job, pipeline, read, params), conversation, redact,
+                        params.max_new_tokens)
     created = int(time.time())
     gone = asyncio.create_task(_client_gone(request.receive))
     streaming = False
@@ -286,7 +290,8 @@ async def classify(request: Request) -> Response:
     if [turn.role for turn in conversation.turns] != ["user"]:
         raise APIError(400, "classify takes exactly one user message (its text and media)", code="invalid_request",
                        param="messages")
-    job = server.submit("classification", run_classify, conversation, redact)
+    pipeline = server.pipeline
+    job = server.submit("classification", lambda job, read: run_classify(job, pipeline, read), conversation, redact)
     gone = asyncio.create_task(_client_gone(request.receive))
     try:
         while True:

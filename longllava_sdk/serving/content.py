@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import LongLLaVAError
 from ..media import Media
-from ..pipeline import DEFAULT_VIDEO_FRAMES, Pipeline
+from ..pipeline import DEFAULT_VIDEO_FRAMES, MediaOptions, Pipeline
 from .api_errors import APIError, PathRedactor, from_sdk_error
 from .images import check_image, decode_data_url
 from .remote import RemoteFetcher
@@ -127,7 +127,8 @@ class ContentReader:
     async def _media(self, part: Any, param: str, redact: PathRedactor) -> MediaItem:
         if isinstance(part, ImageURLPart):
             return await self._image_url(part, param, redact)
-        kind = {ImagePart: "images", VideoPart: "video", VolumePart: "volume"}.get(type(part), "tiled")
+        kind = ("images" if isinstance(part, ImagePart) else "video" if isinstance(part, VideoPart)
+                else "volume" if isinstance(part, VolumePart) else "tiled")
         source = getattr(part, part.type)
         self._check_options(source.adapter_options, param)
         item = MediaItem(kind=kind, param=param, name="", adapter=source.adapter,
@@ -137,7 +138,8 @@ class ContentReader:
         return await asyncio.to_thread(self._server_path, item, source.path, redact)
 
     def _server_path(self, item: MediaItem, raw: str | list[str], redact: PathRedactor) -> MediaItem:
-        paths = [self.jail.resolve(p, param=item.param, redact=redact) for p in ([raw] if isinstance(raw, str) else raw)]
+        raws = [raw] if isinstance(raw, str) else raw
+        paths = [self.jail.resolve(p, param=item.param, redact=redact) for p in raws]
         item.path = paths[0] if isinstance(raw, str) else paths
         item.name = redact.public(paths[0]) + (f" (+{len(paths) - 1} more)" if len(paths) > 1 else "")
         if item.kind == "images" and paths[0].is_file():
@@ -219,13 +221,21 @@ class ContentReader:
         return pipeline.default_max_images
 
     @staticmethod
-    def _collect(pipeline: Pipeline, item: MediaItem, source: Path | list[Path], limit: int) -> list[Media | Image.Image]:
-        common: dict[str, Any] = {"adapter_options": item.adapter_options, "max_images": limit}
+    def _collect(pipeline: Pipeline, item: MediaItem, source: Path | list[Path],
+                 limit: int) -> list[Media | Image.Image]:
+        options: MediaOptions = {"adapter_options": item.adapter_options, "max_images": limit}
         if item.adapter is not None:
-            common["adapter"] = item.adapter
+            options["adapter"] = item.adapter
         if item.kind == "images":
-            return pipeline.collect_media([source], high_res=item.high_res, **common)  # type: ignore[list-item]
-        return pipeline.collect_media(**{item.kind: source}, **common)  # type: ignore[misc]
+            assert isinstance(source, Path)
+            options["high_res"] = item.high_res
+            return pipeline.collect_media([source], **options)
+        if item.kind == "volume":
+            options["volume"] = source
+        else:
+            assert isinstance(source, Path)
+            options["video" if item.kind == "video" else "tiled"] = source
+        return pipeline.collect_media(**options)
 
     def _over_budget(self, param: str) -> APIError:
         return APIError(400, f"the request's media hold more than {self.settings.max_images} images, this server's "

@@ -116,7 +116,8 @@ class RemotePolicy:
             addresses = [literal]
         elif listed:
             try:
-                addresses = [_address(a) for a in await self.resolver(host, url.port or (443 if url.scheme == "https" else 80))]
+                port = url.port or (443 if url.scheme == "https" else 80)
+                addresses = [_address(a) for a in await self.resolver(host, port)]
             except (OSError, ValueError):
                 raise refuse(f"host {host} does not resolve") from None
             if not addresses:
