@@ -295,6 +295,8 @@ def test_error_bodies_are_openai_shaped_and_carry_no_internals(server, root, pip
         "unknown adapter": (post(message({"type": "video", "video": {"path": "clips/bikes_1.mp4",
                                                                      "adapter": "nope"}})), 400),
         "unsupported": (post({**message(), "n": 3}), 400),
+        "media in an assistant turn": (post({"model": MODEL, "messages": [
+            {"role": "assistant", "content": [{"type": "image", "image": {"path": "images/ihc_01.png"}}]}]}), 400),
         "too many tokens": (post({**message(), "max_tokens": 10 ** 6}), 400),
         "no route": (httpx.get(f"{server.url}/v2/x", headers=auth), 404),
         "wrong method": (httpx.get(url, headers=auth), 405),

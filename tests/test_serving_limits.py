@@ -7,6 +7,7 @@ Long generations use the ``min_tokens`` extension so the random-weight model can
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -85,6 +86,15 @@ def test_the_queue_holds_max_queue_requests_then_refuses(pipe):
         first = threading.Thread(target=_stream_until_first_piece, args=(server, started, done, received))
         first.start()
         assert started.wait(30)
+        # A queued request whose client leaves gives its place back without ever running.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", timeout=httpx.Timeout(10, read=1.0),
+                       json={"model": MODEL, "messages": [user("Leaving.")], "max_tokens": 4})
+        deadline = time.monotonic() + 5
+        while server.engine.active > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.engine.active == 1
+        assert server.engine.records[-1].outcome == "cancelled" and server.engine.records[-1].steps == 0
         results: list = []
         queued = threading.Thread(target=lambda: results.append(server.client().chat.completions.create(
             model=MODEL, messages=[user("Queued.")], max_tokens=4)))
@@ -168,10 +178,12 @@ def test_pixel_cap_is_checked_from_the_header_before_decoding(pipe, root):
             assert caught.value.body["code"] == "image_too_large"
         assert time.monotonic() - began < 5  # 3.6 gigapixels were never decoded
         assert "4000" in caught.value.body["message"]
-        with pytest.raises(openai.BadRequestError) as caught:  # the same check for server-side files
-            client.chat.completions.create(model=MODEL, messages=[user("x", {"type": "image", "image": {
-                "path": "images/wide.png"}})], max_tokens=2)
-        assert caught.value.body["code"] == "image_too_large"
+        for path in ("images/wide.png", "images"):  # the same check for server-side files and folders
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(model=MODEL, messages=[user("x", {"type": "image", "image": {
+                    "path": path}})], max_tokens=2)
+            assert caught.value.body["code"] == "image_too_large"
+            assert re.match(r"images/\w+\.png: declares \d+x\d+ = \d+ pixels", caught.value.body["message"])
         small = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
             user("x", {"type": "image_url", "image_url": {"url": data_url(png_bytes((50, 40)))}})])
         assert small.choices

@@ -142,9 +142,26 @@ class ContentReader:
         paths = [self.jail.resolve(p, param=item.param, redact=redact) for p in raws]
         item.path = paths[0] if isinstance(raw, str) else paths
         item.name = redact.public(paths[0]) + (f" (+{len(paths) - 1} more)" if len(paths) > 1 else "")
-        if item.kind == "images" and paths[0].is_file():
-            check_image(paths[0], max_pixels=self.settings.max_image_pixels, param=item.param, name=item.name)
+        if item.kind == "images":
+            for path in paths:
+                if path.is_file():
+                    check_image(path, max_pixels=self.settings.max_image_pixels, param=item.param,
+                                name=redact.public(path))
+                else:
+                    self._check_folder_images(path, item.param, redact)
         return item
+
+    def _check_folder_images(self, folder: Path, param: str, redact: PathRedactor) -> None:
+        """The pixel cap for every image in a folder of images (files that are not images are
+        left to the adapter, which skips them)."""
+        for path in sorted(folder.iterdir()):
+            if not path.is_file():
+                continue
+            try:
+                check_image(path, max_pixels=self.settings.max_image_pixels, param=param, name=redact.public(path))
+            except APIError as exc:
+                if exc.code != "invalid_image":
+                    raise
 
     async def _image_url(self, part: ImageURLPart, param: str, redact: PathRedactor) -> MediaItem:
         url = part.image_url.url.strip()
