@@ -306,6 +306,10 @@ def test_error_bodies_are_openai_shaped_and_carry_no_internals(server, root, pip
         assert response.status_code == status, (name, response.text)
         error = _assert_clean(response, root)
         assert error["message"], name
+    (root / "table.csv").write_text("a,b\n1,2\n")
+    nobody = post(message({"type": "volume", "volume": {"path": "table.csv"}}))
+    # SDK advice is phrased as a request field, not a Python keyword or a CLI flag.
+    assert '"adapter": "NAME"' in _assert_clean(nobody, root)["message"]
     not_dicom = cases["not dicom"][0].json()["error"]["message"]
     assert not_dicom.startswith("notes.dcm: ")  # named relative to the root
     assert "unsupported_source" == cases["unknown adapter"][0].json()["error"]["code"]
