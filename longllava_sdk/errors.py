@@ -7,24 +7,36 @@ All of them derive from :class:`LongLLaVAError`, so callers can catch one type.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import json
 from contextlib import contextmanager
 from os import PathLike
 from typing import Any, Iterator
 
 # Errors tell the user what to change. A Python caller changes a keyword argument, a shell user
-# a flag: the same error renders its advice for whichever interface is running it.
+# a flag, an HTTP client a field of its request: the same error renders its advice for
+# whichever interface is running it.
 _interface: contextvars.ContextVar[str] = contextvars.ContextVar("longllava_interface", default="python")
 
 
 @contextmanager
-def cli_interface() -> Iterator[None]:
-    """Inside this block, errors phrase their advice as command-line flags (the CLI sets it)."""
-    token = _interface.set("cli")
+def _interface_block(name: str) -> Iterator[None]:
+    token = _interface.set(name)
     try:
         yield
     finally:
         _interface.reset(token)
+
+
+def cli_interface() -> contextlib.AbstractContextManager[None]:
+    """Inside this block, errors phrase their advice as command-line flags (the CLI sets it)."""
+    return _interface_block("cli")
+
+
+def http_interface() -> contextlib.AbstractContextManager[None]:
+    """Inside this block, errors phrase their advice as request fields (the HTTP server sets it)."""
+    return _interface_block("http")
 
 
 def _cli_value(value: Any) -> str:
@@ -36,10 +48,13 @@ def _cli_value(value: Any) -> str:
 
 
 def option_hint(name: str, value: Any = True) -> str:
-    """How to set option ``name`` to ``value``: ``overwrite=True`` in Python, ``--overwrite`` on the CLI.
+    """How to set option ``name`` to ``value``: ``overwrite=True`` in Python, ``--overwrite`` on the
+    CLI, ``"overwrite": true`` in an HTTP request.
 
     ``value`` may be a placeholder string such as ``"NAME"`` or ``"DIR"``.
     """
+    if _interface.get() == "http":
+        return f"{json.dumps(name)}: {json.dumps(value, default=str)}"
     if _interface.get() == "cli":
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -53,7 +68,10 @@ def option_hint(name: str, value: Any = True) -> str:
 
 def adapter_option_hint(name: str, value: Any = True) -> str:
     """How to pass adapter option ``name``: ``allow_non_parallel=True`` in Python (in
-    ``adapter_options`` / the adapter's constructor), ``--adapter-option allow_non_parallel=true`` on the CLI."""
+    ``adapter_options`` / the adapter's constructor), ``--adapter-option allow_non_parallel=true`` on the CLI,
+    ``"adapter_options": {"allow_non_parallel": true}`` in an HTTP request."""
+    if _interface.get() == "http":
+        return f'"adapter_options": {{{json.dumps(name)}: {json.dumps(value, default=str)}}}'
     if _interface.get() == "cli":
         return f"--adapter-option {name}={_cli_value(value)}"
     placeholder = isinstance(value, str) and (value.isupper() or ".." in value)

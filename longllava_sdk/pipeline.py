@@ -177,6 +177,15 @@ class Pipeline:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return kwargs
 
+    def inputs(self, messages: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Model inputs for a conversation, on the model's device, ready for ``model.generate``.
+
+        Each message is ``{"role", "content", "media"}`` with its own media (from
+        :meth:`collect_media`); the generation prompt is added. For callers that drive
+        ``generate`` themselves (the HTTP server adds its own streamer and stopping criteria).
+        """
+        return self._inputs([dict(m) for m in messages])
+
     def _inputs(self, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.processor(messages=messages, add_generation_prompt=True)
         device = next(self.model.parameters()).device

@@ -10,7 +10,7 @@ import pytest
 
 from longllava_sdk.cli import BUILTIN_PLUGIN, available_commands, build_parser, main
 
-BUILTIN_COMMANDS = {"info", "init-model", "infer", "convert-official", "plugins", "finetune", "merge", "bench"}
+BUILTIN_COMMANDS = {"info", "init-model", "infer", "convert-official", "plugins", "finetune", "merge", "serve", "bench"}
 
 
 def test_every_builtin_command_is_available_with_help():
@@ -37,9 +37,11 @@ def test_library_functions_are_the_commands():
     import inspect
 
     from longllava_sdk.model_folders import merge_adapter
+    from longllava_sdk.serving import serve
     from longllava_sdk.training.finetuning import finetune
 
     commands = available_commands()
+    assert inspect.signature(commands["serve"]) == inspect.signature(serve)
     assert inspect.signature(commands["finetune"]) == inspect.signature(finetune)
     assert inspect.signature(commands["merge"]) == inspect.signature(merge_adapter)
 

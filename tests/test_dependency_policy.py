@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _requirements() -> dict[str, Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     specs = list(project["dependencies"])
-    for extra in ("deepspeed",):
+    for extra in ("deepspeed", "serve"):
         specs += project["optional-dependencies"][extra]
     return {Requirement(spec).name: Requirement(spec) for spec in specs}
 
@@ -52,7 +52,8 @@ def test_every_pinned_dependency_has_its_floor_pinned_and_a_ceiling():
         assert pinned in spec
 
 
-@pytest.mark.parametrize("name", ["torch", "transformers", "peft", "accelerate", "pluggy", "deepspeed", "numba"])
+@pytest.mark.parametrize("name", ["torch", "transformers", "peft", "accelerate", "pluggy", "deepspeed", "numba",
+                                  "starlette", "uvicorn", "httpx", "pydantic"])
 def test_installed_version_is_inside_the_declared_range(name):
     try:
         installed = Version(version(name))

@@ -63,10 +63,11 @@ def command_group(name: str, doc: str, subcommands: list[Callable[..., Any]]) ->
 
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, bench."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, bench."""
     from ..convert_official import convert_official
     from ..evaluation import evaluate_data, evaluate_niah, evaluate_vnbench
     from ..model_folders import merge_adapter
+    from ..serving import serve
     from ..training.finetuning import finetune
     from .cmd_bench import bench
     from .cmd_infer import infer
@@ -86,6 +87,7 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
             command(evaluate_vnbench, name="vnbench", present=present_eval),
             command(evaluate_data, name="data", present=present_eval),
         ]),
+        command(serve),
         bench,
     ]
 

@@ -23,6 +23,8 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     # ~2 minutes: 20 SIGKILLs of a real finetune run, each followed by --resume
     "fault-injection": ("fault_injection.py", ["--kills", "20"]),
     "niah-learning": ("bench_niah_learning.py", []),
+    # 200 requests x 3 runs against `longllava-sdk serve` on loopback: ~1-2 minutes
+    "serve": ("bench_serve.py", []),
 }
 #: Suites run only when named: they train a model for minutes, or stress the machine on purpose.
 _ON_REQUEST = {"learnability", "niah-learning", "fault-injection"}
@@ -40,7 +42,7 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, learnability,
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, serve, learnability,
             niah-learning, fault-injection); default: all but the two that train a model (up to
             10 minutes each) and fault-injection (about 2 minutes of repeated SIGKILLs).
     """

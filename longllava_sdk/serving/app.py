@@ -1,0 +1,357 @@
+"""The ASGI application (Starlette): OpenAI-compatible routes over a :class:`~longllava_sdk.pipeline.Pipeline`.
+
+Routes (docs/serving.md):
+
+* ``GET /health``: ``{"status": "ok"}``, open without the API key (for load balancers; it
+  says nothing about the model).
+* ``GET /v1/models``, ``GET /v1/models/{id}``: the one model served.
+* ``POST /v1/chat/completions``: chat with text and media parts; ``stream: true`` answers
+  with server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
+* ``POST /v1/classify``: the fine-tuned task head of a model folder that has one.
+
+Request life: the body is read under a size cap and validated; the content is checked
+(paths, images, remote URLs) before the request takes a place; the engine queues it or
+answers 429; events from the worker become the response. A client that goes away cancels
+its generation: before the answer starts a watcher on the ASGI ``receive`` channel notices,
+while streaming Starlette's own disconnect listener cancels the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive
+
+from ..pipeline import Pipeline
+from .api_errors import APIError, PathRedactor, error_body
+from .content import ContentReader, Conversation
+from .engine import Event, GenerationEngine, Job
+from .generation import GenerationParams, MessageReader, run_chat, run_classify
+from .remote import RemoteFetcher, RemotePolicy
+from .schemas import ChatCompletionRequest, ClassifyRequest
+from .security import APIKeyMiddleware, RootJail
+from .settings import ServerSettings
+
+Body = TypeVar("Body", bound=BaseModel)
+#: Status for a request whose client went away before its answer (nginx's convention);
+#: nobody receives it, it only shows in access logs.
+CLIENT_CLOSED = 499
+#: Extra seconds the handler waits past ``request_timeout`` for a worker that cannot be
+#: interrupted (media reading has no step at which to stop) before answering 504 itself.
+TIMEOUT_GRACE = 5.0
+_TYPE_NAME = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|[\w-]+\[.*\])$")
+
+
+class Server:
+    """The state behind the routes: pipeline, settings, engine, content reader.
+
+    Attributes:
+        pipeline: the model.
+        settings: limits and security switches.
+        engine: admission and worker threads (its ``records`` tell how jobs ended).
+        reader: request content checks and media reading.
+        created: when the server started (the model's ``created``).
+    """
+
+    def __init__(self, pipeline: Pipeline, settings: ServerSettings) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.engine = GenerationEngine(settings)
+        policy = RemotePolicy(settings.allow_remote)
+        fetcher = (RemoteFetcher(policy, max_bytes=settings.max_image_bytes, timeout=settings.remote_timeout,
+                                 max_redirects=settings.max_redirects) if policy.enabled else None)
+        self.reader = ContentReader(settings, RootJail(settings.root, settings.max_folder_entries), fetcher)
+        self.created = int(time.time())
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.settings.model_name, "object": "model", "created": self.created,
+                "owned_by": "longllava-sdk", "max_model_len": int(self.pipeline.config.max_context),
+                "task_head": self.pipeline.head is not None}
+
+    def check_model(self, name: str) -> None:
+        if name != self.settings.model_name:
+            raise APIError(404, f"the model {name!r} is not served here; this server serves "
+                                f"{self.settings.model_name!r}", code="model_not_found", param="model")
+
+    async def read_body(self, request: Request, schema: type[Body]) -> Body:
+        """The JSON body as ``schema``; 413 past ``max_body_bytes``, 400 when invalid."""
+        limit = self.settings.max_body_bytes
+        too_large = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
+                             code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        try:
+            return schema.model_validate_json(bytes(body))
+        except ValidationError as exc:
+            raise APIError(400, describe_validation_error(exc), code="invalid_request") from None
+
+    def generation_params(self, payload: ChatCompletionRequest) -> GenerationParams:
+        unsupported = {
+            "n": payload.n not in (None, 1), "tools": bool(payload.tools),
+            "tool_choice": payload.tool_choice not in (None, "none"), "logprobs": bool(payload.logprobs),
+            "top_logprobs": payload.top_logprobs is not None,
+            "response_format": payload.response_format not in (None, {"type": "text"}),
+            "presence_penalty": bool(payload.presence_penalty), "frequency_penalty": bool(payload.frequency_penalty),
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise APIError(400, f"{name} is not supported by this server", code="unsupported_parameter", param=name)
+        max_tokens = payload.max_completion_tokens or payload.max_tokens or self.settings.default_max_tokens
+        if max_tokens > self.settings.max_tokens:
+            raise APIError(400, f"max_tokens {max_tokens} is over this server's limit of {self.settings.max_tokens}",
+                           code="invalid_value", param="max_tokens")
+        if payload.min_tokens and payload.min_tokens > max_tokens:
+            raise APIError(400, f"min_tokens {payload.min_tokens} is over max_tokens {max_tokens}",
+                           code="invalid_value", param="min_tokens")
+        stop = tuple(payload.stop or ())
+        return GenerationParams(max_new_tokens=max_tokens, min_new_tokens=payload.min_tokens,
+                                temperature=payload.temperature, top_p=payload.top_p, stop=stop)
+
+    def submit(self, kind: str, work: Callable[[Job, MessageReader], None], conversation: Conversation,
+               redact: PathRedactor, max_new_tokens: int = 0) -> Job:
+        """Queue ``work(job, read_messages)`` (429 when full); ``read_messages`` reads the media in the worker."""
+        prefix = "chatcmpl" if kind == "chat" else "clf"
+        read: MessageReader = partial(self.reader.read, self.pipeline, conversation, redact)
+        job = Job(f"{prefix}-{uuid.uuid4().hex}", kind, lambda job: work(job, read), redact=redact,
+                  max_new_tokens=max_new_tokens)
+        self.engine.submit(job)
+        return job
+
+    async def next_event(self, job: Job, gone: asyncio.Task[None]) -> Event | None:
+        """The job's next event; ``None`` (and the job cancelled) when the client went away."""
+        getter = asyncio.ensure_future(job.events.get())
+        done, _ = await asyncio.wait({getter, gone}, timeout=self.settings.request_timeout + TIMEOUT_GRACE,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        job.cancel()
+        if gone in done:
+            return None
+        raise job.timeout_error()
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (the body is read: the next message is the disconnect)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's errors as ``messages[0].content[1].image_url.url: Field required; ...`` (no input values)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False)[:5]:
+        where = ""
+        previous: Any = None
+        for part in error["loc"]:
+            # A tagged union repeats the tag ('image_url', 'image_url'); a plain union names
+            # its member types ('str', 'list[str]'): neither is a field the client wrote.
+            if part == previous or (isinstance(part, str) and _TYPE_NAME.match(part)):
+                continue
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+            previous = part
+        problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    more = len(exc.errors()) - len(problems)
+    return "invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+# -- routes ----------------------------------------------------------------------------------------
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def list_models(request: Request) -> Response:
+    server: Server = request.app.state.server
+    return JSONResponse({"object": "list", "data": [server.model_card()]})
+
+
+async def get_model(request: Request) -> Response:
+    server: Server = request.app.state.server
+    server.check_model(request.path_params["model_id"])
+    return JSONResponse(server.model_card())
+
+
+async def chat_completions(request: Request) -> Response:
+    server: Server = request.app.state.server
+    payload = await server.read_body(request, ChatCompletionRequest)
+    server.check_model(payload.model)
+    params = server.generation_params(payload)
+    redact = PathRedactor(server.settings.root)
+    conversation = await server.reader.parse(payload.messages, redact)
+    pipeline = server.pipeline
+    job = server.submit("chat", lambda job, read: run_chat(job, pipeline, read, params), conversation, redact,
+                        params.max_new_tokens)
+    created = int(time.time())
+    gone = asyncio.create_task(_client_gone(request.receive))
+    streaming = False
+    try:
+        if payload.stream:
+            event = await server.next_event(job, gone)  # "ready" once the media are read, or an error
+            if event is None:
+                return Response(status_code=CLIENT_CLOSED)
+            if event[0] == "error":
+                raise event[1]
+            streaming = True
+            include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+            return StreamingResponse(_stream(job, server.settings.model_name, created, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        pieces: list[str] = []
+        while True:
+            event = await server.next_event(job, gone)
+            if event is None:
+                return Response(status_code=CLIENT_CLOSED)
+            kind, data = event
+            if kind == "error":
+                raise data
+            if kind == "delta":
+                pieces.append(data)
+            elif kind == "done":
+                return JSONResponse({
+                    "id": job.id, "object": "chat.completion", "created": created,
+                    "model": server.settings.model_name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+                                 "logprobs": None, "finish_reason": data["finish_reason"]}],
+                    "usage": data["usage"],
+                })
+    finally:
+        gone.cancel()  # while streaming, Starlette's own listener takes over the receive channel
+        if not streaming:
+            job.cancel()  # a no-op once done; stops the work if this handler is cancelled
+
+
+async def _stream(job: Job, model: str, created: int, include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's chunks as server-sent events; the generation stops if the client goes away."""
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": job.id, "object": "chat.completion.chunk", "created": created, "model": model,
+                                "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                             "finish_reason": finish_reason}]}
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    try:
+        yield _sse(chunk({"role": "assistant", "content": ""}))
+        while True:
+            kind, data = await job.events.get()
+            if kind == "delta":
+                yield _sse(chunk({"content": data}))
+            elif kind == "done":
+                yield _sse(chunk({}, data["finish_reason"]))
+                if include_usage:
+                    yield _sse({"id": job.id, "object": "chat.completion.chunk", "created": created, "model": model,
+                                "choices": [], "usage": data["usage"]})
+                yield _sse("[DONE]")
+                return
+            elif kind == "error":
+                yield _sse(data.body())  # the status line is sent already: the error travels in the stream
+                return
+    finally:
+        # Reached on completion and when Starlette cancels the stream because the client
+        # disconnected: then the generation stops at its next step.
+        job.cancel()
+
+
+async def classify(request: Request) -> Response:
+    server: Server = request.app.state.server
+    payload = await server.read_body(request, ClassifyRequest)
+    server.check_model(payload.model)
+    if server.pipeline.head is None:
+        raise APIError(404, "this model has no task head; use /v1/chat/completions", code="no_task_head")
+    redact = PathRedactor(server.settings.root)
+    conversation = await server.reader.parse(payload.messages, redact)
+    if [turn.role for turn in conversation.turns] != ["user"]:
+        raise APIError(400, "classify takes exactly one user message (its text and media)", code="invalid_request",
+                       param="messages")
+    pipeline = server.pipeline
+    job = server.submit("classification", lambda job, read: run_classify(job, pipeline, read), conversation, redact)
+    gone = asyncio.create_task(_client_gone(request.receive))
+    try:
+        while True:
+            event = await server.next_event(job, gone)
+            if event is None:
+                return Response(status_code=CLIENT_CLOSED)
+            if event[0] == "error":
+                raise event[1]
+            if event[0] == "done":
+                return JSONResponse({"id": job.id, "object": "classification", "created": int(time.time()),
+                                     "model": server.settings.model_name, "result": event[1]["result"]})
+    finally:
+        gone.cancel()
+        job.cancel()
+
+
+# -- errors ----------------------------------------------------------------------------------------
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "no such route", 405: "method not allowed on this route"}.get(exc.status_code, "request refused")
+    return JSONResponse(error_body(message, type="invalid_request_error",
+                                   code="not_found" if exc.status_code == 404 else None),
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette logs the traceback for the operator; the client gets no internals.
+    return JSONResponse(error_body("the server failed to process this request (details are in its log)",
+                                   type="server_error", code="internal_error"), status_code=500)
+
+
+def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Starlette:
+    """The ASGI app serving ``pipeline`` under ``settings`` (run it with uvicorn, or test it in-process).
+
+    ``app.state.server`` is the :class:`Server` (its ``engine.records`` tell how each request
+    ended). The engine's workers stop at the app's shutdown.
+    """
+    server = Server(pipeline, settings or ServerSettings())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        server.engine.shutdown()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/classify", classify, methods=["POST"]),
+        ],
+        middleware=[Middleware(APIKeyMiddleware, api_key=server.settings.api_key, open_paths=("/health",))],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _internal_error},
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    return app
