@@ -305,6 +305,10 @@ def test_manifest_fields_of_the_wrong_type_are_row_problems(tmp_path):
     """Fuzzing found an adapter given as an object crashing the loader: it is a row problem now."""
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"source": "x.png", "adapter": {"name": "dicom"}, "question": "q", "answer": "a"})
-                    + "\n" + json.dumps({"source": "x.png", "adapter": ["images"], "answer": "a"}) + "\n")
+                    + "\n" + json.dumps({"source": "x.png", "adapter": ["images"], "answer": "a"}) + "\n"
+                    + json.dumps({"source": ["a.dcm", {"b": 1}], "answer": "a"}) + "\n")
     rows = read_rows(path)
-    assert ["'adapter' must be an adapter name" in " ".join(r.problems) for r in rows] == [True, True]
+    assert ["'adapter' must be an adapter name" in " ".join(r.problems) for r in rows] == [True, True, False]
+    assert "'source' must be a path" in rows[2].problems[0]
+    with pytest.raises(InputError, match="a path must be a string"):
+        resolve_data_path(3.5, tmp_path)

@@ -322,7 +322,8 @@ def _parse_llava(raw: dict[str, Any], row: DataRow) -> None:
 
 def _parse_manifest(raw: dict[str, Any], row: DataRow, recipe: Recipe | None) -> None:
     source = raw.get("source")
-    if not isinstance(source, (str, list)) or not source:
+    if not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))) \
+            or not source:
         row.problems.append(f"'source' must be a path (or a list of paths), got {source!r}")
     else:
         adapter = raw.get("adapter") or None
@@ -374,6 +375,8 @@ def resolve_data_path(value: str | os.PathLike[str], root: str | os.PathLike[str
     Raises:
         InputError: a URL, a path leaving the root, or a path that does not exist.
     """
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(repr(value)[:200], f"a path must be a string, got {type(value).__name__}")
     text = os.fspath(value)
     if _URL.match(text) or text.startswith("/vsi"):
         raise InputError(text, "URLs and virtual file systems are not allowed in training data; use local files")
