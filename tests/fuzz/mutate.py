@@ -137,6 +137,8 @@ def dicom_fields(data: bytes, start: int = 132, explicit: bool = True, order: st
         if is_explicit:
             fields.append(Field(pos + 4, 2, this_order, f"{name} VR", "vr"))
             if vr in _LONG_VRS:
+                if pos + 12 > len(data):
+                    break  # a truncated long-VR header ends the walk
                 (length,) = struct.unpack(this_order + "L", data[pos + 8:pos + 12])
                 fields.append(Field(pos + 8, 4, this_order, f"{name} length"))
                 value = pos + 12
