@@ -28,6 +28,12 @@ through these names.
 Packed samples: wrap a forward in ``with mamba_sequence_boundaries(reset_mask):`` where
 ``reset_mask`` (batch, length) is True at the first token of every packed sample. The mixer's
 signature stays as it is; the dispatchers read the mask from a context variable.
+
+Continuing from a cache: transformers' mixer starts every multi-token scan from a zero SSM
+state, even when the cache holds the state of earlier tokens (it only uses the cached state
+for one-token decode steps). Inside ``with mamba_initial_state(state):`` the scan dispatcher
+starts from ``state`` instead; :mod:`~longllava_sdk.modeling.cache_continuation` enters that
+block around every Mamba mixer call that continues a cache (chunked prefill).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ __all__ = [
     "mamba_kernels_installed",
     "mamba_sequence_boundaries",
     "current_reset_mask",
+    "mamba_initial_state",
     "boundaries_checkpoint_context_fn",
     "reset_mask_from_position_ids",
     "dispatch_selective_scan",
@@ -73,6 +80,25 @@ _install_lock = threading.Lock()
 _reset_mask_var: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
     "longllava_mamba_reset_mask", default=None
 )
+_initial_state_var: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "longllava_mamba_initial_state", default=None
+)
+
+
+@contextmanager
+def mamba_initial_state(state: torch.Tensor | None) -> Iterator[None]:
+    """Start the selective scans called inside the block from ``state`` instead of zeros.
+
+    Args:
+        state: ``(B, D, N)`` SSM state after the tokens already processed, or ``None``
+            (start from zeros, transformers' behaviour). A scan whose input does not match
+            ``(B, D, N)`` raises :class:`InputError` rather than silently ignoring it.
+    """
+    token = _initial_state_var.set(state)
+    try:
+        yield
+    finally:
+        _initial_state_var.reset(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,8 +220,16 @@ def dispatch_selective_scan(
     """Drop-in for transformers' ``mamba_selective_scan`` (same arguments and results).
 
     ``use_mambapy`` / ``use_associative_scan`` (passed by the mixer) are accepted and ignored.
-    ``reset_mask`` defaults to the one of the active :func:`mamba_sequence_boundaries`.
+    ``reset_mask`` defaults to the one of the active :func:`mamba_sequence_boundaries`,
+    ``initial_state`` to the one of the active :func:`mamba_initial_state`.
     """
+    if initial_state is None:
+        initial_state = _initial_state_var.get()
+        if initial_state is not None:
+            expected = (hidden_states.shape[0], hidden_states.shape[1], A.shape[1])
+            if tuple(initial_state.shape) != expected:
+                raise InputError(None, f"mamba_selective_scan: the active mamba_initial_state has shape "
+                                       f"{tuple(initial_state.shape)} but the scan needs {expected}")
     if reset_mask is None:
         batch, _, length = hidden_states.shape
         reset_mask = _mask_for("mamba_selective_scan", batch, length, hidden_states.device)
