@@ -86,7 +86,8 @@ class LongLLaVAConfig(PretrainedConfig):
             (:func:`longllava_sdk.context_limit.check_context`) and adapters' ``max_images``
             are sized from it. At most ``text_config.max_position_embeddings``.
         chunked_prefill_size: tokens per chunk of the SDK's chunked prefill (``generate`` /
-            ``prefill``); bounds prefill activation memory. (Not named ``prefill_chunk_size``:
+            ``prefill``), an upper bound: late chunks of very long prompts shrink to keep the
+            attention mask small (``chunked_prefill.MASK_BUDGET``). (Not named ``prefill_chunk_size``:
             transformers copies a model config's attribute of that name into its generation
             config and would then run its own chunking, which cannot split raw images.)
         chunked_prefill_threshold: prompts longer than this are prefilled in chunks by default.
@@ -106,7 +107,7 @@ class LongLLaVAConfig(PretrainedConfig):
         image_token_id: int | None = None,
         vision_chunk_size: int = 16,
         max_context: int = 262144,
-        chunked_prefill_size: int = 4096,
+        chunked_prefill_size: int = 2048,
         chunked_prefill_threshold: int = 8192,
         **kwargs: Any,
     ) -> None:

@@ -163,6 +163,18 @@ def test_generate_chunks_long_prompts_by_default(tiny_model, batch, monkeypatch)
     assert torch.equal(out, reference)
 
 
+def test_late_chunks_shrink_to_keep_the_attention_mask_bounded():
+    from longllava_sdk.modeling.chunked_prefill import MASK_BUDGET, MIN_CHUNK, effective_chunk
+
+    assert effective_chunk(2048, 0) == 2048
+    assert effective_chunk(2048, 8192) == 2048  # the mask is still small there
+    for cached in (16384, 32768, 144_000):
+        chunk = effective_chunk(2048, cached)
+        assert MIN_CHUNK <= chunk < 2048 and (chunk * (cached + chunk) <= MASK_BUDGET or chunk == MIN_CHUNK)
+    assert effective_chunk(2048, 10**7) == MIN_CHUNK
+    assert effective_chunk(2048, 10**7, mask_budget=None) == 2048
+
+
 def test_resolve_chunk_size(tiny_config):
     assert resolve_chunk_size(tiny_config, 100) is None  # under the default threshold
     assert resolve_chunk_size(tiny_config, 100_000) == tiny_config.chunked_prefill_size

@@ -38,6 +38,7 @@ __all__ = [
     "has_previous_state",
     "conv_state",
     "recurrent_state",
+    "is_recording_past",
     "cached_tokens",
     "cache_bytes",
 ]
@@ -104,9 +105,22 @@ def recurrent_state(cache: Any, layer_idx: int) -> torch.Tensor | None:
     return cache.layers[layer_idx].recurrent_states[0]
 
 
+def is_recording_past(cache: Any, layer_idx: int) -> bool:
+    """Whether layer ``layer_idx`` keeps its full conv history for a later crop (assisted decoding)."""
+    layer = _layer(cache, layer_idx) if cache is not None else None
+    return bool(getattr(layer, "record_past", False))
+
+
 def cached_tokens(cache: Any) -> int:
-    """Tokens the attention layers of ``cache`` hold (0 for an empty cache)."""
-    return 0 if cache is None else int(cache.get_seq_length())
+    """Tokens the attention layers of ``cache`` hold (0 for an empty cache).
+
+    A cache without any attention layer (an all-Mamba model) keeps no token count: 0.
+    """
+    if cache is None:
+        return 0
+    if not any(hasattr(layer, "keys") for layer in getattr(cache, "layers", ())):
+        return 0
+    return int(cache.get_seq_length())
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ the ``(C, s + C)`` attention mask of the current chunk.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +35,17 @@ from .image_stream import ImageFeatureFeeder, as_image_source
 from .mamba_kernels import mamba_sequence_boundaries
 
 __all__ = ["PrefillOutput", "chunked_prefill", "resolve_chunk_size", "DEFAULT_PREFILL_CHUNK",
-           "DEFAULT_PREFILL_THRESHOLD"]
+           "DEFAULT_PREFILL_THRESHOLD", "MASK_BUDGET", "effective_chunk"]
 
 #: Tokens per prefill chunk by default (see docs/long_context.md for the measurement).
-DEFAULT_PREFILL_CHUNK = 4096
+DEFAULT_PREFILL_CHUNK = 2048
+#: Upper bound on ``chunk x (cached + chunk)``, the elements of the attention mask transformers
+#: materialises for a chunk that continues a cache (SDPA cannot express a causal mask offset by
+#: the cache length, so it gets a dense ``(B, 1, C, S)`` mask, converted to float inside): 2^25
+#: elements is ~160 MB. Later chunks of a long prompt shrink to stay under it.
+MASK_BUDGET = 1 << 25
+#: Chunks never shrink below this many tokens for the mask budget (per-call overhead).
+MIN_CHUNK = 256
 #: Prompts longer than this are prefilled in chunks by default.
 DEFAULT_PREFILL_THRESHOLD = 8192
 
@@ -79,6 +87,15 @@ def resolve_chunk_size(config: Any, prompt_length: int, requested: int | None = 
     return int(size)
 
 
+def effective_chunk(chunk_size: int, cached: int, mask_budget: int | None = MASK_BUDGET) -> int:
+    """Tokens of the next chunk when ``cached`` tokens precede it: ``chunk_size``, shrunk so that
+    ``chunk * (cached + chunk) <= mask_budget`` (never below ``MIN_CHUNK`` or above ``chunk_size``)."""
+    if mask_budget is None or chunk_size <= MIN_CHUNK:
+        return chunk_size
+    fit = int((-cached + math.sqrt(cached * cached + 4 * mask_budget)) / 2)
+    return max(MIN_CHUNK, min(chunk_size, fit))
+
+
 def chunked_prefill(
     model: Any,
     input_ids: torch.Tensor,
@@ -89,6 +106,7 @@ def chunked_prefill(
     reset_mask: torch.Tensor | None = None,
     cache: Any = None,
     return_all_logits: bool = False,
+    mask_budget: int | None = MASK_BUDGET,
 ) -> PrefillOutput:
     """Run ``input_ids`` through ``model`` in chunks of ``chunk_size`` tokens, building the cache.
 
@@ -105,6 +123,8 @@ def chunked_prefill(
         reset_mask: ``(B, L)`` bool packed-sample starts (Mamba state restarts there).
         cache: a cache to continue (its tokens precede ``input_ids``); ``None``: a new one.
         return_all_logits: keep the logits of every position (tests; ``(B, L, V)`` memory).
+        mask_budget: cap on a chunk's attention-mask elements (see :data:`MASK_BUDGET`);
+            ``None``: every chunk has ``chunk_size`` tokens.
 
     Returns:
         :class:`PrefillOutput`.
@@ -128,19 +148,30 @@ def chunked_prefill(
 
     from .modeling_longllava import JAMBA_CACHE_ARGUMENT  # (import cycle: the model imports this module)
 
+    # transformers cannot build the attention mask for a cache without attention layers (it asks
+    # the cache for its length); such a model only needs the Mamba padding mask, passed ready-made.
+    mamba_only = "attention" not in cfg.text_config.layers_block_type
     length = input_ids.shape[1]
     all_logits: list[torch.Tensor] = []
     logits = None
     chunks = 0
-    for start in range(0, length, chunk_size):
-        end = min(start + chunk_size, length)
+    budget = None if mamba_only else mask_budget
+    start = 0
+    while start < length:
+        end = min(start + effective_chunk(chunk_size, past + start, budget), length)
         embeds = feeder.embed(start, end, input_ids)
         boundaries = (mamba_sequence_boundaries(reset_mask[:, start:end]) if reset_mask is not None
                       else contextlib.nullcontext())
+        mask = None if attention_mask is None else attention_mask[:, : past + end]
+        if mamba_only:
+            padded = mask is not None and end - start > 1 and not bool(mask[:, past + start:].all())
+            mask = {"linear_attention": mask[:, past + start:] if padded else None}
         with boundaries:
             out = model.language_model(
                 inputs_embeds=embeds,
-                attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
+                # explicit: transformers would ask the cache, which an all-Mamba cache cannot answer
+                position_ids=torch.arange(past + start, past + end, device=embeds.device).unsqueeze(0),
+                attention_mask=mask,
                 use_cache=True,
                 logits_to_keep=0 if return_all_logits else 1,
                 output_router_logits=False,
@@ -151,6 +182,7 @@ def chunked_prefill(
         logits = out.logits
         if return_all_logits:
             all_logits.append(logits)
+        start = end
     feeder.finish()
     if logits is None:
         raise ProtocolError("cannot prefill an empty prompt")

@@ -299,6 +299,8 @@ def causal_conv1d_torch(
 def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
     if activation is None:
         return x
+    if activation in ("silu", "swish"):  # Jamba's; skips the registry lookup on every decode step
+        return F.silu(x)
     from transformers.activations import ACT2FN
 
     return ACT2FN[activation](x)
@@ -357,6 +359,16 @@ def dispatch_causal_conv1d_update(
         return _originals["causal_conv1d_update"](hidden_states, conv_state, weight, bias, activation=activation,
                                                   **kwargs)
     steps = hidden_states.shape[-1]
+    if steps == 1:
+        # Decode: shift the state one column in place and take a multiply-sum. oneDNN's
+        # convolution over K = 4 columns costs ~0.1 ms of thread-pool start-up per call, far
+        # more than its arithmetic (measured: benchmarks/bench_efficiency.py decode profile).
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = hidden_states[:, :, 0]
+        out = torch.einsum("bdk,dk->bd", conv_state.to(weight.dtype), weight)
+        if bias is not None:
+            out = out + bias
+        return _activate(out, activation).to(hidden_states.dtype).unsqueeze(-1)
     window = torch.cat([conv_state, hidden_states], dim=-1).to(weight.dtype)
     conv_state.copy_(window[..., -conv_state.shape[-1]:])
     out = F.conv1d(window, weight.unsqueeze(1), bias, groups=hidden_states.shape[1])[..., -steps:]
@@ -388,18 +400,18 @@ def dispatch_selective_state_update(
     if _use_cuda_package(hidden_states, "mamba_ssm"):
         return _originals["mamba_selective_state_update"](state, hidden_states, dt, A, B, C, D, z=z,
                                                           dt_bias=dt_bias, dt_softplus=dt_softplus, **kwargs)
-    dt = dt.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias.float()
+    # Few, fused operations: at decode time this runs once per Mamba layer and token, and each
+    # tensor operation costs microseconds of dispatch on a CPU, more than its arithmetic.
+    x = hidden_states.float()
+    dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
     if dt_softplus:
         dt = F.softplus(dt)
-    x = hidden_states.float()
     decay = torch.exp(dt.unsqueeze(-1) * A.float())                      # (B, D, N)
-    new_state = state.float() * decay + (dt * x).unsqueeze(-1) * B.float().unsqueeze(1)
-    state.copy_(new_state.to(state.dtype))
-    out = torch.einsum("bdn,bn->bd", new_state, C.float())
+    new_state = torch.baddbmm(state.float() * decay, (dt * x).unsqueeze(-1), B.float().unsqueeze(1))
+    state.copy_(new_state)
+    out = torch.bmm(new_state, C.float().unsqueeze(-1)).squeeze(-1)      # (B, D)
     if D is not None:
-        out = out + x * D.float()
+        out = torch.addcmul(out, x, D.float())
     if z is not None:
         out = out * F.silu(z.float())
     return out.to(hidden_states.dtype)

@@ -38,6 +38,7 @@ from . import cache_access
 from .cache_continuation import attach_cache_continuation
 from .chunked_prefill import PrefillOutput, chunked_prefill, resolve_chunk_size
 from .image_stream import ImageSource, TensorImages, as_image_source
+from .mamba_decode import install_fast_decode
 from .mamba_kernels import boundaries_checkpoint_context_fn, install_mamba_kernels, mamba_sequence_boundaries
 from .pooling import pool_image_features
 from .projector import MultiModalProjector
@@ -141,6 +142,8 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         # Multi-token forwards that continue a cache (chunked prefill) start each Mamba scan
         # from the cached SSM state, which transformers' mixer alone would drop.
         attach_cache_continuation(self.language_model)
+        # One-token decode steps through the SDK's lean mixer step (set_fast_decode(model, False): transformers').
+        install_fast_decode(self.language_model)
         self.post_init()
 
     # Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the
