@@ -19,6 +19,10 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "adapters-medical": ("bench_adapters_medical.py", []),
     "adapters-raster-video": ("bench_adapters_raster_video.py", []),
     "learnability": ("learnability.py", []),
+    # hybrid vs a same-size Llama, 1..1000 images, 32K / 128K text, 1000 / 10,000-image streams:
+    # tens of minutes on 2 cores (every case in its own process); `efficiency-quick` is the smoke
+    "efficiency": ("bench_efficiency.py", ["--out", "bench-efficiency"]),
+    "efficiency-quick": ("bench_efficiency.py", ["--quick", "--out", "bench-efficiency-quick"]),
 }
 
 
@@ -34,10 +38,11 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability);
-            default: all but learnability (which takes up to 10 minutes).
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, learnability,
+            efficiency, efficiency-quick); default: all but learnability and efficiency
+            (each takes 10 minutes or more).
     """
-    names = suite or [name for name in SUITES if name != "learnability"]
+    names = suite or [name for name in SUITES if name not in ("learnability", "efficiency")]
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise ConfigError(f"unknown benchmark suite(s) {unknown}; available: {', '.join(SUITES)}")
