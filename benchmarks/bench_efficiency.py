@@ -169,7 +169,10 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     with torch.inference_mode():
         if kind in ("hybrid", "mamba-only"):
             start = time.perf_counter()
-            out = hybrid.prefill(ids, None, source, chunk_size=case.get("chunk", config.chunked_prefill_size))
+            from longllava_sdk.modeling.chunked_prefill import MASK_BUDGET, chunked_prefill
+
+            out = chunked_prefill(hybrid, ids, None, source, chunk_size=case.get("chunk", config.chunked_prefill_size),
+                                  mask_budget=MASK_BUDGET if case.get("mask_budget", True) else None)
             result["prefill_s"] = time.perf_counter() - start
             cache, logits = out.cache, out.logits
 
@@ -241,6 +244,12 @@ def plan(quick: bool) -> list[dict[str, Any]]:
     for t in texts:
         for model in ("hybrid", "transformer"):
             cases.append(dict(group="text", model=model, images=0, text=t, decode=decode, profile=t == texts[-1]))
+    # chunk-size sweep at a fixed prompt: fixed-size chunks, then the default (shrinking late chunks)
+    sweep_text = 2048 if quick else 32768
+    for chunk in ((256, 1024) if quick else (512, 1024, 2048, 4096)):
+        cases.append(dict(group="chunk", model="hybrid", images=0, text=sweep_text, decode=0, chunk=chunk,
+                          mask_budget=False))
+    cases.append(dict(group="chunk", model="hybrid", images=0, text=sweep_text, decode=0))
     stream = (8, 32) if quick else (1000, 10000)
     cases.append(dict(group="stream", model="hybrid", images=stream[0], text=PROMPT_TEXT, decode=0))
     for n in (stream[0], stream[1]):
@@ -253,15 +262,17 @@ def _mb(value: float | None) -> str:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'group':7} {'model':12} {'images':>6} {'tokens':>8} {'prefill s':>9} {'decode tok/s':>12} "
-             f"{'peak RSS':>9} {'cache':>9} {'KV':>9} {'Mamba':>8}"]
+    lines = [f"{'group':7} {'model':12} {'images':>6} {'tokens':>8} {'chunk':>7} {'prefill s':>9} "
+             f"{'decode tok/s':>12} {'peak RSS':>9} {'cache':>9} {'KV':>9} {'Mamba':>8}"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['group']:7} {r['model']:12} {r['images']:>6} {'':>8} error: {r['error']}")
             continue
         tps = f"{r['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in r else "-"
+        chunk = "-" if r["model"] == "transformer" else (
+            f"{r['chunk']}" + ("" if r.get("mask_budget", True) else "!") if "chunk" in r else "auto")
         lines.append(
-            f"{r['group']:7} {r['model']:12} {r['images']:>6} {r['tokens']:>8} {r['prefill_s']:>9.2f} {tps:>12} "
+            f"{r['group']:7} {r['model']:12} {r['images']:>6} {r['tokens']:>8} {chunk:>7} {r['prefill_s']:>9.2f} {tps:>12} "
             f"{_mb(r['peak_rss']):>9} {_mb(r['cache_bytes']):>9} {_mb(r['cache_kv_bytes']):>9} "
             f"{_mb(r['cache_conv_bytes'] + r['cache_ssm_bytes']):>8}"
         )
@@ -328,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-efficiency"), help="folder for JSON + PNG")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case (default 2)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is abandoned")
+    parser.add_argument("--groups", nargs="+", choices=("images", "text", "chunk", "stream"),
+                        help="run only these groups of cases (default: all)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one case, JSON in and out
     args = parser.parse_args(argv)
     if args.case:
@@ -336,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import platform
 
-    cases = plan(args.quick)
+    cases = [c for c in plan(args.quick) if not args.groups or c["group"] in args.groups]
     print(f"{len(cases)} cases, each in a fresh process, {args.threads} torch threads; "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}", flush=True)
     rows = []
@@ -348,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {case['group']:6} {case['model']:11} images={case['images']:<5} text={case['text']:<6} "
               f"{time.perf_counter() - started:6.1f} s {'ERROR ' + row['error'] if 'error' in row else ''}",
               flush=True)
-    print()
+    print("\nchunk: tokens per prefill chunk ('auto': the config's size, late chunks shrunk to the mask "
+          "budget; '!': fixed size, no budget; '-': one-shot prefill)")
     print(format_rows(rows))
     print()
     speed = ratios(rows)
