@@ -252,6 +252,9 @@ def plan(quick: bool) -> list[dict[str, Any]]:
     cases.append(dict(group="chunk", model="hybrid", images=0, text=sweep_text, decode=0))
     stream = (8, 32) if quick else (1000, 10000)
     cases.append(dict(group="stream", model="hybrid", images=stream[0], text=PROMPT_TEXT, decode=0))
+    # the same prompt in one pass (images still streamed into the embeddings): time vs memory
+    cases.append(dict(group="stream", model="hybrid", images=stream[0], text=PROMPT_TEXT, decode=0,
+                      chunk=1 << 30, mask_budget=False))
     for n in (stream[0], stream[1]):
         cases.append(dict(group="stream", model="mamba-only", images=n, text=PROMPT_TEXT, decode=0))
     return cases
@@ -304,7 +307,9 @@ def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     image_rows = [r for r in rows if r["group"] == "images" and "error" not in r]
-    written = []
+    written: list[Path] = []
+    if not image_rows:  # e.g. --groups chunk
+        return written
     for metric, label, scale, name in (
         ("prefill_s", "prefill time (s)", 1.0, "time_vs_images.png"),
         ("peak_rss", "peak RSS (MB)", 2**20, "memory_vs_images.png"),
@@ -389,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                      "threads": args.threads, "torch": torch.__version__},
          "mode": "quick" if args.quick else "full", "rows": rows, "ratios": speed}, indent=2))
     paths = plot(rows, args.out)
-    print(f"\nwrote {args.out / 'efficiency.json'}, " + ", ".join(str(p) for p in paths))
+    print(f"\nwrote {args.out / 'efficiency.json'}" + "".join(f", {p}" for p in paths))
     return 1 if any("error" in r for r in rows) else 0
 
 
