@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in stream:
         extra = (f"; the hybrid's attention KV at this length would add {_mb(r['hybrid_kv_bytes_at_this_length'])}"
                  if "hybrid_kv_bytes_at_this_length" in r else f"; KV cache {_mb(r['cache_kv_bytes'])}")
-        print(f"streaming {r['model']}: {r['images']} images ({r['tokens']} tokens) in {r['prefill_s']:.1f} s, "
+        mode = "one-shot prefill" if r.get("chunk", 0) >= r["tokens"] else "chunked prefill"
+        print(f"streaming {r['model']} ({mode}): {r['images']} images ({r['tokens']} tokens) in {r['prefill_s']:.1f} s, "
               f"peak RSS {_mb(r['peak_rss'])} (model built: {_mb(r['baseline_rss'])}){extra}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "efficiency.json").write_text(json.dumps(
