@@ -53,8 +53,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8,
                   mamba_conv_bias=True, mamba_proj_bias=False, rms_norm_eps=1e-6,
                   tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  max_position_embeddings=65536),
-        multimodal=dict(max_context=16384),
+                  max_position_embeddings=262144),
+        # The real models' context (docs/long_context.md#context-limits): Jamba has no
+        # positional embeddings and the tiny model keeps their layer pattern, so 1000 images
+        # x 144 tokens fit as they do for 9B / A13B, and long-context paths run on the CPU demo.
+        multimodal=dict(max_context=262144),
     ),
     "9b": dict(vision=_CLIP_L14_336, text=dict(_JAMBA_V01, num_experts=1, num_experts_per_tok=1),
                multimodal=dict(max_context=262144)),
@@ -78,7 +81,16 @@ class LongLLaVAConfig(PretrainedConfig):
         image_token_id: id of the ``<image>`` placeholder; may lie outside the LLM vocabulary
             (its embedding is never looked up, image features are written there).
         vision_chunk_size: images encoded by CLIP at once (bounds activation memory).
-        max_context: default context budget in tokens (used to size adapters' ``max_images``).
+        max_context: the longest input the model supports, in tokens (images x
+            ``tokens_per_image`` + text); longer inputs are refused with ``ProtocolError``
+            (:func:`longllava_sdk.context_limit.check_context`) and adapters' ``max_images``
+            are sized from it. At most ``text_config.max_position_embeddings``.
+        chunked_prefill_size: tokens per chunk of the SDK's chunked prefill (``generate`` /
+            ``prefill``), an upper bound: late chunks of very long prompts shrink to keep the
+            attention mask small (``chunked_prefill.MASK_BUDGET``). (Not named ``prefill_chunk_size``:
+            transformers copies a model config's attribute of that name into its generation
+            config and would then run its own chunking, which cannot split raw images.)
+        chunked_prefill_threshold: prompts longer than this are prefilled in chunks by default.
     """
 
     model_type = "longllava"
@@ -95,6 +107,8 @@ class LongLLaVAConfig(PretrainedConfig):
         image_token_id: int | None = None,
         vision_chunk_size: int = 16,
         max_context: int = 262144,
+        chunked_prefill_size: int = 2048,
+        chunked_prefill_threshold: int = 8192,
         **kwargs: Any,
     ) -> None:
         if vision_config is None:
@@ -114,6 +128,8 @@ class LongLLaVAConfig(PretrainedConfig):
         self.image_token_id = image_token_id if image_token_id is not None else text_config.vocab_size
         self.vision_chunk_size = vision_chunk_size
         self.max_context = max_context
+        self.chunked_prefill_size = chunked_prefill_size
+        self.chunked_prefill_threshold = chunked_prefill_threshold
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
         self.validate_multimodal()
@@ -153,6 +169,13 @@ class LongLLaVAConfig(PretrainedConfig):
             raise ConfigError(
                 f"vision_feature_layer {self.vision_feature_layer} outside CLIP's {states} hidden states"
             )
+        if not 0 < int(self.max_context) <= int(self.text_config.max_position_embeddings):
+            raise ConfigError(
+                f"max_context must be in 1..text_config.max_position_embeddings "
+                f"({self.text_config.max_position_embeddings}), got {self.max_context}"
+            )
+        if int(self.chunked_prefill_size) < 1:
+            raise ConfigError(f"chunked_prefill_size must be >= 1, got {self.chunked_prefill_size}")
         dt_rank = self.text_config.mamba_dt_rank
         if not isinstance(dt_rank, int):
             raise ConfigError("text_config.mamba_dt_rank must be an explicit int ('auto' changes the rank)")

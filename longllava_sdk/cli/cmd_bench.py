@@ -25,9 +25,13 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "niah-learning": ("bench_niah_learning.py", []),
     # 200 requests x 3 runs against `longllava-sdk serve` on loopback: ~1-2 minutes
     "serve": ("bench_serve.py", []),
+    # hybrid vs a same-size Llama, 1..1000 images, 32K / 128K text, 1000 / 10,000-image streams:
+    # tens of minutes on 2 cores (every case in its own process); `efficiency-quick` is the smoke
+    "efficiency": ("bench_efficiency.py", ["--out", "bench-efficiency"]),
+    "efficiency-quick": ("bench_efficiency.py", ["--quick", "--out", "bench-efficiency-quick"]),
 }
 #: Suites run only when named: they train a model for minutes, or stress the machine on purpose.
-_ON_REQUEST = {"learnability", "niah-learning", "fault-injection"}
+_ON_REQUEST = {"efficiency", "learnability", "niah-learning", "fault-injection"}
 
 
 def benchmarks_dir() -> Path:
@@ -42,9 +46,10 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, serve, learnability,
-            niah-learning, fault-injection); default: all but the two that train a model (up to
-            10 minutes each) and fault-injection (about 2 minutes of repeated SIGKILLs).
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, serve,
+            efficiency-quick, efficiency, learnability, niah-learning, fault-injection); default: all
+            but efficiency (tens of minutes), the two that train a model (up to 10 minutes each) and
+            fault-injection (about 2 minutes of repeated SIGKILLs).
     """
     names = suite or [name for name in SUITES if name not in _ON_REQUEST]
     unknown = [n for n in names if n not in SUITES]

@@ -28,6 +28,12 @@ through these names.
 Packed samples: wrap a forward in ``with mamba_sequence_boundaries(reset_mask):`` where
 ``reset_mask`` (batch, length) is True at the first token of every packed sample. The mixer's
 signature stays as it is; the dispatchers read the mask from a context variable.
+
+Continuing from a cache: transformers' mixer starts every multi-token scan from a zero SSM
+state, even when the cache holds the state of earlier tokens (it only uses the cached state
+for one-token decode steps). Inside ``with mamba_initial_state(state):`` the scan dispatcher
+starts from ``state`` instead; :mod:`~longllava_sdk.modeling.cache_continuation` enters that
+block around every Mamba mixer call that continues a cache (chunked prefill).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ __all__ = [
     "mamba_kernels_installed",
     "mamba_sequence_boundaries",
     "current_reset_mask",
+    "mamba_initial_state",
     "boundaries_checkpoint_context_fn",
     "reset_mask_from_position_ids",
     "dispatch_selective_scan",
@@ -73,6 +80,25 @@ _install_lock = threading.Lock()
 _reset_mask_var: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
     "longllava_mamba_reset_mask", default=None
 )
+_initial_state_var: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "longllava_mamba_initial_state", default=None
+)
+
+
+@contextmanager
+def mamba_initial_state(state: torch.Tensor | None) -> Iterator[None]:
+    """Start the selective scans called inside the block from ``state`` instead of zeros.
+
+    Args:
+        state: ``(B, D, N)`` SSM state after the tokens already processed, or ``None``
+            (start from zeros, transformers' behaviour). A scan whose input does not match
+            ``(B, D, N)`` raises :class:`InputError` rather than silently ignoring it.
+    """
+    token = _initial_state_var.set(state)
+    try:
+        yield
+    finally:
+        _initial_state_var.reset(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,8 +220,16 @@ def dispatch_selective_scan(
     """Drop-in for transformers' ``mamba_selective_scan`` (same arguments and results).
 
     ``use_mambapy`` / ``use_associative_scan`` (passed by the mixer) are accepted and ignored.
-    ``reset_mask`` defaults to the one of the active :func:`mamba_sequence_boundaries`.
+    ``reset_mask`` defaults to the one of the active :func:`mamba_sequence_boundaries`,
+    ``initial_state`` to the one of the active :func:`mamba_initial_state`.
     """
+    if initial_state is None:
+        initial_state = _initial_state_var.get()
+        if initial_state is not None:
+            expected = (hidden_states.shape[0], hidden_states.shape[1], A.shape[1])
+            if tuple(initial_state.shape) != expected:
+                raise InputError(None, f"mamba_selective_scan: the active mamba_initial_state has shape "
+                                       f"{tuple(initial_state.shape)} but the scan needs {expected}")
     if reset_mask is None:
         batch, _, length = hidden_states.shape
         reset_mask = _mask_for("mamba_selective_scan", batch, length, hidden_states.device)
@@ -265,6 +299,8 @@ def causal_conv1d_torch(
 def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
     if activation is None:
         return x
+    if activation in ("silu", "swish"):  # Jamba's; skips the registry lookup on every decode step
+        return F.silu(x)
     from transformers.activations import ACT2FN
 
     return ACT2FN[activation](x)
@@ -323,6 +359,16 @@ def dispatch_causal_conv1d_update(
         return _originals["causal_conv1d_update"](hidden_states, conv_state, weight, bias, activation=activation,
                                                   **kwargs)
     steps = hidden_states.shape[-1]
+    if steps == 1:
+        # Decode: shift the state one column in place and take a multiply-sum. oneDNN's
+        # convolution over K = 4 columns costs ~0.1 ms of thread-pool start-up per call, far
+        # more than its arithmetic (measured: benchmarks/bench_efficiency.py decode profile).
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = hidden_states[:, :, 0]
+        out = torch.einsum("bdk,dk->bd", conv_state.to(weight.dtype), weight)
+        if bias is not None:
+            out = out + bias
+        return _activate(out, activation).to(hidden_states.dtype).unsqueeze(-1)
     window = torch.cat([conv_state, hidden_states], dim=-1).to(weight.dtype)
     conv_state.copy_(window[..., -conv_state.shape[-1]:])
     out = F.conv1d(window, weight.unsqueeze(1), bias, groups=hidden_states.shape[1])[..., -steps:]
@@ -354,18 +400,18 @@ def dispatch_selective_state_update(
     if _use_cuda_package(hidden_states, "mamba_ssm"):
         return _originals["mamba_selective_state_update"](state, hidden_states, dt, A, B, C, D, z=z,
                                                           dt_bias=dt_bias, dt_softplus=dt_softplus, **kwargs)
-    dt = dt.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias.float()
+    # Few, fused operations: at decode time this runs once per Mamba layer and token, and each
+    # tensor operation costs microseconds of dispatch on a CPU, more than its arithmetic.
+    x = hidden_states.float()
+    dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
     if dt_softplus:
         dt = F.softplus(dt)
-    x = hidden_states.float()
     decay = torch.exp(dt.unsqueeze(-1) * A.float())                      # (B, D, N)
-    new_state = state.float() * decay + (dt * x).unsqueeze(-1) * B.float().unsqueeze(1)
-    state.copy_(new_state.to(state.dtype))
-    out = torch.einsum("bdn,bn->bd", new_state, C.float())
+    new_state = torch.baddbmm(state.float() * decay, (dt * x).unsqueeze(-1), B.float().unsqueeze(1))
+    state.copy_(new_state)
+    out = torch.bmm(new_state, C.float().unsqueeze(-1)).squeeze(-1)      # (B, D)
     if D is not None:
-        out = out + x * D.float()
+        out = torch.addcmul(out, x, D.float())
     if z is not None:
         out = out * F.silu(z.float())
     return out.to(hidden_states.dtype)

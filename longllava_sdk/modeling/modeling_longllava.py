@@ -21,7 +21,7 @@ Submodules (and so checkpoint key prefixes): ``vision_tower`` (transformers
 from __future__ import annotations
 
 import contextlib
-import inspect
+import copy
 from typing import Any
 
 import torch
@@ -31,32 +31,17 @@ from transformers import GenerationMixin, JambaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from ..config import LongLLaVAConfig
+from ..context_limit import check_input_ids
 from ..errors import ProtocolError
+from . import cache_access
+from .cache_access import JAMBA_CACHE_ARGUMENT
+from .cache_continuation import attach_cache_continuation
+from .chunked_prefill import PrefillOutput, chunked_prefill, resolve_chunk_size
+from .image_stream import ImageSource, TensorImages, as_image_source
+from .mamba_decode import install_fast_decode
 from .mamba_kernels import boundaries_checkpoint_context_fn, install_mamba_kernels, mamba_sequence_boundaries
 from .pooling import pool_image_features
 from .projector import MultiModalProjector
-
-
-def _cache_argument(forward: Any) -> str:
-    """The keyword under which ``forward`` takes the generation cache.
-
-    transformers renamed it from ``past_key_values`` to ``cache`` in 5.24 (the old name is
-    accepted with a deprecation warning until 5.40). The SDK passes the cache under the name
-    the installed version declares, read from the signature: no warning, and an upgrade that
-    drops both names fails loudly here (and in ``tests/test_generation_cache.py``).
-    """
-    parameters = inspect.signature(forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in parameters:
-            return name
-    raise RuntimeError(
-        "the installed transformers' JambaForCausalLM.forward takes neither `cache` nor `past_key_values`; "
-        "this longllava-sdk version does not support it (see the transformers range in pyproject.toml)"
-    )
-
-
-#: ``cache`` on transformers >= 5.24, ``past_key_values`` before.
-JAMBA_CACHE_ARGUMENT = _cache_argument(JambaForCausalLM.forward)
 
 
 def images_in_step(input_ids: torch.Tensor, step_length: int, tokens_per_image: int,
@@ -132,6 +117,11 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         self.vision_tower = CLIPVisionModel(config.vision_config)
         self.projector = MultiModalProjector(config.vision_config.hidden_size, config.text_config.hidden_size)
         self.language_model = JambaForCausalLM(config.text_config)
+        # Multi-token forwards that continue a cache (chunked prefill) start each Mamba scan
+        # from the cached SSM state, which transformers' mixer alone would drop.
+        attach_cache_continuation(self.language_model)
+        # One-token decode steps through the SDK's lean mixer step (set_fast_decode(model, False): transformers').
+        install_fast_decode(self.language_model)
         self.post_init()
 
     # Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the
@@ -280,9 +270,13 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         Returns:
             ``MoeCausalLMOutputWithPast`` with ``logits`` ``(B, L, V)`` and ``loss``.
         """
+        if cache is None:
+            cache = past_key_values
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
+            # Before any image is encoded: the prompt (and what the cache holds) must fit the context.
+            check_input_ids(self.config, input_ids, cached_tokens=cache_access.cached_tokens(cache))
             inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         elif pixel_values is not None:
             raise ValueError("pixel_values cannot be combined with inputs_embeds; embed images yourself")
@@ -294,8 +288,6 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
             output_router_logits = False
         # Packed samples: Mamba state restarts at each sample (an outer boundaries block, if any, stays in force
         # when no reset_mask is passed).
-        if cache is None:
-            cache = past_key_values
         kwargs[JAMBA_CACHE_ARGUMENT] = cache
         boundaries = mamba_sequence_boundaries(reset_mask) if reset_mask is not None else contextlib.nullcontext()
         with boundaries:
@@ -310,14 +302,16 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
                 **kwargs,
             )
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor,
+                                      pixel_values: torch.Tensor | ImageSource | None = None,
                                       **kwargs: Any) -> dict[str, Any]:
         """transformers' step preparation, plus the images of this step's placeholders.
 
         Decided by the step's tokens, never by which cache keyword is present: the prefill
         (or a prefill chunk) gets the images it holds placeholders for; decode steps, whose
         single new token is never a placeholder, get none (the caches hold what the images
-        contributed).
+        contributed). ``pixel_values`` may be a lazy :class:`ImageSource` (only the step's
+        images are read from it).
         """
         inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
         step_ids = inputs.get("input_ids")
@@ -325,9 +319,109 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
             return inputs
         index = images_in_step(input_ids, step_ids.shape[1], self.config.tokens_per_image,
                                self.config.image_token_id)
-        if index is not None:
+        if index is None:
+            return inputs
+        if isinstance(pixel_values, torch.Tensor):
             inputs["pixel_values"] = pixel_values if len(index) == len(pixel_values) else pixel_values[index]
+        else:
+            inputs["pixel_values"] = pixel_values.take(index)
         return inputs
+
+    # -- long prompts: chunked prefill, lazy images --------------------------------------------
+    @torch.no_grad()
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | ImageSource | Any = None,
+        *,
+        chunk_size: int | None = None,
+        image_count: int | None = None,
+        cache: Any = None,
+        return_all_logits: bool = False,
+    ) -> PrefillOutput:
+        """Build the generation cache for a prompt, ``chunk_size`` tokens at a time.
+
+        Only the images whose placeholders lie in the current chunk are read from ``images``
+        and encoded (see :mod:`~longllava_sdk.modeling.image_stream`), so neither all pixels
+        nor all CLIP features of a 1000-image prompt exist at once.
+
+        Args:
+            input_ids: ``(B, L)`` prompt (left padded when ``B > 1``).
+            attention_mask: ``(B, L)``; ``None``: no padding.
+            images: ``(N, 3, H, W)`` tensor, :class:`ImageSource`, loader callable or
+                iterable of pixel chunks in placeholder order.
+            chunk_size: tokens per chunk; ``None``: ``config.chunked_prefill_size``.
+            image_count: number of images for a callable / iterable ``images``.
+            cache: a cache to continue; ``None`` starts a new one.
+            return_all_logits: return ``(B, L, V)`` logits instead of the last position's.
+
+        Returns:
+            :class:`~longllava_sdk.modeling.chunked_prefill.PrefillOutput` (``cache``, ``logits``).
+        """
+        size = chunk_size if chunk_size is not None else self.config.chunked_prefill_size
+        return chunked_prefill(self, input_ids, attention_mask, images, chunk_size=int(size),
+                               image_count=image_count, cache=cache, return_all_logits=return_all_logits)
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None,
+                 **kwargs: Any) -> Any:
+        """transformers' ``generate``, with a chunked prefill for long prompts and lazy images.
+
+        Besides every ``generate`` option this takes:
+
+        * ``pixel_values``: a tensor as before, or any lazy image source accepted by
+          :meth:`prefill` (``image_count=`` for a callable / iterable);
+        * ``prefill_chunk_size``: tokens per prefill chunk; ``0`` prefills in one pass. By
+          default, prompts longer than ``config.chunked_prefill_threshold`` are prefilled in
+          chunks of ``config.chunked_prefill_size``. (A ``generation_config.prefill_chunk_size``
+          is taken over the same way: transformers' own chunking cannot split raw images.)
+
+        Chunked path: :meth:`prefill` builds the cache for all prompt columns but the last,
+        then transformers' ``generate`` continues from that cache (its first step feeds the
+        last column) and decodes as usual, so sampling, stopping criteria and streamers all
+        apply unchanged. Greedy output equals the one-shot prefill's. Beam search,
+        ``num_return_sequences > 1``, ``inputs_embeds`` or a caller's cache use transformers'
+        one-shot prefill.
+        """
+        requested = kwargs.pop("prefill_chunk_size", None)
+        config = generation_config if generation_config is not None else self.generation_config
+        if getattr(config, "prefill_chunk_size", None) is not None:
+            # transformers' own chunked prefill cannot split raw pixel_values: the SDK's takes over.
+            generation_config = copy.deepcopy(config)
+            requested = generation_config.prefill_chunk_size if requested is None else requested
+            generation_config.prefill_chunk_size = None
+        source = as_image_source(kwargs.pop("pixel_values", None), kwargs.pop("image_count", None))
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        chunk = None
+        if isinstance(input_ids, torch.Tensor) and self._can_prefill_in_chunks(input_ids, generation_config, kwargs):
+            check_input_ids(self.config, input_ids)
+            chunk = resolve_chunk_size(self.config, input_ids.shape[1], requested)
+        if chunk is None:
+            if source is not None:
+                kwargs["pixel_values"] = source.pixel_values if isinstance(source, TensorImages) else source
+            return super().generate(inputs, generation_config, **kwargs)
+
+        attention_mask = kwargs.get("attention_mask")
+        split = input_ids.shape[1] - 1  # generate's own first step feeds the last column
+        result = self.prefill(input_ids[:, :split], None if attention_mask is None else attention_mask[:, :split],
+                              source, chunk_size=chunk)
+        kwargs[JAMBA_CACHE_ARGUMENT] = result.cache
+        return super().generate(inputs, generation_config, **kwargs)
+
+    def _can_prefill_in_chunks(self, input_ids: torch.Tensor, generation_config: Any, kwargs: dict[str, Any]) -> bool:
+        """Whether :meth:`generate` may build the cache with :meth:`prefill` first."""
+        if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+            return False
+        if kwargs.get("inputs_embeds") is not None or kwargs.get("use_cache") is False:
+            return False
+        if any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "assistant_model")):
+            return False
+        config = generation_config if generation_config is not None else self.generation_config
+        for name in ("num_beams", "num_return_sequences"):
+            if int(kwargs.get(name) or getattr(config, name, 1) or 1) > 1:
+                return False
+        # The last column goes through generate's first step, which cannot take part of an image.
+        return not bool((input_ids[:, -1] == self.config.image_token_id).any())
 
 
 AutoModel.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
