@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from .config import LongLLaVAConfig
+from .context_limit import check_context, max_images_for
 from .errors import ConfigError
 from .heads import TaskHead
 from .media import Media
@@ -143,6 +144,8 @@ class Pipeline:
         if unknown:
             raise TypeError(f"unknown media option(s) {unknown}; expected {', '.join(sorted(_MEDIA_KEYS))}")
         adapter, budget = media.get("adapter"), media.get("max_images")
+        if images is not None and len(images) > max_images_for(self.config, 0):  # refuse before decoding any
+            check_context(self.config, text_tokens=0, images=len(images), source=f"{len(images)} images")
         options = dict(media.get("adapter_options") or {})
         high_res = bool(media.get("high_res", False))
         collected: list[Media | Image.Image] = []
@@ -177,22 +180,42 @@ class Pipeline:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return kwargs
 
-    def inputs(self, messages: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def inputs(self, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Model inputs for a conversation, on the model's device, ready for ``model.generate``.
 
         Each message is ``{"role", "content", "media"}`` with its own media (from
         :meth:`collect_media`); the generation prompt is added. For callers that drive
         ``generate`` themselves (the HTTP server adds its own streamer and stopping criteria).
+        ``input_ids`` / ``attention_mask`` are ``(1, L)`` tensors; ``pixel_values`` (when the
+        conversation has images) is an :class:`~longllava_sdk.modeling.image_stream.IndexedImages`
+        that the model reads one prefill chunk at a time. Raises :class:`ProtocolError` when
+        the conversation does not fit ``config.max_context``.
         """
         return self._inputs([dict(m) for m in messages])
 
-    def _inputs(self, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.processor(messages=messages, add_generation_prompt=True)
+    def _inputs(self, messages: list[dict[str, Any]], lazy_pixels: bool = True) -> dict[str, Any]:
+        """Token ids, mask and pixels for generation; the context limit is checked before any pixel work.
+
+        ``lazy_pixels``: images are preprocessed when the model asks for them (one prefill
+        chunk at a time), so 1000 images never exist as one pixel tensor.
+        """
+        sample = self.processor.encode_conversation(messages, add_generation_prompt=True)
+        images = len(sample.images)
+        check_context(self.config, text_tokens=len(sample) - images * self.config.tokens_per_image, images=images,
+                      source=self._describe_media(messages))
         device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        if "pixel_values" in inputs:
+        batch = self.processor.collate_for_generation([sample], lazy_pixels=lazy_pixels, device=device,
+                                                      dtype=self.model.vision_tower.dtype)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if isinstance(inputs.get("pixel_values"), torch.Tensor):
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.vision_tower.dtype)
         return inputs
+
+    @staticmethod
+    def _describe_media(messages: list[dict[str, Any]]) -> str | None:
+        sources = [getattr(m, "source", None) for message in messages for m in message.get("media") or ()]
+        named = [s for s in sources if s and s != "<memory>"]
+        return f"{named[0]} (+{len(named) - 1} more)" if len(named) > 1 else (named[0] if named else None)
 
     def _generate(self, messages: list[dict[str, Any]], stream: bool, **gen: Any) -> str | Iterator[str]:
         inputs = self._inputs(messages)
@@ -270,7 +293,8 @@ class Pipeline:
                               "head: {type: classify|multilabel|<plugin head>}), or call the pipeline to generate")
         from .modeling.task_model import TaskModel
 
-        inputs = self._inputs([{"role": "user", "content": prompt, "media": self.collect_media(images, **media)}])
+        inputs = self._inputs([{"role": "user", "content": prompt, "media": self.collect_media(images, **media)}],
+                              lazy_pixels=False)
         with torch.inference_mode():
             logits = TaskModel(self.model, self.head)(**inputs)["logits"][0]
         return self.head.describe(logits)

@@ -71,3 +71,32 @@ def test_generation_options_are_honoured(pipe, rgb_images):
     out = pipe("Describe.", images=rgb_images[:1], max_new_tokens=3, min_new_tokens=3)
     ids = pipe.processor.tokenizer(out, add_special_tokens=False).input_ids
     assert 1 <= len(ids) <= 4
+
+
+def test_pixels_are_read_lazily_and_match_the_eager_tensor(pipe, rgb_images):
+    from longllava_sdk.modeling.image_stream import IndexedImages
+
+    messages = [{"role": "user", "content": "Describe.", "media": pipe.collect_media(rgb_images)}]
+    lazy = pipe.inputs(messages)
+    assert isinstance(lazy["pixel_values"], IndexedImages) and lazy["pixel_values"].count == 3
+    eager = pipe._inputs(messages, lazy_pixels=False)
+    assert torch.equal(lazy["input_ids"], eager["input_ids"])
+    torch.testing.assert_close(lazy["pixel_values"].take(torch.arange(3)), eager["pixel_values"])
+    with torch.inference_mode():
+        out_lazy = pipe.model.generate(**lazy, max_new_tokens=4, do_sample=False)
+        out_eager = pipe.model.generate(**eager, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out_lazy, out_eager)
+
+
+def test_too_many_images_are_refused_with_the_numbers_before_any_is_read(pipe, rgb_images, monkeypatch):
+    from longllava_sdk.errors import ProtocolError
+
+    per_image = pipe.config.tokens_per_image
+    monkeypatch.setattr(pipe.config, "max_context", 4 * per_image + 40)
+    read = []
+    monkeypatch.setattr(pipe.processor, "preprocess_images", lambda images: read.append(len(images)))
+    with pytest.raises(ProtocolError, match=r"needs 6 images x .* at most 4 images fit"):
+        pipe("Describe.", images=rgb_images * 2, max_new_tokens=2)
+    with pytest.raises(ProtocolError, match=r"more than the model's context"):
+        pipe("Describe. " * 40, images=rgb_images + rgb_images[:1], max_new_tokens=2)
+    assert read == []
