@@ -152,8 +152,42 @@ def _profile(model_step, token: torch.Tensor, steps: int = 8, top: int = 8) -> l
              "calls_per_token": round(e.count / steps, 1)} for e in rows]
 
 
+def run_pipeline_case(case: dict[str, Any]) -> dict[str, Any]:
+    """``Pipeline(prompt, images=[N PNG files])`` end to end: files -> adapter -> lazy pixels -> chunked prefill.
+
+    The images are written first (distinct 336x336 PNGs in a temporary folder), then the
+    tiny model is built; peak RSS covers decoding every file, the prefill and the answer.
+    """
+    import tempfile
+
+    from PIL import Image
+
+    from longllava_sdk import Pipeline
+    from longllava_sdk.model_folders import create_model
+
+    torch.set_num_threads(int(case.get("threads", 2)))
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i in range(case["images"]):
+            path = Path(folder) / f"frame_{i:05d}.png"
+            Image.new("RGB", (336, 336), (i % 251, (7 * i) % 253, (13 * i) % 255)).save(path)
+            paths.append(str(path))
+        model, processor = create_model("tiny")
+        pipe = Pipeline(model, processor)
+        baseline_rss = _rss_bytes()
+        start = time.perf_counter()
+        answer = pipe("Which frame differs from the others?", images=paths, max_new_tokens=case.get("decode", 4))
+        elapsed = time.perf_counter() - start
+    return dict(case, tokens=case["images"] * model.config.tokens_per_image, prefill_s=elapsed,
+                answer_chars=len(answer), baseline_rss=baseline_rss, peak_rss=_peak_rss_bytes(),
+                prefill_peak_rss=_peak_rss_bytes(), cache_bytes=0, cache_kv_bytes=0, cache_conv_bytes=0,
+                cache_ssm_bytes=0)
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one case in this (fresh) process."""
+    if case["model"] == "pipeline":
+        return run_pipeline_case(case)
     from longllava_sdk.modeling import cache_access
     from longllava_sdk.modeling.image_stream import ImageFeatureFeeder, IndexedImages
     from longllava_sdk.modeling.modeling_longllava import JAMBA_CACHE_ARGUMENT
@@ -257,6 +291,8 @@ def plan(quick: bool) -> list[dict[str, Any]]:
                       chunk=1 << 30, mask_budget=False))
     for n in (stream[0], stream[1]):
         cases.append(dict(group="stream", model="mamba-only", images=n, text=PROMPT_TEXT, decode=0))
+    # the same number of images as files through the public API (adapter, lazy pixels, chunked prefill)
+    cases.append(dict(group="pipeline", model="pipeline", images=stream[0], text=PROMPT_TEXT, decode=4))
     return cases
 
 
@@ -344,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-efficiency"), help="folder for JSON + PNG")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case (default 2)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is abandoned")
-    parser.add_argument("--groups", nargs="+", choices=("images", "text", "chunk", "stream"),
+    parser.add_argument("--groups", nargs="+", choices=("images", "text", "chunk", "stream", "pipeline"),
                         help="run only these groups of cases (default: all)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one case, JSON in and out
     args = parser.parse_args(argv)
@@ -389,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         mode = "one-shot prefill" if r.get("chunk", 0) >= r["tokens"] else "chunked prefill"
         print(f"streaming {r['model']} ({mode}): {r['images']} images ({r['tokens']} tokens) in {r['prefill_s']:.1f} s, "
               f"peak RSS {_mb(r['peak_rss'])} (model built: {_mb(r['baseline_rss'])}){extra}")
+    for r in rows:
+        if r["group"] == "pipeline" and "error" not in r:
+            print(f"Pipeline(prompt, images=[{r['images']} PNG files], max_new_tokens={r['decode']}): "
+                  f"{r['prefill_s']:.1f} s end to end, peak RSS {_mb(r['peak_rss'])} "
+                  f"(model built: {_mb(r['baseline_rss'])})")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "efficiency.json").write_text(json.dumps(
         {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
