@@ -186,6 +186,7 @@ class ImageFeatureFeeder:
         cfg = model.config
         self.model = model
         self.tokens = cfg.tokens_per_image
+        self.vision_chunk = max(1, int(cfg.vision_chunk_size))
         self.image_token_id = cfg.image_token_id
         self.pad_id = cfg.text_config.pad_token_id or 0
         self.source = source
@@ -214,10 +215,12 @@ class ImageFeatureFeeder:
         image, token = ranks // self.tokens, ranks % self.tokens
         needed = torch.unique(image)  # ascending
         missing = torch.tensor([int(i) for i in needed if int(i) not in self.pending], dtype=torch.long)
-        if len(missing):
-            features = self.model.get_image_features(self.source.take(missing))  # (n, T, C_text)
-            self.encoded += len(missing)
-            for i, feat in zip(missing.tolist(), features):
+        # Pixels are read ``vision_chunk_size`` images at a time, however long the prefill chunk:
+        # a one-shot prefill of 1000 images never holds 1000 images' pixels.
+        for group in missing.split(self.vision_chunk) if len(missing) else ():
+            features = self.model.get_image_features(self.source.take(group))  # (n, T, C_text)
+            self.encoded += len(group)
+            for i, feat in zip(group.tolist(), features):
                 self.pending[i] = feat
         stacked = torch.stack([self.pending[int(i)] for i in needed])  # (n_needed, T, C_text)
         rows = stacked[torch.searchsorted(needed, image), token]
