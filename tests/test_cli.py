@@ -10,7 +10,7 @@ import pytest
 
 from longllava_sdk.cli import BUILTIN_PLUGIN, available_commands, build_parser, main
 
-BUILTIN_COMMANDS = {"info", "init-model", "infer", "convert-official", "plugins", "finetune", "merge", "serve", "bench"}
+BUILTIN_COMMANDS = {"info", "init-model", "infer", "convert-official", "plugins", "finetune", "merge", "serve", "plan", "bench"}
 
 
 def test_every_builtin_command_is_available_with_help():

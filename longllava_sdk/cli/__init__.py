@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import os
 import sys
 import types
 import typing
@@ -205,4 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LongLLaVAError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            # the reader went away (`longllava-sdk plan ... | head`): stop quietly, as shell tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
     return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -63,10 +63,11 @@ def command_group(name: str, doc: str, subcommands: list[Callable[..., Any]]) ->
 
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, bench."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench."""
     from ..convert_official import convert_official
     from ..evaluation import evaluate_data, evaluate_niah, evaluate_vnbench
     from ..model_folders import merge_adapter
+    from ..planner import plan
     from ..serving import serve
     from ..training.finetuning import finetune
     from .cmd_bench import bench
@@ -74,7 +75,7 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
     from .cmd_info import info
     from .cmd_model import init_model
     from .cmd_plugins import plugins
-    from .present import present_eval, present_finetune, present_merge
+    from .present import present_eval, present_finetune, present_merge, present_plan
 
     return [
         info, init_model, infer,
@@ -88,6 +89,7 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
             command(evaluate_data, name="data", present=present_eval),
         ]),
         command(serve),
+        command(plan, present=present_plan),
         bench,
     ]
 

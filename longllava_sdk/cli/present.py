@@ -77,3 +77,11 @@ def present_eval(report: Any) -> int:
         lines.append(f"heatmap: {Path(report.heatmap_path).resolve()}")
     print("\n".join(lines))
     return 0
+
+
+def present_plan(result: Any) -> int:
+    """Print a :class:`~longllava_sdk.planner.MemoryPlan` as its budget table."""
+    from ..planner import format_plan
+
+    print(format_plan(result))
+    return 0

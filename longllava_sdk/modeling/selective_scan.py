@@ -160,7 +160,7 @@ def selective_scan_backend(device: str | torch.device = "cpu", dtype: torch.dtyp
     requested = _requested_backend(None)
     if requested == "torch" or device.type != "cpu":
         return "torch-chunked"
-    probe = torch.empty(0, dtype=dtype)
+    probe = torch.empty(0, dtype=dtype, device="cpu")  # explicit: a torch.device("meta") context must not leak in
     return "numba-cpu" if selective_scan_cpu.numba_unavailable_reason(probe) is None else "torch-chunked"
 
 

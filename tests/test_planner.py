@@ -1,0 +1,153 @@
+"""The memory planner: its arithmetic, its CLI, and its 15% contract against measured peaks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from longllava_sdk.config import LongLLaVAConfig
+from longllava_sdk.errors import ConfigError
+from longllava_sdk.planner import GiB, parse_memory, plan, plan_memory
+
+WORKER = Path(__file__).with_name("planner_worker.py")
+
+
+@pytest.fixture(scope="module")
+def plan_9b_int8():
+    return plan(preset="9b", images=1000, gpu_memory="80GB", dtype="int8")
+
+
+def _line(column, name: str) -> int:
+    return next(line.bytes for line in column.lines if line.name == name)
+
+
+def test_parse_memory():
+    assert parse_memory("80GB") == parse_memory("80GiB") == parse_memory(80) == 80 * GiB
+    assert parse_memory("512MB") == 512 << 20 and parse_memory("1.5g") == int(1.5 * GiB)
+    for bad in ("eighty", "80PB", "-3GB", "0"):
+        with pytest.raises(ConfigError):
+            parse_memory(bad)
+
+
+def test_9b_kv_cache_is_the_issues_arithmetic(plan_9b_int8):
+    # 4 attention layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 16 KB per token, 2.4 MB per image
+    assert plan_9b_int8.hybrid.attention_layers == 4 and plan_9b_int8.hybrid.mamba_layers == 28
+    one_shot = plan_9b_int8.column("hybrid", "one-shot")
+    assert _line(one_shot, "KV cache") == 16 * 1024 * plan_9b_int8.tokens
+    # the equal-size transformer: every layer attention, 8x the KV cache
+    twin = plan_9b_int8.column("transformer", "one-shot")
+    assert _line(twin, "KV cache") == 8 * _line(one_shot, "KV cache")
+    assert plan_9b_int8.transformer.mamba_layers == 0 and plan_9b_int8.transformer.attention_layers == 32
+
+
+def test_weights_are_counted_from_the_model_and_int8_keeps_mamba(plan_9b_int8):
+    bf16 = plan(preset="9b", images=1000, gpu_memory="80GB", dtype="bf16")
+    hybrid = bf16.hybrid
+    assert 9.0e9 < sum(hybrid.parameters.values()) < 10.0e9  # LongLLaVA-9B
+    assert hybrid.parameters["Mamba mixers"] > 2.5e9 and hybrid.parameters["vision tower"] > 3.0e8
+    weights_bf16 = _line(bf16.column("hybrid", "one-shot"), "weights")
+    col = plan_9b_int8.column("hybrid", "one-shot")
+    int8, kept = _line(col, "weights, int8 linear layers"), _line(col, "weights kept in bf16")
+    assert int8 + kept < 0.75 * weights_bf16
+    assert kept >= 2 * hybrid.parameters["Mamba mixers"]  # Mamba stays 16-bit
+
+
+def test_chunked_prefill_fits_more_images_and_the_hybrid_more_than_the_transformer(plan_9b_int8):
+    most = {(c.architecture, c.mode): c.max_images for c in plan_9b_int8.columns}
+    assert most["hybrid", "chunked"] > most["hybrid", "one-shot"] > most["transformer", "one-shot"] > 1000
+    assert most["hybrid", "chunked"] > 5 * most["transformer", "chunked"]
+    # chunked activations are bounded by the chunk, one-shot ones grow with the prompt
+    assert _line(plan_9b_int8.column("hybrid", "chunked"), "activations") < 0.05 * _line(
+        plan_9b_int8.column("hybrid", "one-shot"), "activations")
+    # the most images that fit is where the peak crosses the memory
+    for col in plan_9b_int8.columns:
+        assert col.total < 80 * GiB
+    config = LongLLaVAConfig.from_preset("9b")
+    for images, fits in ((most["hybrid", "one-shot"], True), (most["hybrid", "one-shot"] + 1, False)):
+        again = plan_memory(config, images=images, gpu_memory="80GB", dtype="int8")
+        assert (again.column("hybrid", "one-shot").total <= 80 * GiB) is fits
+
+
+def test_official_vision_batching_lands_near_the_papers_thousand_images():
+    # The official code encodes all images in one CLIP batch, keeping every hidden state.
+    official = plan(preset="9b", images=1000, gpu_memory="80GB", dtype="int8", vision_batch=0)
+    assert 900 <= official.column("hybrid", "one-shot").max_images <= 1500
+
+
+def test_a13b_int8_says_why_it_does_not_fit():
+    result = plan(preset="a13b", images=100, gpu_memory="80GB", dtype="int8")
+    assert all(c.max_images == 0 for c in result.columns)
+    assert any("3-D tensors" in note for note in result.notes)
+    assert any("not even the text alone fits" in note for note in result.notes)
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--gpu-memory"):
+        plan(preset="9b", images=10)
+    with pytest.raises(ConfigError, match="dtype"):
+        plan(preset="9b", images=10, gpu_memory="80GB", dtype="int4")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        plan(preset="70b", images=10, gpu_memory="80GB")
+    with pytest.raises(ConfigError, match="config.json"):
+        plan(model=str(tmp_path), images=10, gpu_memory="80GB")
+
+
+def test_plan_for_a_model_folder_and_video_frames(tiny_checkpoint):
+    frames = plan(model=str(tiny_checkpoint), images=0, video_frames=100, device="cpu", gpu_memory="8GB", dtype="fp32")
+    images = plan(model=str(tiny_checkpoint), images=100, device="cpu", gpu_memory="8GB", dtype="fp32")
+    assert frames.images == images.images == 100
+    assert frames.tokens > images.tokens  # the <t> separators and <vid></vid>
+
+
+def test_cli_prints_the_budget(capsys):
+    from longllava_sdk.cli import main
+
+    assert main(["plan", "--preset", "9b", "--images", "1000", "--gpu-memory", "80GB", "--dtype", "int8"]) == 0
+    out = capsys.readouterr().out
+    for text in ("KV cache", "Mamba conv + SSM states", "vision encoding", "activations", "weights, int8",
+                 "max images (memory)", "hybrid one-shot", "transformer chunked (2048)", "149,512 tokens"):
+        assert text in out, text
+    assert main(["plan", "--preset", "9b", "--images", "10", "--gpu-memory", "lots"]) == 1
+    assert "expected a size like 80GB" in capsys.readouterr().err
+
+
+def _measure(case: dict) -> dict:
+    done = subprocess.run([sys.executable, str(WORKER), json.dumps(case)], capture_output=True, text=True,
+                          timeout=600, cwd=WORKER.parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+CASES = [
+    {"text": 8192, "images": 0, "mode": "one-shot"},
+    {"text": 8192, "images": 0, "mode": "chunked"},
+    {"text": 32768, "images": 0, "mode": "one-shot"},
+    {"text": 32768, "images": 0, "mode": "chunked"},
+    {"text": 64, "images": 200, "mode": "one-shot"},
+    {"text": 64, "images": 200, "mode": "chunked"},
+    # 1000 images (145K tokens): ~2 minutes each, with the slow tests
+    pytest.param({"text": 64, "images": 1000, "mode": "one-shot"}, marks=pytest.mark.slow),
+    pytest.param({"text": 64, "images": 1000, "mode": "chunked"}, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['mode']}-{c['images']}img-{c['text']}text")
+def test_predicted_peak_is_within_15_percent_of_the_measured_one(case):
+    """The tiny preset, fp32 on CPU, in a fresh process: the planner's peak vs ``VmHWM``.
+
+    The runtime (Python, torch, the SDK: everything but the weights) is measured in the same
+    process and handed to the planner; the rest of the peak is the planner's arithmetic.
+    """
+    measured = _measure(case)
+    config = LongLLaVAConfig.from_preset("tiny")
+    result = plan_memory(config, images=case["images"], text_tokens=case["text"], device="cpu",
+                         gpu_memory="24GB", dtype="fp32", tag_tokens_per_image=1, runtime_bytes=measured["runtime"])
+    assert result.tokens == measured["tokens"]
+    predicted = result.column("hybrid", case["mode"]).total
+    error = predicted / measured["peak"] - 1
+    assert abs(error) <= 0.15, (f"predicted {predicted / 2**20:.0f} MB, measured {measured['peak'] / 2**20:.0f} MB "
+                                f"({error:+.1%})")
