@@ -60,20 +60,21 @@ PROMPT_TEXT = 64  # text tokens around the images in the image cases
 # -----------------------------------------------------------------------------------------
 
 
-def _peak_rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmHWM``: peak RSS, ``VmRSS``: current), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM")
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _peak_rss_bytes() -> int:
+    return _status_bytes("VmHWM")
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmRSS")
+    return _status_bytes("VmRSS")
 
 
 def _build_hybrid(mamba_only: bool = False):

@@ -258,6 +258,15 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+def _fresh_staging(staging: Path, is_main: bool) -> None:
+    """An empty ``staging`` folder (a leftover from a killed attempt is removed), then a barrier."""
+    if is_main:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    _barrier()
+
+
 @contextmanager
 def staged_export(target: str | os.PathLike[str], *, is_main: bool = True) -> Iterator[Path]:
     """Yield ``.<name>.partial`` beside ``target`` to write an export into; rename it to ``target``
@@ -265,11 +274,7 @@ def staged_export(target: str | os.PathLike[str], *, is_main: bool = True) -> It
     ``target``). Collective in multi-process runs, like :func:`staged_checkpoint`."""
     target = Path(target)
     staging = target.with_name(f".{target.name}.partial")
-    if is_main:
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-    _barrier()
+    _fresh_staging(staging, is_main)
     yield staging
     _barrier()
     if is_main:
@@ -297,11 +302,7 @@ def staged_checkpoint(run_dir: str | os.PathLike[str], step: int, *, is_main: bo
     run_dir = Path(run_dir)
     staging = run_dir / f".checkpoint-{step}.partial"
     final = run_dir / f"checkpoint-{step}"
-    if is_main:
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-    _barrier()
+    _fresh_staging(staging, is_main)
     yield staging
     _barrier()
     if is_main:
