@@ -566,7 +566,7 @@ def plan(
     *,
     preset: str = "9b",
     model: str | None = None,
-    images: int = 1000,
+    images: int = 0,
     video_frames: int = 0,
     gpu_memory: str | None = None,
     device: str = "cuda",

@@ -97,7 +97,7 @@ def test_bad_arguments_are_config_errors(tmp_path):
 
 
 def test_plan_for_a_model_folder_and_video_frames(tiny_checkpoint):
-    frames = plan(model=str(tiny_checkpoint), images=0, video_frames=100, device="cpu", gpu_memory="8GB", dtype="fp32")
+    frames = plan(model=str(tiny_checkpoint), video_frames=100, device="cpu", gpu_memory="8GB", dtype="fp32")
     images = plan(model=str(tiny_checkpoint), images=100, device="cpu", gpu_memory="8GB", dtype="fp32")
     assert frames.images == images.images == 100
     assert frames.tokens > images.tokens  # the <t> separators and <vid></vid>

@@ -348,3 +348,22 @@ def test_a_model_with_a_task_head_classifies_over_http(tiny_model_and_processor,
     assert answer["result"]["labels"] == expected["labels"]
     assert answer["result"]["scores"] == pytest.approx(expected["scores"])
     assert two_turns.status_code == 400 and two_turns.json()["error"]["param"] == "messages"
+
+
+def test_serve_quantize_int8_serves_the_int8_model(tiny_checkpoint, root, monkeypatch):
+    """``serve --quantize int8`` loads the model in int8 and the server answers like that pipeline."""
+    import uvicorn
+
+    from longllava_sdk.serving import serve
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    serve(str(tiny_checkpoint), root=str(root), model_name=MODEL, quantize="int8", port=0)
+    pipeline = served["app"].state.server.pipeline
+    assert pipeline.model.config.quantization["mode"] == "int8"
+    assert served["host"] == "127.0.0.1"
+    int8 = Pipeline.from_pretrained(tiny_checkpoint, quantize="int8")
+    with running_server(served["app"]) as server:
+        answer = chat(server.client(), user("Describe.", {"type": "image", "image": {"path": "images/ihc_01.png"}}))
+    expected = int8("Describe.", images=[root / "images/ihc_01.png"], max_new_tokens=12)
+    assert answer.choices[0].message.content == expected

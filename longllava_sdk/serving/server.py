@@ -62,6 +62,7 @@ def serve(
     client_adapter_options: list[str] | None = None,
     device: str = "auto",
     dtype: str | None = None,
+    quantize: str | None = None,
     access_log: bool = True,
     log_level: str = "info",
 ) -> None:
@@ -97,6 +98,8 @@ def serve(
             limits such as max_pixels).
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
+        quantize: int8: the language model's linear layers in 8 bits, Mamba and vision kept
+            (docs/quantization.md).
         access_log: log one line per request.
         log_level: uvicorn's log level (critical, error, warning, info, debug).
     """
@@ -121,7 +124,7 @@ def serve(
     from .remote import RemotePolicy
 
     RemotePolicy(settings.allow_remote)  # a malformed entry fails here, before the model loads
-    pipeline = Pipeline.from_pretrained(model, device=device, dtype=dtype)
+    pipeline = Pipeline.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
     app = create_app(pipeline, settings)
     if not _is_loopback(host) and settings.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use the model "
