@@ -17,17 +17,50 @@ tiled     ``images[0]`` = global view, then ``grid`` tiles     global, ``\\n``, 
 
 Adapters never return more than ``max_images`` images (they sample, keeping the first and
 last slice / frame) so the processor never has to drop anything silently.
+
+An image may also be a :class:`DeferredImage`: checked by the adapter (header, size,
+limits) but decoded only when the processor needs its pixels, one prefill chunk at a time,
+so a prompt of 1000 image files never holds 1000 decoded images.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from PIL import Image
 
 MediaKind = Literal["images", "video", "volume", "tiled"]
 MEDIA_KINDS: tuple[str, ...] = ("images", "video", "volume", "tiled")
+
+
+class DeferredImage:
+    """An image whose pixels are decoded on :meth:`load`, each time it is asked for.
+
+    Args:
+        load: returns the RGB ``PIL.Image`` (raising the adapter's typed error if the file
+            turns out to be unreadable after all).
+        size: ``(width, height)`` as :meth:`load` will return it, known from the header.
+        source: the file, for messages.
+    """
+
+    __slots__ = ("_load", "size", "source")
+
+    def __init__(self, load: Callable[[], Image.Image], size: tuple[int, int], source: str) -> None:
+        self._load = load
+        self.size = (int(size[0]), int(size[1]))
+        self.source = source
+
+    def load(self) -> Image.Image:
+        return self._load()
+
+    def __repr__(self) -> str:
+        return f"DeferredImage({self.source!r}, size={self.size})"
+
+
+def load_image(image: "Image.Image | DeferredImage") -> Image.Image:
+    """The decoded image: ``image`` itself, or a :class:`DeferredImage` decoded now."""
+    return image.load() if isinstance(image, DeferredImage) else image
 
 
 @dataclass
@@ -36,7 +69,7 @@ class Media:
 
     Attributes:
         kind: one of ``images``, ``video``, ``volume``, ``tiled``.
-        images: RGB ``PIL.Image`` objects, in rendering order.
+        images: RGB ``PIL.Image`` objects (or :class:`DeferredImage` ones), in rendering order.
         metadata: one dict per image (e.g. ``timestamp`` in seconds for video,
             ``slice_position`` in mm for volumes, ``window`` and ``bounds`` for tiles).
         source: the path (or description) the images came from; used in error messages.
@@ -47,7 +80,7 @@ class Media:
     """
 
     kind: MediaKind
-    images: list[Image.Image]
+    images: list[Image.Image | DeferredImage]
     metadata: list[dict[str, Any]] = field(default_factory=list)
     source: str = "<memory>"
     grid: tuple[int, int] | None = None

@@ -59,6 +59,10 @@ class MediaOptions(TypedDict, total=False):
         adapter_options: options for the adapter; text values are typed by its declared
             options (``{"window": "lung"}``, ``{"allow_non_parallel": "true"}``).
         max_images: image budget per source (default: what fits the context; 128 for video).
+        defer_decoding: image files are checked when collected and decoded when the model reads
+            their pixels, one prefill chunk at a time (default ``True``, for adapters that
+            declare the option); ``False`` decodes them at once (e.g. when the files are
+            temporary).
     """
 
     video: PathLike
@@ -68,6 +72,7 @@ class MediaOptions(TypedDict, total=False):
     adapter: str
     adapter_options: dict[str, Any]
     max_images: int
+    defer_decoding: bool
 
 
 class CallOptions(MediaOptions, total=False):
@@ -86,6 +91,10 @@ class CallOptions(MediaOptions, total=False):
 _MEDIA_KEYS = frozenset(MediaOptions.__annotations__)
 #: Which media kind each keyword asks for.
 _KIND_OF = {"video": "video", "volume": "volume", "tiled": "tiled"}
+
+
+#: The adapter option that asks for images decoded when their pixels are needed (see load_media).
+DEFER_OPTION = "defer_decoding"
 
 
 class Pipeline:
@@ -132,9 +141,19 @@ class Pipeline:
         return max(1, (cfg.max_context - 1024) // per_image)
 
     def load_media(self, source: PathLike | Sequence[PathLike], *, kind: str | None = None, adapter: str | None = None,
-                   max_images: int | None = None, options: Mapping[str, Any] | None = None) -> Media:
-        """Read ``source`` through the adapter named ``adapter``, else the first of ``kind`` that claims it."""
+                   max_images: int | None = None, options: Mapping[str, Any] | None = None,
+                   defer_decoding: bool = True) -> Media:
+        """Read ``source`` through the adapter named ``adapter``, else the first of ``kind`` that claims it.
+
+        With ``defer_decoding``, an adapter that declares that option gets it (unless
+        ``options`` set it): its images are checked now and decoded when the model reads
+        their pixels, one prefill chunk at a time.
+        """
+        options = dict(options or {})
         reader = resolve_adapter(source, adapter, kind=kind, options=options)
+        if (defer_decoding and DEFER_OPTION in type(reader).options() and DEFER_OPTION not in options
+                and not options.get("high_res")):
+            reader = resolve_adapter(source, reader.name, options={**options, DEFER_OPTION: True})
         return reader.load(source, max_images=max_images or self.default_max_images)
 
     def collect_media(self, images: Sequence[MediaLike] | None = None, **media: Unpack[MediaOptions]
@@ -148,6 +167,7 @@ class Pipeline:
             check_context(self.config, text_tokens=0, images=len(images), source=f"{len(images)} images")
         options = dict(media.get("adapter_options") or {})
         high_res = bool(media.get("high_res", False))
+        defer = bool(media.get("defer_decoding", True))
         collected: list[Media | Image.Image] = []
         for item in images or ():
             if isinstance(item, Media) or (isinstance(item, Image.Image) and not high_res):
@@ -160,7 +180,7 @@ class Pipeline:
             else:  # a path: the sub-image split of a file is an option of the images-kind adapter
                 item_options = {**options, "high_res": True} if high_res else options
                 collected.append(self.load_media(item, kind=None if adapter else "images", adapter=adapter,
-                                                 max_images=budget, options=item_options))
+                                                 max_images=budget, options=item_options, defer_decoding=defer))
         for key, kind in _KIND_OF.items():
             source = media.get(key)
             if source is None:
@@ -168,7 +188,8 @@ class Pipeline:
             limit = budget
             if key == "video" and budget is None:
                 limit = min(DEFAULT_VIDEO_FRAMES, self.default_max_images)
-            collected.append(self.load_media(source, kind=kind, adapter=adapter, max_images=limit, options=options))
+            collected.append(self.load_media(source, kind=kind, adapter=adapter, max_images=limit, options=options,
+                                             defer_decoding=defer))
         return collected
 
     # -- generation -----------------------------------------------------------------------------

@@ -88,7 +88,7 @@ from longllava_sdk.adapters import (
 from longllava_sdk.errors import AdapterError, ConfigError, adapter_option_hint
 from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
 from longllava_sdk.hookspecs import hookimpl
-from longllava_sdk.media import Media
+from longllava_sdk.media import DeferredImage, Media
 from longllava_sdk.tiff_layout import SIGNATURES as TIFF_SIGNATURES, inspect_tiff
 
 #: Pillow format names that are decoded; everything else is refused before decoding.
@@ -126,6 +126,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", "a ZIP archive"),
 )
 
+
+#: EXIF tag of the orientation (values 5-8 rotate the image by 90 degrees).
+_EXIF_ORIENTATION = 0x0112
 
 def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
@@ -188,6 +191,11 @@ class ImagesAdapter(InputAdapter):
             times the file size (``None``: no check; a PNG beyond deflate's 1032:1 is refused
             regardless, since it cannot hold the pixels it declares).
         time_budget_s: CPU seconds one ``load`` may use (``None``: unlimited).
+        defer_decoding: check every file's header, size, limits and (PNG) checksums now, but
+            return :class:`~longllava_sdk.media.DeferredImage` objects decoded when the model
+            needs their pixels (``max_decoded_bytes`` then bounds one image, not the list). The
+            Pipeline sets it for lists of image files so that 1000 images are never decoded at
+            once; ``high_res`` always decodes.
 
     Raises (from :meth:`load`):
         AdapterError: missing / empty / truncated / corrupt file, a format outside the
@@ -212,6 +220,7 @@ class ImagesAdapter(InputAdapter):
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
         max_compression_ratio: float | None = DEFAULT_MAX_COMPRESSION_RATIO,
+        defer_decoding: bool = False,
     ) -> None:
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
@@ -232,6 +241,7 @@ class ImagesAdapter(InputAdapter):
         self.max_decoded_bytes = validate_limit("max_decoded_bytes", max_decoded_bytes, allow_none=False)
         self.time_budget_s = validate_limit("time_budget_s", time_budget_s, integer=False)
         self.max_compression_ratio = validate_limit("max_compression_ratio", max_compression_ratio, integer=False)
+        self.defer_decoding = bool(defer_decoding)
 
     # -- source listing -------------------------------------------------------------------
     def _list_files(self, source: Source) -> list[Path]:
@@ -308,13 +318,12 @@ class ImagesAdapter(InputAdapter):
         rgb = 0 if image.mode == "RGB" else RGB_BYTES_PER_PIXEL
         return width * height * (per_pixel + rgb)
 
-    def read_image(self, path: Path, *, extra_bytes: int = 0,
-                   plan: Any = None) -> tuple[Image.Image, dict[str, Any]]:
-        """Decode one file fully and strictly into RGB; returns the image and its metadata.
+    def check_file(self, path: Path, *, extra_bytes: int = 0, plan: Any = None) -> tuple[str, tuple[int, int]]:
+        """Every check :meth:`read_image` makes before decoding; returns the format and the
+        stored size (before EXIF orientation).
 
         ``extra_bytes`` (decoded data already held for this source) and, when given, the
-        bytes ``plan(size)`` returns (the high-res tiles) count against ``max_decoded_bytes``
-        before the pixels are decoded.
+        bytes ``plan(size)`` returns (the high-res tiles) count against ``max_decoded_bytes``.
         """
         confine(path)
         if path.stat().st_size == 0:
@@ -334,6 +343,7 @@ class ImagesAdapter(InputAdapter):
                         "copy" + (", the images already read" if extra_bytes else "")
                         + (" and the high-res tiles" if plan is not None else "") + ")", unit="bytes",
                         hint="lower max_images or max_tiles")
+            size = image.size
             image.verify()  # checks what the format allows without decoding (PNG CRCs...)
         except AdapterError:
             image.close()
@@ -342,6 +352,13 @@ class ImagesAdapter(InputAdapter):
             image.close()
             raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
         image.close()
+        return fmt, size
+
+    def read_image(self, path: Path, *, extra_bytes: int = 0,
+                   plan: Any = None) -> tuple[Image.Image, dict[str, Any]]:
+        """Decode one file fully and strictly into RGB (after :meth:`check_file`); returns the
+        image and its metadata."""
+        fmt, _ = self.check_file(path, extra_bytes=extra_bytes, plan=plan)
         check_time_budget("before decoding")
         image = self._open(path)  # verify() leaves the image unusable: reopen to decode
         try:
@@ -386,8 +403,11 @@ class ImagesAdapter(InputAdapter):
         held = 0
         for index in sample_indices(len(files), max_images):
             check_time_budget(f"at file {index + 1} of {len(files)}")
-            image, meta = self.read_image(files[index], extra_bytes=held)
-            held += image.size[0] * image.size[1] * RGB_BYTES_PER_PIXEL
+            if self.defer_decoding:
+                image, meta = self._deferred(files[index])
+            else:
+                image, meta = self.read_image(files[index], extra_bytes=held)
+                held += image.size[0] * image.size[1] * RGB_BYTES_PER_PIXEL
             meta["index"] = index
             if meta["n_frames"] > 1:
                 warnings_.append(f"{files[index]}: {meta['n_frames']} frames, first frame used")
@@ -396,6 +416,16 @@ class ImagesAdapter(InputAdapter):
         description = str(source) if not isinstance(source, (list, tuple)) else f"{files[0]} (+{len(files) - 1} more)"
         info = {"n_files": len(files), "sampled": len(images) < len(files), "warnings": warnings_}
         return Media("images", images, metadata, source=description, info=info)
+
+    def _deferred(self, path: Path) -> tuple[DeferredImage, dict[str, Any]]:
+        """Checked now, decoded later (by the same strict :meth:`read_image`)."""
+        fmt, size = self.check_file(path)
+        with self._open(path) as header:
+            n_frames = int(getattr(header, "n_frames", 1))
+            if header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees when decoded
+                size = (size[1], size[0])
+        image = DeferredImage(lambda: self.read_image(path)[0], size, str(path))
+        return image, {"path": str(path), "format": fmt, "size": size, "n_frames": n_frames}
 
     def _load_high_res(self, path: Path, max_images: int | None) -> Media:
         if max_images is not None and max_images < 2:

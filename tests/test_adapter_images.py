@@ -187,3 +187,33 @@ def test_urls_and_missing_files(tmp_path):
 def test_claims_by_extension():
     assert ImagesAdapter.claims(Path("a/b/photo.JPG"))
     assert not ImagesAdapter.claims(Path("clip.mp4"))
+
+
+def test_deferred_decoding_checks_now_and_decodes_the_same_pixels_later(skimage_data, tmp_path):
+    from longllava_sdk.media import DeferredImage
+
+    files = [skimage_data / name for name in ("astronaut.png", "camera.png", "horse.png", "rocket.jpg")]
+    portrait = tmp_path / "portrait.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # decoded turned by 90 degrees
+    Image.new("RGB", (60, 40), (10, 200, 30)).save(portrait, exif=exif)
+    eager = ImagesAdapter().load([*files, portrait])
+    deferred = ImagesAdapter(defer_decoding=True).load([*files, portrait])
+    assert all(isinstance(image, DeferredImage) for image in deferred.images)
+    for lazy, image, meta in zip(deferred.images, eager.images, deferred.metadata):
+        assert lazy.size == image.size == meta["size"]
+        np.testing.assert_array_equal(np.asarray(lazy.load()), np.asarray(image))
+    assert deferred.images[-1].size == (40, 60)
+
+
+def test_deferred_decoding_refuses_bad_headers_at_load_and_names_a_file_broken_later(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:-30])
+    with pytest.raises(AdapterError, match="truncated.png"):
+        ImagesAdapter(defer_decoding=True).load([good, truncated])
+    media = ImagesAdapter(defer_decoding=True).load([good])
+    good.write_bytes(good.read_bytes()[:-30])  # damaged after the check, before the decode
+    with pytest.raises(AdapterError, match="good.png"):
+        media.images[0].load()

@@ -100,3 +100,35 @@ def test_too_many_images_are_refused_with_the_numbers_before_any_is_read(pipe, r
     with pytest.raises(ProtocolError, match=r"more than the model's context"):
         pipe("Describe. " * 40, images=rgb_images + rgb_images[:1], max_new_tokens=2)
     assert read == []
+
+
+def test_image_files_are_decoded_only_when_their_pixels_are_read(pipe, rgb_images, tmp_path, monkeypatch):
+    from longllava_plugins.images import ImagesAdapter
+    from longllava_sdk.media import DeferredImage
+
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"frame_{i:02d}.png"
+        rgb_images[i % 3].save(path)
+        paths.append(str(path))
+    decoded: list[str] = []
+    original = ImagesAdapter.read_image
+
+    def counting(self, path, **kwargs):
+        decoded.append(str(path))
+        return original(self, path, **kwargs)
+
+    monkeypatch.setattr(ImagesAdapter, "read_image", counting)
+    media = pipe.collect_media(paths)
+    assert decoded == [] and all(isinstance(m.images[0], DeferredImage) for m in media)
+    batches: list[int] = []
+    preprocess = pipe.processor.preprocess_images
+    monkeypatch.setattr(pipe.processor, "preprocess_images", lambda images: batches.append(len(images))
+                        or preprocess(images))
+    # a prompt long enough to be prefilled in chunks (40 x 144 tokens in chunks of 1024)
+    answer = pipe("Which frame differs?", images=paths, max_new_tokens=3, prefill_chunk_size=1024)
+    assert sorted(decoded) == sorted(paths)  # each file decoded once, when its chunk came
+    assert len(batches) > 1 and max(batches) < len(paths)
+    monkeypatch.setattr(ImagesAdapter, "read_image", original)
+    assert answer == pipe("Which frame differs?", images=[rgb_images[i % 3] for i in range(40)], max_new_tokens=3,
+                          prefill_chunk_size=1024)

@@ -44,7 +44,7 @@ from transformers import (AutoProcessor, AutoTokenizer, BatchFeature, CLIPImageP
 from ..config import LongLLaVAConfig
 from ..errors import InputError, ProtocolError
 from ..highres import expand_to_square, mean_colour
-from ..media import Media
+from ..media import DeferredImage, Media, load_image
 from . import protocol
 from .tokenizer import build_tokenizer
 
@@ -254,10 +254,10 @@ class LongLLaVAProcessor(ProcessorMixin):
         return settings
 
     # -- images ------------------------------------------------------------------------------------
-    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def preprocess_images(self, images: Sequence[Image.Image | DeferredImage]) -> torch.Tensor:
         """``(N, 3, S, S)`` CLIP-normalised pixels for ``N`` RGB images (pad-to-square first)."""
         background = mean_colour(self.image_processor.image_mean)
-        prepared = [img.convert("RGB") for img in images]
+        prepared = [load_image(img).convert("RGB") for img in images]  # deferred images are decoded here
         if self.pad_to_square:
             prepared = [expand_to_square(img, background) for img in prepared]
         return self.image_processor(images=prepared, return_tensors="pt")["pixel_values"]

@@ -240,7 +240,9 @@ class ContentReader:
     @staticmethod
     def _collect(pipeline: Pipeline, item: MediaItem, source: Path | list[Path],
                  limit: int) -> list[Media | Image.Image]:
-        options: MediaOptions = {"adapter_options": item.adapter_options, "max_images": limit}
+        # Decoded now: uploads live in a scratch folder only while the request is read, and a
+        # server-side file must be read while it is the file the jail checked.
+        options: MediaOptions = {"adapter_options": item.adapter_options, "max_images": limit, "defer_decoding": False}
         if item.adapter is not None:
             options["adapter"] = item.adapter
         if item.kind == "images":
