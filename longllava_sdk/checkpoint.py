@@ -8,6 +8,7 @@ half-written checkpoint where a complete one is expected.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -45,6 +46,29 @@ def check_weights_safe(directory: str | os.PathLike[str], allow_pickle: bool = F
     if not pickles:
         raise CheckpointError(f"{directory}: no weight files (*.safetensors) found")
     return False
+
+
+def stored_elements(directory: str | os.PathLike[str]) -> int:
+    """Number of tensor elements the ``*.safetensors`` files of ``directory`` hold (headers only).
+
+    Reading the headers costs kilobytes, whatever the weights weigh, so a corrupt or foreign
+    file is named here instead of failing deep inside a loader.
+
+    Raises:
+        CheckpointError: a file that is not readable safetensors (truncated, not safetensors).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    total = 0
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    total += math.prod(handle.get_slice(key).get_shape())
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); save or download it "
+                                  "again") from exc
+    return total
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

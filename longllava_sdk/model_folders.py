@@ -19,16 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
-from .checkpoint import atomic_directory, check_weights_safe, resolve_device, resolve_dtype
+from .checkpoint import PICKLE_SUFFIXES, atomic_directory, check_weights_safe, resolve_device, resolve_dtype, stored_elements
 from .errors import CheckpointError, option_hint
 
 if TYPE_CHECKING:
+    from .config import LongLLaVAConfig
     from .heads import TaskHead
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
@@ -109,7 +112,6 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         CheckpointError: no such folder, no weights; UnsafeCheckpointError: pickle weights
             without ``allow_pickle``.
     """
-    from .config import LongLLaVAConfig
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
@@ -120,19 +122,81 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     target = resolve_device(device)
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise CheckpointError(f"unknown {option_hint('quantize', quantize)}; supported: {', '.join(QUANTIZE_MODES)}")
-    config = LongLLaVAConfig.from_pretrained(path, local_files_only=True)
+    config = read_model_config(path)
+    if use_safetensors:
+        check_weights_match_config(path, config)
     extra: dict[str, Any] = {}
     if quantize is not None and target.type == "cuda":  # bitsandbytes quantizes while loading
         extra = {"quantization_config": bitsandbytes_config(), "device_map": {"": target.index or 0}}
-    model = LongLLaVAForConditionalGeneration.from_pretrained(
-        path, config=config, dtype=resolve_dtype(dtype, target), use_safetensors=use_safetensors,
-        local_files_only=True, **extra,
-    )
+    try:
+        model = LongLLaVAForConditionalGeneration.from_pretrained(
+            path, config=config, dtype=resolve_dtype(dtype, target), use_safetensors=use_safetensors,
+            local_files_only=True, **extra,
+        )
+    except (pickle.UnpicklingError, EOFError, SafetensorError) as exc:
+        # a weight file that passed the header check but not the loader (a corrupt pickle, a
+        # safetensors file cut short after its header)
+        files = ", ".join(sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES)))
+        raise CheckpointError(f"{path}: the weight files ({files}) cannot be read ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); save or download them again") from exc
     if not extra:
         model = model.to(target)
     if quantize is not None and target.type == "cpu":
         logger.info(quantize_model(model, quantize).summary())
     return model, LongLLaVAProcessor.from_pretrained(path, config=config)
+
+
+def read_model_config(path: str | os.PathLike[str]) -> "LongLLaVAConfig":
+    """The ``config.json`` of a model folder.
+
+    transformers builds a default config when the file is missing, which here would mean
+    allocating a 9B model for a folder that holds a tiny one; a missing file is an error.
+
+    Raises:
+        CheckpointError: no ``config.json``, or one that is not a LongLLaVA config.
+    """
+    from .config import LongLLaVAConfig
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; a model folder needs the config.json saved with its weights")
+    try:
+        return LongLLaVAConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{file}: not a readable LongLLaVA config ({exc})") from exc
+
+
+def meta_model(config: "LongLLaVAConfig") -> "LongLLaVAForConditionalGeneration":
+    """The model of ``config`` on the ``meta`` device: every parameter's shape, no memory."""
+    from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
+
+    # Building the model installs the Mamba kernels and logs which ones run; nothing runs here.
+    kernels_logger = logging.getLogger("longllava_sdk.modeling.mamba_kernels")
+    level = kernels_logger.level
+    kernels_logger.setLevel(logging.WARNING)
+    try:
+        with torch.device("meta"):
+            return LongLLaVAForConditionalGeneration(config)
+    finally:
+        kernels_logger.setLevel(level)
+
+
+def check_weights_match_config(path: str | os.PathLike[str], config: "LongLLaVAConfig") -> None:
+    """Refuse a folder whose ``config.json`` describes a larger model than its weights hold.
+
+    Counted on the ``meta`` device (no memory) before anything is allocated, so a config that
+    does not belong to its weights fails in a second instead of allocating, and initialising
+    at random, a model many times the size of the files.
+
+    Raises:
+        CheckpointError: the config needs more parameters than the safetensors files store.
+    """
+    stored = stored_elements(path)
+    needed = sum(p.numel() for p in meta_model(config).parameters())
+    if needed > stored:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: describes a model of {needed:,} parameters but the "
+                              f"weight files hold {stored:,} values; the config and the weights do not belong "
+                              "together")
 
 
 def read_training_info(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -38,7 +38,6 @@ lengths, images and text, in both prefill modes (``tests/test_planner.py``).
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,17 +266,9 @@ def architectures(config: LongLLaVAConfig) -> tuple[Architecture, Architecture]:
     """The hybrid of ``config`` and its equal-size all-attention transformer, sized on the meta device."""
     from transformers import JambaForCausalLM
 
-    from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
+    from .model_folders import meta_model
 
-    # Building the model installs the Mamba kernels and logs which ones run; a plan runs nothing.
-    kernels_logger = logging.getLogger("longllava_sdk.modeling.mamba_kernels")
-    level = kernels_logger.level
-    kernels_logger.setLevel(logging.WARNING)
-    try:
-        with torch.device("meta"):
-            hybrid_model = LongLLaVAForConditionalGeneration(config)
-    finally:
-        kernels_logger.setLevel(level)
+    hybrid_model = meta_model(config)
     with torch.device("meta"):
         twin_text = _all_attention(config.text_config)
         twin_lm = JambaForCausalLM(twin_text)

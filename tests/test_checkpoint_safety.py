@@ -82,3 +82,49 @@ def test_save_is_atomic_and_refuses_to_clobber(tmp_path):
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in target.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def _copy_folder(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "header cut", "data cut"])
+def test_damaged_safetensors_name_the_file(tiny_checkpoint, tmp_path, damage):
+    folder = _copy_folder(tiny_checkpoint, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"empty": b"", "garbage": b"\x00" * 64, "header cut": data[:1000],
+                         "data cut": data[: len(data) // 2]}[damage])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Pipeline.from_pretrained(folder)
+
+
+def test_corrupt_pickle_is_a_checkpoint_error_naming_the_file(pickle_only_checkpoint):
+    (pickle_only_checkpoint / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        Pipeline.from_pretrained(pickle_only_checkpoint, allow_pickle=True)
+
+
+def test_missing_or_foreign_config_fails_before_allocating(tiny_checkpoint, tmp_path):
+    """transformers would build a default (9B) config for a folder without config.json and allocate it."""
+    import resource
+
+    from longllava_sdk import LongLLaVAConfig
+
+    missing = _copy_folder(tiny_checkpoint, tmp_path / "missing")
+    (missing / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        Pipeline.from_pretrained(missing)
+    broken = _copy_folder(tiny_checkpoint, tmp_path / "broken")
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        Pipeline.from_pretrained(broken)
+    foreign = _copy_folder(tiny_checkpoint, tmp_path / "foreign")
+    LongLLaVAConfig.from_preset("9b").save_pretrained(foreign)  # a 9B config beside tiny weights
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="do not belong together"):
+        Pipeline.from_pretrained(foreign)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: nothing 9B-sized

@@ -98,6 +98,24 @@ def test_pool_from_any_real_media(tmp_path):
         HaystackPool([tmp_path], frame_size=32)  # an empty folder: no adapter reads it
 
 
+def test_pool_reads_its_sources_with_adapter_options():
+    """A CT haystack in the lung window differs from the same series in the bone window; the run says which."""
+    import numpy as np
+
+    from longllava_sdk.evaluation.niah import open_pool
+
+    ct = str(DOMAINS / "medical" / "data" / "ct" / "series_01")
+    lung = open_pool([ct], "video", 16, 48, {"window": "lung"})
+    bone = open_pool([ct], "video", 16, 48, {"window": "bone"})
+    assert lung.describe()["sources"][0]["options"] == {"window": "lung"}
+    assert bone.describe()["sources"][0]["options"] == {"window": "bone"}
+    assert lung.size == bone.size == 4
+    assert not np.array_equal(np.asarray(lung.window(0, 1)[0]), np.asarray(bone.window(0, 1)[0]))
+    medical = HaystackPool.from_domain("medical", adapter_options={"window": "bone"}, frame_size=32)
+    dicom = [s for s in medical.describe()["sources"] if s["path"].endswith("series_01")]
+    assert dicom and dicom[0]["options"]["window"] == "bone"
+
+
 def test_niah_plan_is_deterministic_and_puts_the_needle_at_its_depth(pool):
     kwargs = dict(pool_size=pool.size, num_images=[2, 7, 40], depths=[0, 0.25, 0.5, 1.0], samples_per_cell=2)
     items = plan_niah(**kwargs)

@@ -24,7 +24,7 @@ import bisect
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
 
@@ -48,10 +48,13 @@ class HaystackSource:
     Attributes:
         path: a file or folder (a DICOM series folder, a video, a GeoTIFF...).
         adapter: the adapter to read it with (default: the first installed one that claims it).
+        options: options for that adapter (``{"window": "lung"}``; text values are typed by
+            the adapter's declared options).
     """
 
     path: str
     adapter: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 class HaystackPool:
@@ -96,11 +99,13 @@ class HaystackPool:
         self._starts = [sum(self.counts[:i]) for i in range(len(self.counts))]
 
     @classmethod
-    def from_domain(cls, name: str, **kwargs: Any) -> "HaystackPool":
+    def from_domain(cls, name: str, adapter_options: Mapping[str, Any] | None = None,
+                    **kwargs: Any) -> "HaystackPool":
         """A pool of every media source in a domain recipe's data, in data-file order (each once).
 
-        The sources are read with their adapters' defaults and the pool's budget (the recipe's
-        sampling options would thin them out: a haystack wants every frame).
+        The sources are read with the options their rows give (``adapter_options`` on top) and
+        the pool's budget, not the recipe's sampling options (they would thin the sources out:
+        a haystack wants every frame).
         """
         from ..recipes import load_recipe
         from ..training.data import MediaLoader, read_rows
@@ -119,10 +124,11 @@ class HaystackPool:
                     if len(resolved) != 1:  # a multi-file source: a pool source is one path
                         continue
                     key = str(resolved[0])
-                    seen.setdefault(key, HaystackSource(key, source.adapter))
+                    seen.setdefault(key, HaystackSource(key, source.adapter, dict(source.options or {})))
         if not seen:
             raise ConfigError(f"domain {recipe.name!r} lists no single-path media sources for a haystack")
-        return cls(list(seen.values()), **kwargs)
+        extra = dict(adapter_options or {})
+        return cls([HaystackSource(s.path, s.adapter, {**s.options, **extra}) for s in seen.values()], **kwargs)
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -132,7 +138,8 @@ class HaystackPool:
 
     def describe(self) -> dict[str, Any]:
         """JSON facts: the sources, their image counts and the pool's settings (part of a run's identity)."""
-        sources = [{"path": s.path, "adapter": s.adapter, "images": n} for s, n in zip(self.sources, self.counts)]
+        sources = [{"path": s.path, "adapter": s.adapter, "options": dict(s.options), "images": n}
+                   for s, n in zip(self.sources, self.counts)]
         return {"sources": sources, "images": self.size, "images_per_source": self.images_per_source,
                 "frame_size": self.frame_size}
 
@@ -142,7 +149,7 @@ class HaystackPool:
         if index in self._kept:
             return self._kept[index]
         source = self.sources[index]
-        reader = resolve_adapter(source.path, source.adapter)
+        reader = resolve_adapter(source.path, source.adapter, options=dict(source.options))
         images = [self._fit(image) for image in reader.load(source.path, max_images=self.images_per_source).images]
         if self.keep_in_memory:
             self._kept[index] = images

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..media import Media
 from ..processing.processor import LongLLaVAProcessor
-from .haystack import INSERTIONS, Haystack, HaystackPlan, HaystackPool, Placement, build_haystack, verify_haystack
+from .haystack import (INSERTIONS, Haystack, HaystackPlan, HaystackPool, HaystackSource, Placement, build_haystack,
+                       verify_haystack)
 from .needles import OPTION_LETTERS, NeedleKind, format_options, needle_kind
 from .predict import EvalCase, Predictor
 from .runner import CaseSpec, EvalReport, default_output_dir, run_items, summarise
@@ -204,11 +206,14 @@ def _niah_case(item: NiahItem, pool: HaystackPool, processor: LongLLaVAProcessor
 
 
 def open_pool(haystack: Sequence[str] | None, haystack_domain: str, images_per_source: int,
-              frame_size: int) -> HaystackPool:
-    """The pool of ``haystack`` paths, else of the domain recipe's bundled media."""
+              frame_size: int, adapter_options: Mapping[str, Any] | None = None) -> HaystackPool:
+    """The pool of ``haystack`` paths, else of the domain recipe's bundled media (read with ``adapter_options``)."""
+    options = dict(adapter_options or {})
     if haystack:
-        return HaystackPool(list(haystack), images_per_source=images_per_source, frame_size=frame_size)
-    return HaystackPool.from_domain(haystack_domain, images_per_source=images_per_source, frame_size=frame_size)
+        return HaystackPool([HaystackSource(os.fspath(p), options=options) for p in haystack],
+                            images_per_source=images_per_source, frame_size=frame_size)
+    return HaystackPool.from_domain(haystack_domain, adapter_options=options, images_per_source=images_per_source,
+                                    frame_size=frame_size)
 
 
 def head_values(predictor: Predictor) -> list[str] | None:
@@ -228,6 +233,7 @@ def evaluate_niah(
     insertion: str = "insert",
     haystack: list[str] | None = None,
     haystack_domain: str = "video",
+    adapter_options: dict[str, Any] | None = None,
     images_per_source: int = 64,
     frame_size: int | None = None,
     needle_scale: float = 0.5,
@@ -260,6 +266,8 @@ def evaluate_niah(
         haystack: media files / folders to take the haystack images from (videos, GeoTIFFs,
             DICOM series, images); default: the --haystack-domain recipe's bundled media.
         haystack_domain: the domain whose bundled media form the default haystack.
+        adapter_options: an option for the adapters reading the haystack, KEY=VALUE (typed by each
+            adapter's declared options, see `longllava-sdk plugins --adapter NAME`), e.g. window=lung.
         images_per_source: at most this many images from one haystack source.
         frame_size: long side of every haystack image in pixels (default: the model's image size).
         needle_scale: card height as a fraction of the frames' shorter side.
@@ -279,7 +287,7 @@ def evaluate_niah(
     predictor = Predictor.from_model_folder(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     pipeline = predictor.pipeline
     size = int(frame_size or pipeline.config.vision_config.image_size)
-    pool = open_pool(haystack, haystack_domain, images_per_source, size)
+    pool = open_pool(haystack, haystack_domain, images_per_source, size, adapter_options)
     counts = list(num_images) if num_images else default_num_images(min(pipeline.default_max_images, 1000))
     cell_depths = list(depths) if depths else list(DEFAULT_DEPTHS)
     items = plan_niah(pool_size=pool.size, num_images=counts, depths=cell_depths, samples_per_cell=samples_per_cell,

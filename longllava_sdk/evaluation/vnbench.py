@@ -189,6 +189,7 @@ def evaluate_vnbench(
     needle: str = "word",
     haystack: list[str] | None = None,
     haystack_domain: str = "video",
+    adapter_options: dict[str, Any] | None = None,
     images_per_source: int = 64,
     frame_size: int | None = None,
     needle_scale: float = 0.5,
@@ -216,6 +217,8 @@ def evaluate_vnbench(
         needle: what the needle cards show: word, digit or colour.
         haystack: media files / folders for the haystack images (default: the --haystack-domain's media).
         haystack_domain: the domain whose bundled media form the default haystack.
+        adapter_options: an option for the adapters reading the haystack, KEY=VALUE (typed by each
+            adapter's declared options, see `longllava-sdk plugins --adapter NAME`), e.g. window=lung.
         images_per_source: at most this many images from one haystack source.
         frame_size: long side of every haystack image in pixels (default: the model's image size).
         needle_scale: card height as a fraction of the frames' shorter side.
@@ -235,7 +238,7 @@ def evaluate_vnbench(
             raise ConfigError(f"VNBench answers are option letters; the model's {predictor.head.name} head has labels "
                               f"{predictor.head.labels[:8]} (missing {missing})")
     size = int(frame_size or pipeline.config.vision_config.image_size)
-    pool = open_pool(haystack, haystack_domain, images_per_source, size)
+    pool = open_pool(haystack, haystack_domain, images_per_source, size, adapter_options)
     counts = list(num_images) if num_images else [max(ORDERING_NEEDLES, min(16, pipeline.default_max_images))]
     chosen_tasks = list(tasks) if tasks else list(VNBENCH_TASKS)
     forms = list(insertions) if insertions else list(INSERTIONS)

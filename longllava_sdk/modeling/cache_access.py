@@ -13,7 +13,8 @@ transformers           reading layer ``i``'s conv / SSM state
 
 Everything else in the SDK calls the functions below, never the cache's attributes, so a
 transformers upgrade that moves them again breaks here (and in
-``tests/test_cache_access.py``), not silently in the chunked prefill.
+``tests/test_long_context.py::test_cache_access_matches_the_installed_transformers``), not
+silently in the chunked prefill.
 
 Shapes (``B`` batch, ``D`` Mamba channels = ``mamba_expand * hidden_size``, ``K`` conv width,
 ``N`` state size, ``H_kv`` KV heads, ``S`` cached tokens, ``d`` head dim)::
