@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    import peft
     import torch
     from transformers import TrainerCallback, TrainingArguments
 
     from .adapters import InputAdapter
+    from .config import LongLLaVAConfig
     from .heads import TaskHead
 
 PROJECT_NAME = "longllava_sdk"
@@ -59,15 +61,16 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
 
 
 @hookspec
-def longllava_model_loaded(model: torch.nn.Module, config: Any) -> None:
+def longllava_model_loaded(model: torch.nn.Module, config: LongLLaVAConfig) -> None:
     """Called after a model is built or loaded, before it is used or trained."""
 
 
 @hookspec(firstresult=True)
-def longllava_apply_lora(model: torch.nn.Module, lora_config: Any) -> torch.nn.Module | None:
+def longllava_apply_lora(model: torch.nn.Module, lora_config: peft.LoraConfig) -> torch.nn.Module | None:
     """Return the model with LoRA applied to replace the default peft wrapping, or ``None``."""
 
 
 @hookspec
-def longllava_trainer_callbacks(training_args: TrainingArguments, recipe: Any) -> list[TrainerCallback]:
+def longllava_trainer_callbacks(training_args: TrainingArguments,
+                                recipe: Any) -> list[TrainerCallback]:  # recipe: longllava_sdk.recipes.Recipe
     """Return extra ``transformers.TrainerCallback`` objects for a training run."""
