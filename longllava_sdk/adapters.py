@@ -225,7 +225,7 @@ _ALLOWED_ROOT: ContextVar[Path | None] = ContextVar("longllava_allowed_root", de
 def allowed_root(root: str | os.PathLike[str] | None) -> Iterator[Path | None]:
     """Confine every file the adapters open inside this block to ``root`` (symlinks resolved).
 
-    Used by the trainer's data loading (the data root) and meant for servers: a folder inside
+    Used by the trainer's data loading (the data root) and the HTTP server (its root): a folder inside
     the root whose files are symlinks to files outside it is refused with
     :class:`~longllava_sdk.errors.OutsideRootError`, as is any file an adapter would open
     outside the root. ``None`` lifts the confinement for the block. The setting is a

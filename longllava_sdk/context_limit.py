@@ -4,8 +4,9 @@ A prompt occupies ``images x tokens_per_image + text tokens`` positions. Jamba h
 positional embeddings, so nothing in the arithmetic breaks past any length, but the model
 was only trained (and is only supported) up to ``config.max_context`` tokens, and memory
 and time grow with the length (attention KV cache, prefill). :func:`check_context` is the
-single check: the Pipeline and the trainer's data path call it with the counts they know
-before decoding images, and the model calls :func:`check_input_ids` on what it is given.
+single check: the Pipeline calls it with the counts it knows before decoding images, and
+the model calls :func:`check_input_ids` on what it is given (training included: the
+trainer caps ``max_length`` at the context limit and every batch goes through the model).
 """
 
 from __future__ import annotations

@@ -78,10 +78,13 @@ from longllava_sdk.adapters import (
     Source,
     check_limit,
     check_time_budget,
+    allowed_root,
     confine,
+    current_allowed_root,
     ensure_local_path,
     format_bytes,
     guarded_load,
+    reading,
     sample_indices,
     validate_limit,
 )
@@ -424,7 +427,15 @@ class ImagesAdapter(InputAdapter):
             n_frames = int(getattr(header, "n_frames", 1))
             if header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees when decoded
                 size = (size[1], size[0])
-        image = DeferredImage(lambda: self.read_image(path)[0], size, str(path))
+        root = current_allowed_root()
+
+        def decode() -> Image.Image:
+            # The decode runs later, outside this load: it gets the same guard (typed errors
+            # naming the file, the CPU-time budget) and the allowed root of the load back.
+            with allowed_root(root), reading(self, path):
+                return self.read_image(path)[0]
+
+        image = DeferredImage(decode, size, str(path))
         return image, {"path": str(path), "format": fmt, "size": size, "n_frames": n_frames}
 
     def _load_high_res(self, path: Path, max_images: int | None) -> Media:

@@ -217,3 +217,24 @@ def test_deferred_decoding_refuses_bad_headers_at_load_and_names_a_file_broken_l
     good.write_bytes(good.read_bytes()[:-30])  # damaged after the check, before the decode
     with pytest.raises(AdapterError, match="good.png"):
         media.images[0].load()
+    good.unlink()  # gone before the decode: still a typed error naming it, not FileNotFoundError
+    with pytest.raises(AdapterError, match="good.png"):
+        media.images[0].load()
+
+
+def test_deferred_decoding_keeps_the_allowed_root_of_its_load(tmp_path):
+    from longllava_sdk.adapters import allowed_root
+    from longllava_sdk.errors import OutsideRootError
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    inside = root / "a.png"
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(inside)
+    Image.new("RGB", (32, 32), (10, 10, 200)).save(outside / "b.png")
+    with allowed_root(root):
+        media = ImagesAdapter(defer_decoding=True).load(inside)
+    assert media.images[0].load().getpixel((0, 0)) == (10, 200, 10)  # decoded outside the block, confined
+    inside.unlink()
+    inside.symlink_to(outside / "b.png")  # swapped for a link out of the root after the check
+    with pytest.raises(OutsideRootError, match="a.png"):
+        media.images[0].load()

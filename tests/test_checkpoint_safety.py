@@ -128,3 +128,24 @@ def test_missing_or_foreign_config_fails_before_allocating(tiny_checkpoint, tmp_
     with pytest.raises(CheckpointError, match="do not belong together"):
         Pipeline.from_pretrained(foreign)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: nothing 9B-sized
+
+
+class _Payload:
+    """A pickle that would run a command if unpickled with weights_only=False."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_malicious_pickle_is_refused_without_running(pickle_only_checkpoint, tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    (pickle_only_checkpoint / "pytorch_model.bin").write_bytes(pickle.dumps({"x": _Payload()}, protocol=2))
+    with pytest.raises(UnsafeCheckpointError):
+        Pipeline.from_pretrained(pickle_only_checkpoint)  # not opted in: refused before reading
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        Pipeline.from_pretrained(pickle_only_checkpoint, allow_pickle=True)  # weights_only blocks it
+    assert not (tmp_path / "PWNED").exists()

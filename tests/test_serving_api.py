@@ -236,6 +236,17 @@ def test_paths_outside_the_root_are_refused_without_leaking(client, root, part):
     assert SECRET not in text and str(root.parent) not in text
 
 
+def test_the_adapters_confine_what_they_open_to_the_root_too(client, root, monkeypatch):
+    """A link the jail's walk did not see (one made after it) is still refused, by the adapter."""
+    from longllava_sdk.serving.security import RootJail
+
+    monkeypatch.setattr(RootJail, "_check_folder", lambda self, folder, param: None)
+    error = _refused(client, {"type": "volume", "volume": {"path": "ct_trap"}})
+    assert error.body["code"] == "path_outside_root"
+    assert error.body["message"] == "the path is outside the server's allowed root"
+    assert SECRET not in error.response.text and str(root.parent) not in error.response.text
+
+
 def test_a_path_under_the_root_that_does_not_exist_is_named_relative_to_the_root(client, root):
     error = _refused(client, {"type": "volume", "volume": {"path": "ct/series_99"}})
     assert error.body["code"] == "path_not_found"

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import (AdapterError, ConfigError, InputError, LongLLaVAError, MissingDependencyError, ProtocolError,
-                      UnsupportedSourceError)
+from ..errors import (AdapterError, ConfigError, InputError, LongLLaVAError, MissingDependencyError,
+                      OutsideRootError, ProtocolError, UnsupportedSourceError)
 
 #: ``<PIL.Image.Image image mode=RGB size=1x1 at 0x7F...>``, ``<class 'x'>``, ``<function f at 0x..>``...
 _REPRS = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>|<(?:class|module|function|built-in function) [^<>]*>")
@@ -94,5 +94,7 @@ class PathRedactor:
 
 def from_sdk_error(exc: LongLLaVAError, redact: PathRedactor, *, param: str | None = None) -> APIError:
     """An SDK error (bad input, adapter refusal, protocol mismatch) as a 400 naming the problem."""
+    if isinstance(exc, OutsideRootError):  # the jail's answer: nothing about what lies outside
+        return APIError(400, "the path is outside the server's allowed root", code="path_outside_root", param=param)
     code = next((code for kind, code in _SDK_CODES if isinstance(exc, kind)), "invalid_request")
     return APIError(400, redact(str(exc)), code=code, param=param)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from ..adapters import allowed_root
 from ..errors import LongLLaVAError
 from ..media import Media
 from ..pipeline import DEFAULT_VIDEO_FRAMES, MediaOptions, Pipeline
@@ -206,8 +207,13 @@ class ContentReader:
                         raise self._over_budget(item.param)
                     source = self._source(item, Path(scratch), redact)
                     limit = min(item.max_images or self._default_budget(pipeline, item.kind), left)
+                    # The adapters confine every file they open to the jail's root (uploads: the
+                    # scratch folder), closing the gap between the jail's check and the open and
+                    # covering the files an adapter finds by itself.
+                    root = Path(scratch) if item.data is not None else self.jail.root
                     try:
-                        loaded = self._collect(pipeline, item, source, limit)
+                        with allowed_root(root):
+                            loaded = self._collect(pipeline, item, source, limit)
                     except LongLLaVAError as exc:
                         raise from_sdk_error(exc, redact, param=item.param) from None
                     left -= sum(len(m.images) if isinstance(m, Media) else 1 for m in loaded)
