@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import PICKLE_SUFFIXES, atomic_directory, check_weights_safe, resolve_device, resolve_dtype, stored_elements
+from .checkpoint import (PICKLE_SUFFIXES, atomic_directory, check_weights_safe, resolve_device, resolve_dtype,
+                         stored_elements)
 from .errors import CheckpointError, option_hint
 
 if TYPE_CHECKING:
@@ -61,12 +62,14 @@ def create_model(preset: str = "tiny", seed: int = 0
                  ) -> tuple[LongLLaVAForConditionalGeneration, LongLLaVAProcessor]:
     """A randomly initialised model of ``preset`` and a processor with the local tokenizer."""
     from .config import LongLLaVAConfig
+    from .modeling.mamba_kernels import announce_kernels
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
     config = LongLLaVAConfig.from_preset(preset)
     torch.manual_seed(seed)
     model = LongLLaVAForConditionalGeneration(config)
+    announce_kernels("cpu")
     return model, LongLLaVAProcessor.for_config(config)
 
 
@@ -112,19 +115,19 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         CheckpointError: no such folder, no weights; UnsafeCheckpointError: pickle weights
             without ``allow_pickle``.
     """
+    from .modeling.mamba_kernels import announce_kernels
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
     from .quantization import QUANTIZE_MODES, bitsandbytes_config, quantize_model
 
     path = Path(path)
-    use_safetensors = check_weights_safe(path, allow_pickle=allow_pickle)
     target = resolve_device(device)
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise CheckpointError(f"unknown {option_hint('quantize', quantize)}; supported: {', '.join(QUANTIZE_MODES)}")
-    config = read_model_config(path)
-    if use_safetensors:
-        check_weights_match_config(path, config)
+    config = check_model_folder(path, allow_pickle=allow_pickle)
+    processor = read_processor(path, config)  # before the weights: a bad folder fails in a second
+    use_safetensors = check_weights_safe(path, allow_pickle=allow_pickle)
     extra: dict[str, Any] = {}
     if quantize is not None and target.type == "cuda":  # bitsandbytes quantizes while loading
         extra = {"quantization_config": bitsandbytes_config(), "device_map": {"": target.index or 0}}
@@ -141,9 +144,41 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
                               f"{str(exc).splitlines()[0][:200]}); save or download them again") from exc
     if not extra:
         model = model.to(target)
+    announce_kernels(target)
     if quantize is not None and target.type == "cpu":
         logger.info(quantize_model(model, quantize).summary())
-    return model, LongLLaVAProcessor.from_pretrained(path, config=config)
+    return model, processor
+
+
+def check_model_folder(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> "LongLLaVAConfig":
+    """Every check a model folder gets before its weights are read; returns its config.
+
+    Weights present and safe (:func:`check_weights_safe`), ``config.json`` readable
+    (:func:`read_model_config`) and, for safetensors, no larger than the weights
+    (:func:`check_weights_match_config`).
+    """
+    use_safetensors = check_weights_safe(path, allow_pickle=allow_pickle)
+    config = read_model_config(path)
+    if use_safetensors:
+        check_weights_match_config(path, config)
+    return config
+
+
+def read_processor(path: str | os.PathLike[str], config: "LongLLaVAConfig") -> "LongLLaVAProcessor":
+    """The processor saved in a model folder (tokenizer, image processor, chat template).
+
+    Raises:
+        CheckpointError: processor files missing or unreadable (named with the folder).
+    """
+    from .processing.processor import LongLLaVAProcessor
+
+    try:
+        return LongLLaVAProcessor.from_pretrained(path, config=config)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: the processor files (tokenizer.json, preprocessor_config.json, "
+                              f"longllava_processor.json) cannot be read ({str(exc).splitlines()[0][:200]}); save "
+                              "the model folder with longllava-sdk (init-model, finetune, merge, convert-official)"
+                              ) from exc
 
 
 def read_model_config(path: str | os.PathLike[str]) -> "LongLLaVAConfig":
@@ -170,15 +205,8 @@ def meta_model(config: "LongLLaVAConfig") -> "LongLLaVAForConditionalGeneration"
     """The model of ``config`` on the ``meta`` device: every parameter's shape, no memory."""
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
 
-    # Building the model installs the Mamba kernels and logs which ones run; nothing runs here.
-    kernels_logger = logging.getLogger("longllava_sdk.modeling.mamba_kernels")
-    level = kernels_logger.level
-    kernels_logger.setLevel(logging.WARNING)
-    try:
-        with torch.device("meta"):
-            return LongLLaVAForConditionalGeneration(config)
-    finally:
-        kernels_logger.setLevel(level)
+    with torch.device("meta"):
+        return LongLLaVAForConditionalGeneration(config)
 
 
 def check_weights_match_config(path: str | os.PathLike[str], config: "LongLLaVAConfig") -> None:

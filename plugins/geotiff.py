@@ -495,7 +495,8 @@ class GeoTiffAdapter(InputAdapter):
                     if head not in TIFF_SIGNATURES:
                         raise AdapterError(
                             candidate, f"sidecar {suffix} file is not a TIFF (a VRT or other format could point at "
-                            "other files or the network); remove it or read with sidecars=False",
+                            "other files or the network); remove it or read with "
+                            f"{adapter_option_hint('sidecars', False)}",
                         )
                     inspect_tiff(candidate, max_pixels=self.max_pixels, max_bands=self.max_bands,
                                  max_block_bytes=self.max_decoded_bytes)

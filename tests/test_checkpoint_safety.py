@@ -20,9 +20,10 @@ def _inputs(config, n_images: int = 2) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def pickle_only_checkpoint(tmp_path, tiny_model):
+def pickle_only_checkpoint(tmp_path, tiny_model, processor):
     """A complete tiny checkpoint whose weights are a pickle (``pytorch_model.bin``)."""
     tiny_model.config.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
     torch.save(tiny_model.state_dict(), tmp_path / "pytorch_model.bin")
     return tmp_path
 
@@ -149,3 +150,18 @@ def test_a_malicious_pickle_is_refused_without_running(pickle_only_checkpoint, t
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
         Pipeline.from_pretrained(pickle_only_checkpoint, allow_pickle=True)  # weights_only blocks it
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_folder_without_processor_files_is_refused_by_load_and_finetune(tiny_checkpoint, tmp_path, capsys):
+    from longllava_sdk.cli import main
+
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (folder / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    with pytest.raises(CheckpointError, match="processor files"):
+        Pipeline.from_pretrained(folder)
+    assert main(["finetune", "--domain", "medical", "--model", str(folder), "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "processor files" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -79,6 +79,7 @@ def test_init_model_then_infer_from_the_console_script(tmp_path, rgb_images):
     # a quiet console: transformers' weight-loading bar at most, no warning a user cannot act on
     noise = [line for line in run.stderr.splitlines() if "warn" in line.lower() or "Traceback" in line]
     assert not noise, noise
+    assert "Mamba kernels: scan:" in run.stderr  # which backend runs, once (issue 7)
 
 
 def test_sdk_errors_become_exit_code_1_with_message(tmp_path, capsys):

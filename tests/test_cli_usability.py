@@ -138,3 +138,21 @@ def test_subcommand_help_shows_each_option_once():
             if action.help and len(action.help) > 25 and action.dest != "help":
                 first = action.help.split("(")[0].strip()[:40]
                 assert text.count(first) == 1, f"{name}: {first!r} printed {text.count(first)} times"
+
+
+def test_adapter_options_reach_eval_and_finetune(tiny_checkpoint, tmp_path, capsys):
+    """--adapter-option is the same flag on every command that reads media."""
+    series = Path(__file__).resolve().parents[1] / "domains" / "medical" / "data" / "ct" / "series_01"
+    out = tmp_path / "niah"
+    base = ["eval", "niah", "--model", str(tiny_checkpoint), "--haystack", str(series), "--num-images", "3",
+            "--depths", "0.5", "--samples-per-cell", "1", "--device", "cpu", "--max-new-tokens", "2"]
+    assert main([*base, "--adapter-option", "window=bone", "--output", str(out)]) == 0
+    sources = json.loads((out / "run.json").read_text())["haystack"]["sources"]
+    assert sources[0]["options"] == {"window": "bone"}
+    assert main([*base, "--adapter-option", "window=nope", "--output", str(tmp_path / "bad")]) == 1
+    assert "unknown window 'nope'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # finetune checks the options against the data's adapters before any training
+    run = tmp_path / "run"
+    assert main(["finetune", "--domain", "medical", "--model", str(tiny_checkpoint), "--output", str(run),
+                 "--adapter-option", "window=nope"]) == 1
+    assert "unknown window 'nope'" in capsys.readouterr().err and not run.exists()

@@ -741,3 +741,23 @@ def test_example_plugin_can_be_blocked_by_distribution_name(example_plugin_insta
     assert _record(pm, "example_plugin").status == "blocked"
     assert "example_linear_probe" not in available_heads()
 
+
+
+def test_adapters_are_chosen_within_the_asked_kind(tmp_path):
+    """An image file asked for as a volume is not read by the images adapter; a named adapter of
+    another kind is refused, naming both kinds."""
+    from PIL import Image
+
+    from longllava_sdk.errors import UnsupportedSourceError
+    from longllava_sdk.plugin_manager import resolve_adapter
+
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(png)
+    assert resolve_adapter(png).name == "images"
+    assert resolve_adapter(png, kind="images").name == "images"
+    with pytest.raises(UnsupportedSourceError) as refused:
+        resolve_adapter(png, kind="volume")
+    message = str(refused.value)  # each volume adapter says why, the images adapter is not asked
+    assert "photo.png" in message and "dicom:" in message and "nifti:" in message and "images:" not in message
+    with pytest.raises(UnsupportedSourceError, match="reads images sources, not volume"):
+        resolve_adapter(png, "images", kind="volume")

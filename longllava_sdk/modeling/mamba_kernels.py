@@ -54,6 +54,7 @@ from ..errors import InputError
 from .selective_scan import selective_scan
 
 __all__ = [
+    "announce_kernels",
     "install_mamba_kernels",
     "uninstall_mamba_kernels",
     "mamba_kernels_installed",
@@ -429,6 +430,9 @@ _replacements: dict[str, Callable] = {
 }
 
 
+_announced: set[str] = set()  # device types whose kernels were logged
+
+
 def install_mamba_kernels() -> bool:
     """Point transformers' Jamba at the SDK's dispatchers. Idempotent and thread-safe.
 
@@ -450,8 +454,22 @@ def install_mamba_kernels() -> bool:
             if current is not _replacements[name]:
                 _originals[name] = current
             setattr(module, name, _replacements[name])
-        logger.info("Mamba kernels: %s", describe_kernels("cuda" if torch.cuda.is_available() else "cpu"))
         return True
+
+
+def announce_kernels(device: str | torch.device) -> None:
+    """Log (INFO, once per process and device type) which Mamba kernels run on ``device``.
+
+    Called where a model is created or loaded for use, not where one is built: models are
+    also built on the ``meta`` device (transformers' loading, the planner, checkpoint checks),
+    which runs nothing and must not use up the one line.
+    """
+    kind = torch.device(device).type
+    with _install_lock:
+        if kind in _announced:
+            return
+        _announced.add(kind)
+    logger.info("Mamba kernels: %s", describe_kernels(kind))
 
 
 def uninstall_mamba_kernels() -> bool:

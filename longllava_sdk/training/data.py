@@ -47,7 +47,7 @@ from ..adapters import allowed_root
 from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
 from ..media import Media
-from ..plugin_manager import available_adapters, claiming_adapter, resolve_adapter
+from ..plugin_manager import available_adapters, claiming_adapter, get_head_class, resolve_adapter
 from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
 from ..recipes import PromptTemplates, Recipe
@@ -896,7 +896,8 @@ def prepare_datasets(
     max_length = max_length if max_length is not None else getattr(training, "max_length", None)
     seed = seed if seed is not None else getattr(training, "seed", 0)
     head_settings = getattr(recipe, "head", None)
-    if head is None and head_settings is not None and head_settings.type != "generate":
+    # by the head's problem type, never its name: a plugin's text head needs no targets either
+    if head is None and head_settings is not None and get_head_class(head_settings.type).problem_type != "generate":
         raise ConfigError(f"recipe {recipe.name!r} trains the {head_settings.type} head: pass head=<the run's head> "
                           "so every row's labels are checked and turned into its targets")
 

@@ -197,11 +197,11 @@ def plan_finetune(
 
     if model is not None:
         model_dir: Path | None = Path(model)
-        from ..checkpoint import check_weights_safe
+        from ..model_folders import check_model_folder, read_processor
 
-        check_weights_safe(model_dir)
-        config = LongLLaVAConfig.from_pretrained(model_dir, local_files_only=True)
-        processor = LongLLaVAProcessor.from_pretrained(model_dir, config=config)
+        # every check a load makes, before the data is prepared (the weights load much later)
+        config = check_model_folder(model_dir)
+        processor = read_processor(model_dir, config)
     else:
         model_dir = None
         config = LongLLaVAConfig.from_preset(preset)

@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, TrainingError
+from ..model_folders import merge_lora  # re-exported: the one implementation
+from ..modeling.task_model import unwrap_longllava  # re-exported
 from ..recipes import FORBIDDEN_LORA_TARGETS, JAMBA_LORA_TARGET_MODULES, JAMBA_LORA_TARGET_PARAMETERS
 
 logger = logging.getLogger(__name__)
@@ -177,14 +179,6 @@ def build_lora_config(model: nn.Module, options: LoraOptions, full_modules: Sequ
         init_lora_weights=options.init_lora_weights,
         bias="none",
     )
-
-
-def unwrap_longllava(model: nn.Module) -> nn.Module:
-    """The LongLLaVA model inside peft / DDP / DeepSpeed / TaskModel wrappers."""
-    for module in model.modules():
-        if hasattr(module, "embed_inputs") and hasattr(module, "get_image_features") and hasattr(module, "config"):
-            return module
-    raise ConfigError(f"{type(model).__name__} contains no LongLLaVA model")
 
 
 def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_projector: bool = True,
@@ -365,19 +359,3 @@ def raise_for_gradients(problems: Sequence[str]) -> None:
             f"they would never train (wrong LoRA target such as dt_proj, a frozen path, or a component the "
             f"data never reaches):\n  {shown}{more}"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# export
-# ---------------------------------------------------------------------------------------------
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold the adapters into the base weights (``merge_and_unload``) and return the plain LongLLaVA model.
-
-    ``modules_to_save`` copies (the projector) replace the originals, so the result is a
-    standalone model identical in output to the adapted one.
-    """
-    if not hasattr(model, "merge_and_unload"):
-        raise TrainingError(f"{type(model).__name__} has no LoRA adapters to merge")
-    merged = model.merge_and_unload()
-    return unwrap_longllava(merged)
