@@ -19,11 +19,13 @@ a13b    LongLLaVA-A13B: as 9b with 16 experts, top-2, on every other layer
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
-from transformers import AutoConfig, CLIPVisionConfig, JambaConfig, PretrainedConfig
+from transformers import CLIPVisionConfig, JambaConfig, PretrainedConfig
 
 from .errors import ConfigError
+from .hf_auto import AUTO_MAP, register_auto_class, write_auto_files
 
 POOLING_MODES = ("2d", "1d", "none")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
@@ -180,6 +182,27 @@ class LongLLaVAConfig(PretrainedConfig):
         if not isinstance(dt_rank, int):
             raise ConfigError("text_config.mamba_dt_rank must be an explicit int ('auto' changes the rank)")
 
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False,
+                        **kwargs: Any) -> None:
+        """Write ``config.json`` with its ``auto_map``, the Auto-class module files and ``README.md``.
+
+        Every model folder is written through here (``model.save_pretrained`` saves its
+        config), so each loads with ``trust_remote_code=True`` in a process that never
+        imported the SDK (:mod:`longllava_sdk.hf_auto`).
+        """
+        self.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        write_auto_files(save_directory, model_card=True)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoConfig") -> None:
+        """Nothing to do: :meth:`save_pretrained` writes the folder's ``auto_map`` and module files.
+
+        transformers calls this on a class loaded with ``trust_remote_code=True``; its own
+        version would make every later save copy the SDK's ``config.py`` into the folder.
+        """
+
     # -- presets ------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "LongLLaVAConfig":
@@ -195,4 +218,4 @@ class LongLLaVAConfig(PretrainedConfig):
         return cls(vision_config=preset["vision"], text_config=preset["text"], **kwargs)
 
 
-AutoConfig.register("longllava", LongLLaVAConfig)
+register_auto_class(LongLLaVAConfig)

@@ -38,11 +38,12 @@ import torch
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
-from transformers import (AutoProcessor, AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
+from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
                           PreTrainedTokenizerFast, ProcessorMixin)
 
 from ..config import LongLLaVAConfig
 from ..errors import InputError, ProtocolError
+from ..hf_auto import PROCESSOR_AUTO_MAP, add_processor_auto_map, register_auto_class, write_auto_files
 from ..highres import expand_to_square, mean_colour
 from ..media import DeferredImage, Media, load_image
 from . import protocol
@@ -54,6 +55,8 @@ PROCESSOR_CONFIG = "longllava_processor.json"
 #: transformers' processor config: ``processor_class`` (what ``AutoProcessor`` dispatches on)
 #: and the same settings.
 HF_PROCESSOR_CONFIG = "processor_config.json"
+#: the CLIP image processor's settings (transformers' name)
+IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 #: The settings both files hold; a folder whose two files disagree is refused.
 _SETTINGS = ("tokens_per_image", "image_token_id", "pad_to_square")
@@ -164,8 +167,9 @@ class LongLLaVAProcessor(ProcessorMixin):
 
         Writes the tokenizer files, ``preprocessor_config.json`` (CLIP settings),
         ``longllava_processor.json`` (the SDK's settings), ``processor_config.json`` (the same
-        settings and ``processor_class``, which ``AutoProcessor`` reads) and
-        ``chat_template.jinja``. Returns the paths of the processor config files.
+        settings, ``processor_class`` and ``auto_map``, which ``AutoProcessor`` reads; the image
+        processor and tokenizer configs name them too), ``chat_template.jinja`` and the
+        Auto-class module files (:func:`longllava_sdk.hf_auto.write_auto_files`). Returns the paths of the processor config files.
         """
         if push_to_hub:
             raise InputError(save_directory, "the SDK saves processors locally only; upload the folder yourself")
@@ -174,11 +178,24 @@ class LongLLaVAProcessor(ProcessorMixin):
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
         (directory / PROCESSOR_CONFIG).write_text(json.dumps(self.settings, indent=2) + "\n")
-        hf_config = {"processor_class": type(self).__name__, **self.settings}
+        hf_config = {"processor_class": LongLLaVAProcessor.__name__, "auto_map": PROCESSOR_AUTO_MAP, **self.settings}
         (directory / HF_PROCESSOR_CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
+        # AutoProcessor reads processor_class / auto_map from whichever config it finds first:
+        # every one of them names this processor, so it never falls back to a bare tokenizer.
+        for name in (IMAGE_PROCESSOR_CONFIG, "tokenizer_config.json"):
+            if (directory / name).is_file():
+                add_processor_auto_map(directory / name, LongLLaVAProcessor.__name__)
+        write_auto_files(directory)
         # Written after the tokenizer, which writes its own template (if it has one) to this name.
         (directory / CHAT_TEMPLATE_FILE).write_text(self.chat_template)
         return [str(directory / PROCESSOR_CONFIG), str(directory / HF_PROCESSOR_CONFIG)]
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """Nothing to do: :meth:`save_pretrained` writes the ``auto_map`` and module files.
+
+        transformers calls this on a class loaded with ``trust_remote_code=True``.
+        """
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], config: Any | None = None,
@@ -673,6 +690,6 @@ def _folder_config(directory: Path) -> LongLLaVAConfig | None:
 
 
 # ``AutoProcessor.from_pretrained(folder)`` finds this class by the folder's config (model type
-# ``longllava``) or by ``processor_class`` in its processor_config.json; the model classes
-# register with their Auto classes in modeling_longllava.py, the config in config.py.
-AutoProcessor.register(LongLLaVAConfig, LongLLaVAProcessor)
+# ``longllava``) or by ``processor_class`` in its processor_config.json; the model and config
+# classes register in their own modules, through the same function (longllava_sdk/hf_auto.py).
+register_auto_class(LongLLaVAProcessor, config_class=LongLLaVAConfig)
