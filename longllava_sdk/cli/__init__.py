@@ -175,15 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_sdk_info_logs() -> None:
     """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
 
-    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
-    loggers keep their own levels.
+    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr (warnings, such as
+    the ones adapters record about a source, as ``warning: ...``, one line each): other
+    libraries' loggers keep their own levels.
     """
     import logging
+
+    class _Lines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record)
+            return f"warning: {text}" if record.levelno == logging.WARNING else text
 
     sdk = logging.getLogger("longllava_sdk")
     if not sdk.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_Lines("%(message)s"))
         sdk.addHandler(handler)
         sdk.setLevel(logging.INFO)
         sdk.propagate = False

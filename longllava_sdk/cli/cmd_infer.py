@@ -18,7 +18,7 @@ def infer(
     adapter: str | None = None,
     adapter_options: dict[str, Any] | None = None,
     max_images: int | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     device: str = "auto",
     dtype: str | None = None,
     quantize: str | None = None,
@@ -39,7 +39,8 @@ def infer(
             options (see `longllava-sdk plugins --adapter NAME`), e.g. allow_non_parallel=true.
         max_images: image budget per source (default: 128 frames for a video, the paper's setting;
             what fits the context for other sources).
-        max_new_tokens: generation length limit.
+        max_new_tokens: generation length limit (default 256; a model with a task head
+            answers with labels and ignores it, and says so).
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
         quantize: int8: the language model's linear layers in 8 bits (Mamba and vision kept).
@@ -54,9 +55,12 @@ def infer(
                                                    adapter_options=adapter_options, max_images=max_images).items()
                              if v is not None}
     if pipe.head is not None:  # a fine-tuned task head answers with labels, not text
+        unused = ", --max-new-tokens does not apply (nothing is generated)" if max_new_tokens is not None else ""
+        print(f"task head {pipe.head.name!r} answers: --prompt is the head's input prompt{unused}", file=sys.stderr)
         print(json.dumps(pipe.classify(prompt, images=image, high_res=high_res, **media), indent=2))
         return
-    result = pipe(prompt, images=image, high_res=high_res, max_new_tokens=max_new_tokens, stream=stream, **media)
+    result = pipe(prompt, images=image, high_res=high_res, max_new_tokens=max_new_tokens or 256, stream=stream,
+                  **media)
     if isinstance(result, str):
         print(result)
         return
