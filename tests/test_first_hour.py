@@ -139,3 +139,31 @@ def test_infer_on_a_head_model_says_what_prompt_and_max_new_tokens_do(head_model
     assert "--prompt is the head's input prompt" in notes[0] and "--max-new-tokens does not apply" in notes[0]
     done = _cli("infer", "--model", str(folder), "--image", str(image), "--prompt", "What colour?", "--device", "cpu")
     assert done.returncode == 0 and "--max-new-tokens" not in done.stderr and "head's input prompt" in done.stderr
+
+
+# -- every README command runs on the README's install -------------------------------------------
+
+
+def test_the_niah_heatmap_needs_no_plotting_library(tmp_path):
+    """``eval niah`` (a README command) draws its heatmap on the core install: no matplotlib."""
+    script = (
+        "import sys; sys.modules['matplotlib'] = None  # as if it were not installed\n"
+        "from longllava_sdk.evaluation.heatmap import write_heatmap\n"
+        "cells = [{'num_images': n, 'depth': d, 'accuracy': a} for n, d, a in "
+        "[(1, 0.0, 1.0), (1, 1.0, 0.0), (8, 0.0, 0.5), (8, 1.0, None)]]\n"
+        f"write_heatmap(cells, {str(tmp_path / 'h.png')!r}, title='t')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from longllava_sdk.evaluation.heatmap import _CELL, _MARGIN, cell_colour
+
+    image = Image.open(tmp_path / "h.png").convert("RGB")
+    left, top = _MARGIN[0], _MARGIN[1]
+
+    def centre_left(row: int, col: int) -> tuple[int, int, int]:  # beside the annotation
+        return image.getpixel((left + col * _CELL[0] + 4, top + row * _CELL[1] + _CELL[1] // 2))
+
+    assert centre_left(0, 0) == cell_colour(1.0) and cell_colour(1.0)[1] > cell_colour(1.0)[0]  # green
+    assert centre_left(1, 0) == cell_colour(0.0) and cell_colour(0.0)[0] > cell_colour(0.0)[1]  # red
+    assert centre_left(0, 1) == cell_colour(0.5)
+    assert centre_left(1, 1) == (200, 200, 200)  # no value: grey

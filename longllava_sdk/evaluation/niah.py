@@ -274,16 +274,14 @@ def evaluate_niah(
         seed: decides every item (values, options, haystack windows, card positions).
         max_new_tokens: longest generated answer.
         verify: check every haystack: the answer's card in exactly the needle image, no other option's anywhere.
-        heatmap: write heatmap.png (needs matplotlib, the [eval] extra).
+        heatmap: write heatmap.png (drawn with Pillow).
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
         overwrite: discard a previous run with other settings in --output and start again.
         progress: show a progress bar.
     """
-    from .heatmap import require_matplotlib, write_heatmap
+    from .heatmap import write_heatmap
 
-    if heatmap:
-        require_matplotlib()
     predictor = Predictor.from_model_folder(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     pipeline = predictor.pipeline
     size = int(frame_size or pipeline.config.vision_config.image_size)
