@@ -147,7 +147,10 @@ def serve(
                 f"under {settings.root}" if settings.root else "refused",
                 ", ".join(settings.allow_remote) if settings.allow_remote else "refused",
                 "required" if settings.api_key else "not required")
-    runner.run()
+    try:
+        runner.run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly and re-raised the signal (as uvicorn.run does)
+        pass
     error = app.state.server.load_error
     if error is not None:
         raise error
