@@ -35,7 +35,7 @@ import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from .errors import InputError
 
@@ -49,6 +49,7 @@ __all__ = [
     "Importer",
     "json_records",
     "csv_records",
+    "converted",
     "regular_file",
     "required_text",
 ]
@@ -266,11 +267,25 @@ def csv_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict
         yield number, {k: (v.strip() if isinstance(v, str) else v) for k, v in record.items()}
 
 
-def extra_cells(record: dict[Any, Any]) -> RowIssue | None:
-    """The issue of a CSV record with more cells than header columns (``None`` when fine)."""
-    if None in record:
-        return RowIssue(f"{len(record[None])} more cell(s) than header columns")
-    return None
+def converted(records: Iterable[tuple[int, Any]], convert: Callable[[Any, int], ImportedRow]
+              ) -> Iterator[ImportedRow | RowProblem]:
+    """Each ``(number, record)`` through ``convert(record, number)``, in order: the loop of an importer.
+
+    A :class:`RowIssue` raised by ``convert`` becomes that row's :class:`RowProblem`; a record
+    that already is one (an invalid JSONL line) and a CSV record with more cells than header
+    columns are yielded as problems without calling ``convert``.
+    """
+    for number, record in records:
+        if isinstance(record, RowProblem):
+            yield record
+            continue
+        if isinstance(record, dict) and None in record:
+            yield RowProblem(number, f"{len(record[None])} more cell(s) than header columns")
+            continue
+        try:
+            yield convert(record, number)
+        except RowIssue as issue:
+            yield RowProblem(number, str(issue))
 
 
 def _read_text(path: Path) -> str:

@@ -46,8 +46,8 @@ from longllava_sdk.importers import (
     MediaRef,
     RowIssue,
     RowProblem,
+    converted,
     csv_records,
-    extra_cells,
     required_text,
 )
 
@@ -72,14 +72,8 @@ class CtRateImporter(Importer):
     def iter_rows(self, source: Path, media_root: Path) -> Iterator[ImportedRow | RowProblem]:
         labels_file = find_labels_csv(source)
         labels = read_labels(labels_file) if labels_file is not None else None
-        for number, record in csv_records(source, COLUMNS):
-            try:
-                issue = extra_cells(record)
-                if issue is not None:
-                    raise issue
-                yield self.convert(record, number, media_root, labels, labels_file)
-            except RowIssue as issue:
-                yield RowProblem(number, str(issue))
+        yield from converted(csv_records(source, COLUMNS),
+                             lambda record, number: self.convert(record, number, media_root, labels, labels_file))
 
     def convert(self, record: dict[str, str], number: int, media_root: Path,
                 labels: dict[str, tuple[int, list[str] | str]] | None, labels_file: Path | None) -> ImportedRow:

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from longllava_sdk import hookimpl
-from longllava_sdk.importers import IMAGE_MARKER, ImportedRow, Importer, MediaRef, RowIssue, RowProblem, json_records
+from longllava_sdk.importers import (
+    IMAGE_MARKER,
+    ImportedRow,
+    Importer,
+    MediaRef,
+    RowIssue,
+    RowProblem,
+    converted,
+    json_records,
+)
 from longllava_plugins.import_llava import parse_turns, record_id
 
 VIDEO_MARKER = "<video>"
@@ -44,14 +53,7 @@ class LlamaFactoryImporter(Importer):
     media_lookup = "`images` / `videos` paths under --media-root (default: the JSON file's folder, LLaMA-Factory's dataset_dir)"
 
     def iter_rows(self, source: Path, media_root: Path) -> Iterator[ImportedRow | RowProblem]:
-        for number, record in json_records(source):
-            if isinstance(record, RowProblem):
-                yield record
-                continue
-            try:
-                yield self.convert(record, number, source, media_root)
-            except RowIssue as issue:
-                yield RowProblem(number, str(issue))
+        return converted(json_records(source), lambda record, number: self.convert(record, number, source, media_root))
 
     def convert(self, record: Any, number: int, source: Path, media_root: Path) -> ImportedRow:
         if not isinstance(record, dict):

@@ -36,6 +36,7 @@ from longllava_sdk.importers import (
     MediaRef,
     RowIssue,
     RowProblem,
+    converted,
     count_markers,
     json_records,
 )
@@ -52,14 +53,7 @@ class LlavaImporter(Importer):
     media_lookup = "`image` (and video/volume/tiled) paths under --media-root (default: the JSON file's folder)"
 
     def iter_rows(self, source: Path, media_root: Path) -> Iterator[ImportedRow | RowProblem]:
-        for number, record in json_records(source):
-            if isinstance(record, RowProblem):
-                yield record
-                continue
-            try:
-                yield self.convert(record, number, source, media_root)
-            except RowIssue as issue:
-                yield RowProblem(number, str(issue))
+        return converted(json_records(source), lambda record, number: self.convert(record, number, source, media_root))
 
     def convert(self, record: Any, number: int, source: Path, media_root: Path) -> ImportedRow:
         """One LLaVA record -> a row (raises :class:`RowIssue`)."""

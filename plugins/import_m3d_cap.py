@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from longllava_sdk import hookimpl
 from longllava_sdk.errors import InputError
 from longllava_sdk.importers import ImportedRow, Importer, RowIssue, RowProblem, json_document, required_text
-from longllava_plugins.import_m3d_vqa import m3d_volume
+from longllava_plugins.import_m3d_vqa import m3d_file, m3d_volume
 
 QUESTION = "Describe the findings of this CT volume."
 MAX_TEXT_BYTES = 1 << 20
@@ -77,12 +77,7 @@ class M3DCapImporter(Importer):
                            media=[volume], split=split)
 
     def _caption(self, media_root: Path, source: Path, relative: str) -> str:
-        try:
-            path = self.find_media(media_root, relative, "text file")
-        except RowIssue:
-            if source.parent.parent != media_root:
-                raise
-            path = self.find_media(media_root, f"{source.parent.name}/{relative}", "text file")
+        path = m3d_file(self, media_root, source, relative, "text file")
         size = path.stat().st_size
         if size > MAX_TEXT_BYTES:
             raise RowIssue(f"text file {relative!r} is {size} bytes; a caption is at most {MAX_TEXT_BYTES}")

@@ -36,8 +36,8 @@ from longllava_sdk.importers import (
     MediaRef,
     RowIssue,
     RowProblem,
+    converted,
     csv_records,
-    extra_cells,
     required_text,
 )
 from longllava_plugins.npy import read_header
@@ -61,14 +61,8 @@ class M3DVqaImporter(Importer):
         return source.parent.parent
 
     def iter_rows(self, source: Path, media_root: Path) -> Iterator[ImportedRow | RowProblem]:
-        for number, record in csv_records(source, COLUMNS):
-            try:
-                issue = extra_cells(record)
-                if issue is not None:
-                    raise issue
-                yield self.convert(record, number, source, media_root)
-            except RowIssue as issue:
-                yield RowProblem(number, str(issue))
+        return converted(csv_records(source, COLUMNS),
+                         lambda record, number: self.convert(record, number, source, media_root))
 
     def convert(self, record: dict[str, str], number: int, source: Path, media_root: Path) -> ImportedRow:
         question = required_text(record, "Question")
@@ -96,12 +90,7 @@ def m3d_volume(importer: Importer, media_root: Path, source: Path, relative: str
     """
     if not relative.lower().endswith(".npy"):
         raise RowIssue(f"image {relative!r} is not a .npy volume")
-    try:
-        path = importer.find_media(media_root, relative, "image")
-    except RowIssue:
-        if source.parent.parent != media_root:
-            raise
-        path = importer.find_media(media_root, f"{source.parent.name}/{relative}", "image")
+    path = m3d_file(importer, media_root, source, relative, "image")
     try:
         shape, _dtype = read_header(path)
     except AdapterError as exc:
@@ -109,6 +98,16 @@ def m3d_volume(importer: Importer, media_root: Path, source: Path, relative: str
     if len(shape) == 4 and shape[0] != 1:
         raise RowIssue(f"image {relative!r} has shape {shape}; M3D volumes are 1 x D x H x W")
     return MediaRef((path,), "volume", "npy", (("window", M3D_WINDOW),))
+
+
+def m3d_file(importer: Importer, media_root: Path, source: Path, relative: str, what: str) -> Path:
+    """A file of an M3D record: under the media root, or (default root) under the data file's own folder."""
+    try:
+        return importer.find_media(media_root, relative, what)
+    except RowIssue:
+        if source.parent.parent != media_root:
+            raise
+        return importer.find_media(media_root, f"{source.parent.name}/{relative}", what)
 
 
 @hookimpl

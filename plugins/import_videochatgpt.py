@@ -30,6 +30,7 @@ from longllava_sdk.importers import (
     MediaRef,
     RowIssue,
     RowProblem,
+    converted,
     json_records,
     required_text,
 )
@@ -47,14 +48,7 @@ class VideoChatGptImporter(Importer):
                     "--media-root (default: the JSON file's folder)")
 
     def iter_rows(self, source: Path, media_root: Path) -> Iterator[ImportedRow | RowProblem]:
-        for number, record in json_records(source):
-            if isinstance(record, RowProblem):
-                yield record
-                continue
-            try:
-                yield self.convert(record, number, media_root)
-            except RowIssue as issue:
-                yield RowProblem(number, str(issue))
+        return converted(json_records(source), lambda record, number: self.convert(record, number, media_root))
 
     def convert(self, record: Any, number: int, media_root: Path) -> ImportedRow:
         if not isinstance(record, dict):
