@@ -167,3 +167,10 @@ def test_the_niah_heatmap_needs_no_plotting_library(tmp_path):
     assert centre_left(1, 0) == cell_colour(0.0) and cell_colour(0.0)[0] > cell_colour(0.0)[1]  # red
     assert centre_left(0, 1) == cell_colour(0.5)
     assert centre_left(1, 1) == (200, 200, 200)  # no value: grey
+
+
+def test_cli_image_takes_a_folder_or_a_quoted_glob(tiny_checkpoint, frames):
+    for source in (str(frames), str(frames / "img*.png")):
+        done = _cli("infer", "--model", str(tiny_checkpoint), "--image", source, "--prompt", "Describe.",
+                    "--max-new-tokens", "2", "--no-stream", "--device", "cpu")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

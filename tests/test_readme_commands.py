@@ -38,7 +38,8 @@ def readme_commands() -> list[str]:
     """The ``longllava-sdk ...`` lines of the README's command block (comments dropped)."""
     block = next(b for b in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
                  if "longllava-sdk init-model" in b)
-    return [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("longllava-sdk ")]
+    return [shlex.join(shlex.split(line, comments=True)) for line in block.splitlines()
+            if line.startswith("longllava-sdk ")]
 
 
 def test_the_command_list_is_found():
