@@ -8,7 +8,7 @@ its flags even where the ``serve`` extra is not installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError, option_hint
@@ -38,7 +38,8 @@ class ServerSettings:
     """Limits and security switches of one server (see docs/serving.md).
 
     Attributes:
-        model_name: the model id clients send as ``model`` and ``/v1/models`` lists.
+        model_name: the model id clients send as ``model`` and ``/v1/models`` lists; default: the
+            served folder's name (``serve``), ``longllava`` (an app built by ``create_app``).
         root: the only folder server-side paths may name (symlinks resolved); ``None``
             refuses every server-side path.
         api_key: required as ``Authorization: Bearer KEY`` on every route but ``/health``;
@@ -64,7 +65,7 @@ class ServerSettings:
             :data:`DEFAULT_CLIENT_ADAPTER_OPTIONS`).
     """
 
-    model_name: str = "longllava"
+    model_name: str | None = None
     root: Path | None = None
     api_key: str | None = None
     allow_remote: tuple[str, ...] = ()
@@ -83,7 +84,7 @@ class ServerSettings:
     client_adapter_options: tuple[str, ...] = DEFAULT_CLIENT_ADAPTER_OPTIONS
 
     def __post_init__(self) -> None:
-        if not self.model_name.strip():
+        if self.model_name is not None and not self.model_name.strip():
             raise ConfigError(f"the model name must not be empty ({option_hint('model_name', 'NAME')})")
         if self.root is not None:
             given = Path(self.root).expanduser()
@@ -110,6 +111,10 @@ class ServerSettings:
                 raise ConfigError(f"{name} must be 0 or more, got {value} ({option_hint(name, 'N')})")
         if self.default_max_tokens > self.max_tokens:
             raise ConfigError(f"default_max_tokens ({self.default_max_tokens}) is above max_tokens ({self.max_tokens})")
+
+    def with_model_name(self, default: str) -> "ServerSettings":
+        """These settings, with ``default`` as the model name when none was set."""
+        return self if self.model_name is not None else replace(self, model_name=default)
 
     @property
     def max_body_bytes(self) -> int:
