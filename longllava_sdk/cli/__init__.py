@@ -234,7 +234,7 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
 
     summary, description, param_docs = _docs(func)
     parser = ArgumentParser(prog=prog, description=description or summary, exit_on_error=False,
-                            print_config="--print-config", formatter_class=_help_formatter())
+                            print_config="--print-config", formatter_class=_help_formatter(), allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a YAML file of options (keys: the options below, with underscores); "
                              "later flags override it. --print-config writes one.")
@@ -333,7 +333,7 @@ def parse_command(argv: Sequence[str]) -> tuple[Callable[..., Any] | None, list[
         return None, rest, {}, text
     positional = getattr(func, "positional", None)
     if positional and rest and not rest[0].startswith("-"):
-        rest = ["--" + positional.replace("_", "-"), *rest[1:]]  # `serve DIR` is `serve --model DIR`
+        rest = ["--" + positional.replace("_", "-"), *rest]  # `serve DIR` is `serve --model DIR`
     rest, from_files = _config_files(func, rest)
     parser = command_parser(func, prog)
     if from_files:
