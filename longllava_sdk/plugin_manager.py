@@ -16,7 +16,7 @@ result (see :func:`list_plugins`).
 Every registry look-up of the SDK lives here, so the engine never names a built-in:
 :func:`available_adapters` / :func:`resolve_adapter` (adapters chosen by name or by
 :attr:`~longllava_sdk.adapters.InputAdapter.kind`), :func:`available_heads` /
-:func:`get_head_class`, :func:`available_commands`.
+:func:`get_head_class`, :func:`available_importers`, :func:`available_commands`.
 
 Environment variables:
 
@@ -48,6 +48,7 @@ from .errors import ConfigError, LongLLaVAError, PluginError, UnsupportedSourceE
 if TYPE_CHECKING:  # the base classes import torch / PIL: loaded only when a look-up needs them
     from .adapters import InputAdapter
     from .heads import TaskHead
+    from .importers import Importer
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 BLOCK_ENV = "LONGLLAVA_SDK_BLOCK_PLUGINS"
@@ -473,6 +474,13 @@ def get_head_class(name: str) -> type[TaskHead]:
         raise ConfigError(f"unknown head {name!r}; installed heads: {', '.join(sorted(heads)) or 'none'} "
                           "(a plugin adds more through longllava_register_heads)")
     return heads[name]
+
+
+def available_importers() -> dict[str, type[Importer]]:
+    """Installed dataset importers (``data import`` formats) by name, built-ins included."""
+    from .importers import Importer
+
+    return get_plugin_manager().registered_classes("longllava_register_importers", Importer, "importer")
 
 
 def available_commands() -> dict[str, Callable[..., Any]]:

@@ -18,9 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 #: module may import modules of equal or lower rank only.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("errors", "options", "media", "hookspecs", "config", "adapters", "heads", "checkpoint", "highres", "windowing", "tiff_layout", "context_limit",
-         "processing.protocol", "processing.tokenizer")),
+         "processing.protocol", "processing.tokenizer", "importers", "manifest", "deidentify")),
     (1, ("plugin_manager",)),
-    (2, ("recipes",)),
+    (2, ("recipes", "data_import")),
     (3, ("modeling", "processing")),
     (4, ("model_folders", "convert_official", "quantization", "planner")),
     (5, ("pipeline",)),

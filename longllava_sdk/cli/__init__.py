@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import difflib
 import inspect
+import logging
 import os
 import re
 import sys
@@ -275,12 +276,13 @@ def _one_line(message: str, parser: Any) -> str:
     message = re.sub(r'Parser key "([\w.]+)"', lambda m: "--" + m.group(1).replace("_", "-"), message)
     message = re.sub(r"Expected an? <class '(\w+)'>", r"expected \1", message)
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    required = re.match(r"the following arguments are required: (.*)", message)
+    required = (re.match(r"the following arguments are required: (.*)", message, re.IGNORECASE)
+                or re.match(r'Validation failed: Key "(\w+)" is required', message))  # older jsonargparse (4.40)
     if required:
         names = [name.strip() for name in required.group(1).split(",")]
         message = "missing " + ", ".join(
             flag if (flag := "--" + name.replace("_", "-")) in parser.flags else name.upper() for name in names)
-    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    unknown = re.match(r"unrecognized arguments: (.*)", message, re.IGNORECASE)
     if unknown:
         hints = [f"{word}{_did_you_mean(word.split('=')[0], parser.flags)}" for word in unknown.group(1).split()
                  if word.startswith("-")]
@@ -352,21 +354,36 @@ def parse_command(argv: Sequence[str]) -> tuple[Callable[..., Any] | None, list[
     return func, args, values, None
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    ``main`` may run many times in one process (tests, notebooks) with ``sys.stderr`` swapped in
+    between; a handler bound to the first stream would write into a closed one.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def _show_sdk_info_logs() -> None:
     """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
 
     Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
-    loggers keep their own levels.
+    loggers keep their own levels. Records still propagate (an application's or pytest's root
+    handlers see them); the root logger has no handler of its own in a CLI process.
     """
-    import logging
-
     sdk = logging.getLogger("longllava_sdk")
-    if not sdk.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _CurrentStderrHandler) for h in sdk.handlers):
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         sdk.addHandler(handler)
+    if sdk.level == logging.NOTSET or sdk.level > logging.INFO:
         sdk.setLevel(logging.INFO)
-        sdk.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,8 +142,9 @@ def recipe_config(path: Path, data: Any) -> dict[str, Any] | None:
 
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench, data."""
     from .cmd_bench import bench
+    from .cmd_data import formats, present_deidentify, present_import
     from .cmd_infer import infer
     from .cmd_info import info
     from .cmd_model import init_model
@@ -164,6 +165,11 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
         LazyCommand("longllava_sdk.serving.server:serve", positional="model"),
         LazyCommand("longllava_sdk.planner:plan", present=present_plan),
         bench,
+        command_group("data", DATA_HELP, [
+            LazyCommand("longllava_sdk.data_import:import_dataset", name="import", present=present_import),
+            formats,
+            LazyCommand("longllava_sdk.deidentify:deidentify", present=present_deidentify),
+        ]),
     ]
 
 
@@ -174,3 +180,12 @@ EVAL_HELP = """Evaluate a model folder: needle-in-a-haystack, VNBench-style diag
     longllava-sdk eval data --model DIR --domain medical     (or --data FILE) the head's metrics
 
 Runs are resumable: rerun the same command to continue an interrupted one."""
+
+
+DATA_HELP = """Bring datasets in: import a public dataset layout into a manifest, list the formats, de-identify DICOM.
+
+    longllava-sdk data formats                                     the formats and where each finds its media
+    longllava-sdk data import ct-rate reports.csv --output data/ct_rate.jsonl
+    longllava-sdk data deidentify dicom_in/ --output dicom_out/     DICOM PS3.15 Basic Profile + a report
+
+Bad rows are listed with their row number and reason; the good ones are written atomically."""
