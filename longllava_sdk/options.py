@@ -50,7 +50,7 @@ class LoadOptions:
 
     def __post_init__(self) -> None:
         dtype, quantize = self.dtype, self.quantize
-        if dtype == "int8":  # `--dtype int8` (the planner's former spelling) means --quantize int8
+        if dtype == "int8":  # `--quantize int8` (the planner's former spelling) means --quantize int8
             dtype, quantize = None, quantize or "int8"
         if dtype is not None and dtype != "auto":
             if str(dtype) not in DTYPES:

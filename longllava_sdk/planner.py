@@ -1,6 +1,6 @@
 """Memory planner: how much memory a prompt of N images needs, and how many images fit.
 
-``longllava-sdk plan --preset 9b --images 1000 --gpu-memory 80GB --dtype int8`` prints the
+``longllava-sdk plan --preset 9b --images 1000 --gpu-memory 80GB --quantize int8`` prints the
 budget line by line for the hybrid and for an equal-size transformer (the same config with
 every layer an attention layer), each with a one-shot prefill (the whole prompt in one
 forward) and the SDK's chunked prefill, and the most images that fit.
