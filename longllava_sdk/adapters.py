@@ -2,7 +2,7 @@
 
 An adapter is registered through the ``longllava_register_adapters`` hook (see
 :mod:`longllava_sdk.hookspecs`), built-ins exactly like third-party ones. Which adapter reads
-a source is decided in one place, :func:`longllava_sdk.plugin_manager.resolve_adapter`: the
+a source is decided in one place, :func:`longllava_sdk.registry.resolve_adapter`: the
 one named, else among the adapters of the requested :attr:`~InputAdapter.kind` the first
 that :meth:`~InputAdapter.claims` the path (extension first, then a cheap header sniff).
 

@@ -36,7 +36,8 @@ from .heads import TaskHead
 from .media import Media
 from .model_folders import load_head, load_model
 from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
-from .plugin_manager import get_plugin_manager, resolve_adapter
+from .plugin_manager import get_plugin_manager
+from .registry import resolve_adapter
 from .processing.processor import LongLLaVAProcessor, MediaLike
 
 PathLike = str | os.PathLike[str]

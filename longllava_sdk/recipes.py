@@ -528,7 +528,7 @@ def _parse_head(value: Any, c: _Checker) -> HeadSettings:
         value = {"type": value}
     value = c.mapping(value, "head")
     c.unknown_keys(value, ("type", "labels"), "head")
-    from .plugin_manager import available_heads
+    from .registry import available_heads
 
     heads = available_heads()
     kind = c.string(value.get("type"), "head.type", "generate")

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("errors", "media", "hookspecs", "config", "adapters", "heads", "checkpoint", "highres", "windowing", "tiff_layout", "context_limit",
          "processing.protocol", "processing.tokenizer")),
-    (1, ("plugin_manager",)),
+    (1, ("plugin_manager", "registry")),
     (2, ("recipes",)),
     (3, ("modeling", "processing")),
     (4, ("model_folders", "convert_official", "quantization", "planner")),

@@ -47,7 +47,7 @@ def plugins(json: bool = False, strict: bool = False, adapter: str | None = None
 
 def _adapter_options(name: str, as_json: bool) -> int:
     from ..errors import ConfigError
-    from ..plugin_manager import available_adapters
+    from ..registry import available_adapters
 
     adapters = available_adapters()
     if name not in adapters:

@@ -47,7 +47,7 @@ from ..adapters import allowed_root
 from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
 from ..media import Media
-from ..plugin_manager import available_adapters, claiming_adapter, get_head_class, resolve_adapter
+from ..registry import available_adapters, claiming_adapter, get_head_class, resolve_adapter
 from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
 from ..recipes import PromptTemplates, Recipe
@@ -447,7 +447,7 @@ class MediaLoader:
     def adapter_name(self, source: MediaSource, paths: list[Path]) -> str:
         """The adapter for ``source``: the row's, else the first adapter of the key's kind that claims it.
 
-        When none claims it, :func:`~longllava_sdk.plugin_manager.resolve_adapter` asks each
+        When none claims it, :func:`~longllava_sdk.registry.resolve_adapter` asks each
         adapter of the kind to read it and raises, adapter by adapter, why it cannot.
         """
         if source.adapter:

@@ -38,7 +38,8 @@ from ..errors import ConfigError, TrainingError, option_hint
 from ..heads import TaskHead
 from ..model_folders import TRAINING_INFO_NAME, create_model, export_merged, load_model, save_model
 from ..modeling.task_model import TaskModel
-from ..plugin_manager import get_head_class, get_plugin_manager
+from ..plugin_manager import get_plugin_manager
+from ..registry import get_head_class
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import HeadSettings, Recipe, load_recipe
 from .checkpointing import check_output_dir, prepare_output_dir, staged_export
@@ -433,7 +434,7 @@ def usage_example(dataset: Any, recipe: Recipe) -> dict[str, Any]:
     volume / tiled source becomes ``video=`` / ``volume=`` / ``tiled=``; other mixes are not
     expressible as keyword arguments and give a text-only example.
     """
-    from ..plugin_manager import available_adapters
+    from ..registry import available_adapters
 
     try:
         row = dataset.rows[0]

@@ -294,7 +294,7 @@ def _execute(job: dict[str, Any]) -> tuple[int, list[str]]:
     kind = job["kind"]
     if kind == "adapter":
         from longllava_sdk.adapters import allowed_root
-        from longllava_sdk.plugin_manager import available_adapters
+        from longllava_sdk.registry import available_adapters
 
         adapter = available_adapters()[job["adapter"]](**job.get("options", {}))
         with allowed_root(job.get("root")):
