@@ -97,6 +97,16 @@ class InputAdapter(ABC):
     extensions: ClassVar[tuple[str, ...]] = ()
     #: Lower numbers are asked first when several adapters claim the same path.
     priority: ClassVar[int] = 100
+    #: Options a remote client (an HTTP request's content part) may set: only those that
+    #: choose *what* is read (window, series, clip, bands...), never a limit, so a request
+    #: cannot raise its own resource budget. A server operator may replace the list
+    #: (``--client-adapter-options``).
+    client_options: ClassVar[tuple[str, ...]] = ()
+    #: Libraries whose exceptions mean "this data cannot be read" (not a bug of the
+    #: adapter): top-level module name -> name shown to the user, e.g. ``{"pydicom":
+    #: "pydicom"}``. :func:`guarded_load` reports them as corrupt data; the standard library's
+    #: decoders, numpy and Pillow are always counted.
+    data_error_libraries: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -284,10 +294,10 @@ class _ReadState:
 
 _READ_STATE: ContextVar[_ReadState | None] = ContextVar("longllava_read_state", default=None)
 
-#: Top-level packages whose exceptions mean "this data cannot be read", by library name.
+#: Top-level packages whose exceptions mean "this data cannot be read" for every adapter; an
+#: adapter adds its own libraries with :attr:`InputAdapter.data_error_libraries`.
 _LIBRARIES = {
-    "pydicom": "pydicom", "nibabel": "nibabel", "numpy": "numpy", "rasterio": "rasterio/GDAL",
-    "affine": "rasterio/GDAL", "av": "PyAV/FFmpeg", "PIL": "Pillow", "gzip": "gzip", "zlib": "zlib",
+    "numpy": "numpy", "PIL": "Pillow", "gzip": "gzip", "zlib": "zlib",
     "struct": "struct", "_struct": "struct", "_io": "io", "io": "io", "lzma": "lzma", "bz2": "bz2",
 }
 #: Exception types that mean bad data wherever they are raised.
@@ -297,25 +307,30 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _library_of(exc: BaseException) -> str | None:
+def _library_of(exc: BaseException, libraries: Mapping[str, str]) -> str | None:
     """The library an exception comes from: its class's package, else the innermost frame's."""
     top = type(exc).__module__.split(".")[0]
-    if top in _LIBRARIES:
-        return _LIBRARIES[top]
+    if top in libraries:
+        return libraries[top]
     tb, inner = exc.__traceback__, None
     while tb is not None:
         name = tb.tb_frame.f_globals.get("__name__", "")
         top = name.split(".")[0]
-        if top in _LIBRARIES:
-            inner = _LIBRARIES[top]
+        if top in libraries:
+            inner = libraries[top]
         elif top in ("longllava_sdk", "longllava_plugins"):
             inner = None
         tb = tb.tb_next
     return inner
 
 
-def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: str) -> AdapterError:
-    """The typed SDK error for a library exception raised while ``adapter`` read ``path``."""
+def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: str,
+                    libraries: Mapping[str, str] | None = None) -> AdapterError:
+    """The typed SDK error for a library exception raised while ``adapter`` read ``path``.
+
+    ``libraries``: the adapter's :attr:`~InputAdapter.data_error_libraries` (added to the
+    standard ones).
+    """
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if len(detail) > 400:
         detail = detail[:400] + "..."
@@ -329,7 +344,7 @@ def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: s
             path, f"reading it needs the Python package {exc.name!r}, which is not installed ({detail})"
         )
     else:
-        library = _library_of(exc)
+        library = _library_of(exc, {**_LIBRARIES, **(libraries or {})})
         if library is not None:
             error = AdapterError(path, f"corrupt or unsupported data: {library} cannot read it ({detail})")
         elif isinstance(exc, _DATA_ERRORS):
@@ -348,6 +363,7 @@ def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: s
 def reading(adapter: "InputAdapter | str", source: Any, *, time_budget_s: float | None = None) -> Iterator[None]:
     """The state and error translation of one ``load``: see :func:`guarded_load`."""
     name = adapter if isinstance(adapter, str) else adapter.name
+    libraries = {} if isinstance(adapter, str) else dict(getattr(adapter, "data_error_libraries", {}))
     budget = time_budget_s if time_budget_s is not None else getattr(adapter, "time_budget_s", None)
     state = _ReadState(name, _describe(source), budget)
     token = _READ_STATE.set(state)
@@ -356,7 +372,7 @@ def reading(adapter: "InputAdapter | str", source: Any, *, time_budget_s: float 
     except LongLLaVAError:
         raise
     except Exception as exc:  # noqa: BLE001 - the one translation point of this adapter
-        raise translate_error(exc, state.file or state.source, name) from exc
+        raise translate_error(exc, state.file or state.source, name, libraries) from exc
     finally:
         _READ_STATE.reset(token)
 

@@ -44,7 +44,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown_name_error, unknown_name_message
 
 __all__ = [
     "STAGES",
@@ -353,9 +353,8 @@ def load_recipe(name_or_path: str | os.PathLike[str] | Recipe) -> Recipe:
     normalised = text.replace("-", "_")
     if normalised in recipes:
         return recipes[normalised]
-    known = ", ".join(sorted(recipes)) or "none"
     failed = "".join(f"\n  could not load {where}: {problem}" for where, problem in failures)
-    raise ConfigError(f"unknown domain {text!r}; available: {known}{failed}")
+    raise unknown_name_error("domain", text, recipes, hint=failed)
 
 
 def _collect_domains() -> tuple[dict[str, Recipe], list[tuple[str, str]]]:
@@ -533,8 +532,8 @@ def _parse_head(value: Any, c: _Checker) -> HeadSettings:
     heads = available_heads()
     kind = c.string(value.get("type"), "head.type", "generate")
     if kind not in heads:
-        c.add("head.type", f"{kind!r} is not an installed head; installed heads: {', '.join(sorted(heads))} "
-                           "(a plugin adds more through longllava_register_heads)")
+        c.add("head.type", unknown_name_message("head", kind, heads, listing="installed heads",
+                                                hint="(a plugin adds more through longllava_register_heads)"))
     labels = c.string_list(value.get("labels"), "head.labels", [])
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

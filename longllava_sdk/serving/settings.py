@@ -15,24 +15,6 @@ from ..errors import ConfigError, option_hint
 
 MIB = 1024 * 1024
 
-#: Adapter options a client may set in a content part. Only options that change *what* is read
-#: (window, series, clip, bands...) are listed: options that are themselves limits
-#: (``max_pixels``, ``max_side``, ``output_size``, ``tile_size``, ``gdal_cache_mb``...) stay as
-#: the operator configured the adapters, so a request cannot raise its own resource budget.
-#: A third-party adapter's options are refused until the operator lists them
-#: (``--client-adapter-options``).
-DEFAULT_CLIENT_ADAPTER_OPTIONS: tuple[str, ...] = (
-    # volumes
-    "window", "series_uid", "allow_non_parallel", "percentiles", "axis", "volume_index",
-    # video
-    "sampling", "num_frames", "fps", "start", "end", "keep_endpoints", "stream",
-    # rasters
-    "bands", "value_range", "drop_empty", "palette", "resampling",
-    # images
-    "split_mode", "max_tiles", "background",
-)
-
-
 @dataclass(frozen=True)
 class ServerSettings:
     """Limits and security switches of one server (see docs/serving.md).
@@ -60,8 +42,9 @@ class ServerSettings:
         remote_timeout: seconds for each remote fetch (connect + read).
         max_redirects: redirects a remote fetch follows (each target checked again).
         max_folder_entries: files and folders a server-side folder (a DICOM series) may hold.
-        client_adapter_options: adapter options a client may set (see
-            :data:`DEFAULT_CLIENT_ADAPTER_OPTIONS`).
+        client_adapter_options: adapter options a client may set; ``None`` (default): those
+            each adapter declares in its ``client_options`` (options that choose *what* is
+            read, never a limit).
     """
 
     model_name: str = "longllava"
@@ -80,7 +63,7 @@ class ServerSettings:
     remote_timeout: float = 10.0
     max_redirects: int = 3
     max_folder_entries: int = 10_000
-    client_adapter_options: tuple[str, ...] = DEFAULT_CLIENT_ADAPTER_OPTIONS
+    client_adapter_options: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.model_name.strip():
@@ -94,7 +77,8 @@ class ServerSettings:
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)
         object.__setattr__(self, "allow_remote", tuple(self.allow_remote))
-        object.__setattr__(self, "client_adapter_options", tuple(self.client_adapter_options))
+        if self.client_adapter_options is not None:
+            object.__setattr__(self, "client_adapter_options", tuple(self.client_adapter_options))
         positive = {
             "max_body_mb": self.max_body_mb, "max_image_mb": self.max_image_mb,
             "max_images": self.max_images, "max_image_pixels": self.max_image_pixels,

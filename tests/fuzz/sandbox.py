@@ -37,7 +37,7 @@ OUTCOMES = ("ok", "typed", "internal", "untyped", "hang", "memory", "crash", "es
 ACCEPTABLE = ("ok", "typed")
 PRELOAD = [
     "numpy", "PIL.Image", "pydicom", "nibabel", "rasterio", "av",
-    "longllava_sdk.adapters", "longllava_sdk.tiff_layout",
+    "longllava_sdk.adapters", "longllava_plugins.tiff_layout",
     "longllava_plugins.dicom", "longllava_plugins.nifti", "longllava_plugins.geotiff",
     "longllava_plugins.video", "longllava_plugins.images", "longllava_sdk.training.data",
 ]
