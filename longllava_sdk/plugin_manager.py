@@ -33,12 +33,12 @@ import threading
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, PluginError, did_you_mean
+from .errors import ConfigError, LongLLaVAError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 BLOCK_ENV = "LONGLLAVA_SDK_BLOCK_PLUGINS"
@@ -351,6 +351,49 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
             if result is not None:
                 answers.append((impl.plugin_name, result))
         return answers
+
+    def call_checked(self, hook_name: str, *, returns: str, check: Callable[[Any], bool],
+                     firstresult: bool = False, **kwargs: Any) -> list[Any] | Any:
+        """Call a run-time hook implementation by implementation, holding each to its contract.
+
+        Unlike :meth:`collect` nothing is skipped: an implementation that raises, or whose
+        answer fails ``check`` (``returns`` says what was due), ends the call with one
+        :class:`PluginError` naming its distribution, its function and the hook, before the
+        engine uses any answer. Returns the answers in pluggy's call order (``None`` dropped),
+        or with ``firstresult`` the first non-``None`` one (``None`` when there is none).
+        """
+        from .contracts import describe_owner
+
+        caller = getattr(self.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if any(impl.wrapper or impl.hookwrapper for impl in impls):
+            result = caller(**kwargs)  # wrappers see every answer; checked together
+            answers = [result] if firstresult else [r for r in (result or []) if r is not None]
+            bad = [a for a in answers if a is not None and not check(a)]
+            if bad:
+                raise PluginError(f"{hook_name} (wrapped) returned {bad[0]!r}; it must return {returns}")
+            return answers[0] if firstresult else answers
+        answers = []
+        for impl in reversed(impls):  # pluggy's call order: last registered / tryfirst first
+            function = impl.function
+            who = (f"{describe_owner(function)} (plugin {impl.plugin_name!r}): "
+                   f"{function.__module__}.{function.__qualname__}")
+            see = f"(see docs/plugin_hooks.md#{hook_name})"
+            try:
+                result = function(*(kwargs[arg] for arg in impl.argnames))
+            except LongLLaVAError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - attributed to the plugin, then stopped
+                raise PluginError(f"{who} raised {type(exc).__name__}: {exc} {see}") from exc
+            if result is None and firstresult:
+                continue
+            if not check(result):
+                shown = "None" if result is None else f"a {type(result).__module__}.{type(result).__qualname__}"
+                raise PluginError(f"{who} returned {shown}; {hook_name} must return {returns} {see}")
+            if firstresult:
+                return result
+            answers.append(result)
+        return None if firstresult else answers
 
     def describe_plugin(self, name: str) -> str:
         """``plugin 'x' (distribution pkg 1.0)`` or ``plugin 'x' (programmatic)``: who to blame in messages."""

@@ -539,7 +539,9 @@ def _parse_head(value: Any, c: _Checker) -> HeadSettings:
     if duplicates:
         c.add("head.labels", f"duplicate labels {duplicates}")
     if kind in heads:  # the head's own rules (``classify`` needs two labels...)
-        for problem in heads[kind].check_labels(labels):
+        from .contracts import check_labels
+
+        for problem in check_labels(heads[kind], labels):
             c.add("head.labels", problem)
     for label in labels:
         if ";" in label:

@@ -212,7 +212,9 @@ def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_pr
     config = build_lora_config(model, options, full)
     unreachable = unreachable_parameters(model, problem_type)
     expected = _expected_targets(model, options)
-    wrapped = get_plugin_manager().hook.longllava_apply_lora(model=model, lora_config=config)
+    wrapped = get_plugin_manager().call_checked(
+        "longllava_apply_lora", returns="the model (a torch.nn.Module) with LoRA applied, or None",
+        check=lambda m: isinstance(m, torch.nn.Module), firstresult=True, model=model, lora_config=config)
     by_plugin = wrapped is not None
     if wrapped is None:
         from peft import get_peft_model
