@@ -35,6 +35,9 @@ def describe_owner(obj: Any) -> str:
     """``distribution example-plugin 0.3.1`` (or ``module my_plugin``) for a class or function."""
     module = getattr(obj, "__module__", None) or type(obj).__module__
     top = module.split(".")[0]
+    for ep in importlib.metadata.entry_points(group="longllava_sdk"):  # the distribution that announces it
+        if ep.module.split(".")[0] == top and ep.dist is not None:
+            return f"distribution {ep.dist.name} {ep.dist.version}"
     try:
         dists = importlib.metadata.packages_distributions().get(top, [])
     except Exception:  # noqa: BLE001 - broken metadata must not hide the real problem
