@@ -297,15 +297,27 @@ class _Defaulting(dict):
         return ""
 
 
+def forbidden_lora_target(target: str) -> str | None:
+    """Why ``target`` can never be a LoRA target on Jamba (``None``: it may be one)."""
+    why = FORBIDDEN_LORA_TARGETS.get(target) or FORBIDDEN_LORA_TARGETS.get(target.rsplit(".", 1)[-1])
+    return f"{target!r} cannot be used as a LoRA target on LongLLaVA: {why}" if why else None
+
+
 class LoraSettings(Model):
-    """LoRA hyper-parameters and targets: the recipe's form of ``peft.LoraConfig`` (the trainer
-    builds that from these, see :func:`longllava_sdk.training.lora.build_lora_config`).
+    """LoRA hyper-parameters and targets: the SDK's one LoRA type (recipes, the trainer and
+    :func:`longllava_sdk.training.lora.apply_lora`), turned into a ``peft.LoraConfig`` by
+    :func:`longllava_sdk.training.lora.build_lora_config`.
 
     Attributes:
-        r, alpha, dropout: the usual LoRA rank, scaling numerator and dropout.
-        target_modules: module-name suffixes to wrap (default: every Jamba projection that
-            trains; never ``dt_proj``).
+        r: rank.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter input. peft's ``ParamWrapper`` (fused MoE experts)
+            allows none, so when expert parameters are targeted the dropout is 0.
+        target_modules: module-name suffixes to wrap, inside the language model only
+            (default: every Jamba projection that trains; never ``dt_proj``).
         target_parameters: parameter names to wrap directly (fused MoE expert weights).
+        init_lora_weights: peft's initialisation (``True``: A random, B zero, so the
+            adapted model starts exactly as the base model).
     """
 
     r: PositiveInt = 8
@@ -313,20 +325,21 @@ class LoraSettings(Model):
     dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.05
     target_modules: StringList = Field(default_factory=lambda: list(JAMBA_LORA_TARGET_MODULES))
     target_parameters: StringList = Field(default_factory=lambda: list(JAMBA_LORA_TARGET_PARAMETERS))
+    init_lora_weights: bool | str = True
 
-    @field_validator("target_modules")
+    @field_validator("target_modules", "target_parameters")
     @classmethod
-    def _trainable_targets(cls, modules: list[str]) -> list[str]:
-        for module in modules:
-            leaf = module.rsplit(".", 1)[-1]
-            why = FORBIDDEN_LORA_TARGETS.get(leaf) or FORBIDDEN_LORA_TARGETS.get(module)
-            if why:
-                raise ValueError(f"{module!r} cannot be a LoRA target: {why}")
-        return modules
+    def _trainable_targets(cls, targets: list[str], info: ValidationInfo) -> list[str]:
+        if info.context:  # a recipe: reported with the file's other problems (apply_lora checks code's own)
+            for target in targets:
+                problem = forbidden_lora_target(target)
+                if problem:
+                    raise ValueError(problem)
+        return targets
 
     @model_validator(mode="after")
-    def _some_target(self) -> LoraSettings:
-        if not self.target_modules and not self.target_parameters:
+    def _some_target(self, info: ValidationInfo) -> LoraSettings:
+        if info.context and not self.target_modules and not self.target_parameters:
             raise ValueError("needs at least one of target_modules / target_parameters")
         return self
 

@@ -242,7 +242,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     from .checkpointing import latest_complete_checkpoint
     from .collator import PackedCollator, TrainingCollator
     from .distributed import prepare_distributed, prepare_model_for_distributed
-    from .lora import LoraOptions, apply_lora
+    from .lora import apply_lora
     from .stages import apply_stage_freezing
 
     opts = plan.options
@@ -299,7 +299,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     task_head = type(plan.head).from_config(plan.head.config_dict())
     task_head.to(dtype)
     if plan.lora:
-        backbone, _ = apply_lora(model, LoraOptions.from_settings(recipe.lora), train_projector=plan.stage.projector,
+        backbone, _ = apply_lora(model, recipe.lora, train_projector=plan.stage.projector,
                                  train_vision=plan.stage.vision, problem_type=task_head.problem_type)
         for param in task_head.parameters():
             param.requires_grad_(plan.stage.head)
