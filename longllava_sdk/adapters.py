@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 from .errors import (
     AdapterError,
     ConfigError,
@@ -55,6 +57,7 @@ from .errors import (
     adapter_option_hint,
 )
 from .media import Media, MediaKind
+from .validation import problems as validation_problems
 
 
 @dataclass(frozen=True)
@@ -155,15 +158,20 @@ class InputAdapter(ABC):
             listing = ", ".join(declared) or "none"
             raise ConfigError(f"adapter {cls.name!r} has no option(s) {unknown}; its options: {listing}")
         hints = _type_hints(cls.__init__)
-        out = {}
+        out, problems = {}, []
         for name, value in options.items():
             if isinstance(value, str):
                 try:
                     value = _parse_text(value, hints.get(name, str))
-                except ValueError as exc:
-                    raise ConfigError(f"adapter {cls.name!r} option {name}={value!r}: expected "
-                                      f"{declared[name].annotation} ({exc})") from None
+                except ValidationError as exc:
+                    details = [p.split(": ", 1)[-1] for p in validation_problems(exc)]
+                    extra = [d for d in details if not d.startswith("expected") and " is not one of " not in d]
+                    problems.append(f"{name}={value!r}: expected {declared[name].annotation}"
+                                    + (f" ({'; '.join(extra)})" if extra else ""))
+                    continue
             out[name] = value
+        if problems:
+            raise ConfigError(f"adapter {cls.name!r} option " + "; ".join(problems))
         return out
 
     @abstractmethod
@@ -535,65 +543,65 @@ def _arg_docs(doc: str) -> dict[str, str]:
 
 
 _NONE_WORDS = {"none", "null", ""}
-_SEQUENCES = (list, tuple, collections.abc.Sequence)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter_for(annotation: Any) -> TypeAdapter[Any] | None:
+    try:
+        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # noqa: BLE001 - a type pydantic cannot build a validator for: the adapter parses it
+        return None
+
+
+def _accepts(annotation: Any, test: Callable[[Any], bool]) -> bool:
+    return test(annotation) or any(_accepts(arg, test) for arg in typing.get_args(annotation)
+                                   if typing.get_origin(annotation) in (typing.Union, types.UnionType))
+
+
+def _is_sequence(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation) or annotation
+    return isinstance(origin, type) and origin is not str and issubclass(origin, collections.abc.Sequence)
+
+
+def _scalar(item: Any) -> Any:
+    try:
+        return json.loads(item) if isinstance(item, str) else item
+    except ValueError:
+        return item
 
 
 def _parse_text(text: str, annotation: Any) -> Any:
-    """Parse ``text`` as a value of ``annotation`` (the subset of types adapter options use)."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation)]
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and text.strip().lower() in _NONE_WORDS:
-            return None
-        errors = []
-        listish = "," in text or text.strip().startswith("[")
-        for candidate in sorted((a for a in args if a is not type(None)), key=lambda a: _parse_order(a, listish)):
-            try:
-                return _parse_text(text, candidate)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError("; ".join(errors) or "no alternative matched")
-    if origin is typing.Literal:
-        for choice in args:
-            if str(choice).lower() == text.strip().lower():
-                return choice
-        raise ValueError(f"one of {', '.join(map(str, args))}")
-    if annotation is bool:
-        word = text.strip().lower()
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("true or false")
-    if annotation is int:
-        return int(text)
-    if annotation is float:
-        return float(text)
-    if origin in _SEQUENCES or annotation in (list, tuple):
-        stripped = text.strip()
-        items = json.loads(stripped) if stripped.startswith("[") else [p.strip() for p in stripped.split(",") if p.strip()]
-        if not isinstance(items, list):
-            raise ValueError("a list")
-        item_types = [a for a in args if a is not Ellipsis] or [str]
-        if origin is tuple and len(item_types) == len(items) and Ellipsis not in args:
-            parsed = [_parse_text(str(v), t) if isinstance(v, str) else v for v, t in zip(items, item_types)]
-        else:
-            parsed = [_parse_text(str(v), item_types[0]) if isinstance(v, str) else v for v in items]
-        return tuple(parsed) if origin is tuple or annotation is tuple else parsed
-    return text  # str, paths, and types the adapter parses itself
+    """Parse ``text`` (a CLI flag, a CSV cell) as a value of ``annotation``, with pydantic.
 
+    ``none`` / ``null`` / empty text is ``None`` for optional options; for options that take a
+    sequence, comma-separated text or a JSON list is a list (its items read as numbers where
+    they are numbers); everything else is pydantic's lax reading (``yes`` -> ``True``,
+    ``"12"`` -> ``12``).
 
-def _parse_order(annotation: Any, listish: bool) -> int:
-    """Try the strictest reading first: bool, int, float, literals, then text or a list
-    (a list first when the text has commas or brackets)."""
-    order = {bool: 0, int: 1, float: 2}
-    if annotation in order:
-        return order[annotation]
-    if typing.get_origin(annotation) is typing.Literal:
-        return 3
-    if typing.get_origin(annotation) in _SEQUENCES or annotation in (list, tuple):
-        return 4 if listish else 6
-    return 5
+    Raises:
+        pydantic.ValidationError: the text does not read as the declared type.
+    """
+    if _accepts(annotation, lambda a: a is type(None)) and text.strip().lower() in _NONE_WORDS:
+        return None
+    validator = _adapter_for(annotation)
+    if validator is None:
+        return text
+    stripped = text.strip()
+    candidates: list[Any] = [text]
+    if _accepts(annotation, _is_sequence) and ("," in stripped or stripped.startswith("[")):
+        try:
+            items = json.loads(stripped) if stripped.startswith("[") else \
+                [part.strip() for part in stripped.split(",") if part.strip()]
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            candidates = [[_scalar(item) for item in items], items, text]
+    for candidate in candidates[:-1]:
+        try:
+            return validator.validate_python(candidate)
+        except ValidationError:
+            continue
+    return validator.validate_python(candidates[-1])
 
 
 def _describe(source: Any) -> str:
