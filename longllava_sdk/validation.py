@@ -97,8 +97,8 @@ def problems(exc: ValidationError, model: type[BaseModel] | None = None, prefix:
     lines = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
-        where = ".".join(([prefix] if prefix else []) + loc) or "<top>"
-        lines.append(f"{where}: {_message(error, model)}")
+        where = ".".join(([prefix] if prefix else []) + loc)
+        lines.append(f"{where}: {_message(error, model)}" if where else _message(error, model))
     return list(dict.fromkeys(lines))
 
 
