@@ -57,6 +57,8 @@ from .errors import (
     adapter_option_hint,
 )
 from .media import Media, MediaKind
+from .root_jail import OutsideRoot, confine_to, real_root
+from .units import format_bytes  # noqa: F401 - re-exported for adapters
 from .validation import problems as validation_problems
 
 
@@ -194,16 +196,6 @@ DEFAULT_TIME_BUDGET_S = 60.0
 RGB_BYTES_PER_PIXEL = 4
 
 
-def format_bytes(count: int | float) -> str:
-    """``1536`` -> ``'1.5 KiB'``: a byte count for messages."""
-    value = float(count)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - loop always returns
-
-
 def check_limit(path: str | os.PathLike[str], value: int | float, limit: int | float | None, option: str,
                 what: str, *, hint: str = "", unit: str = "") -> None:
     """Raise :class:`ResourceLimitError` naming ``option`` when ``value > limit`` (``None``: no limit).
@@ -249,7 +241,7 @@ def allowed_root(root: str | os.PathLike[str] | None) -> Iterator[Path | None]:
     outside the root. ``None`` lifts the confinement for the block. The setting is a
     :class:`contextvars.ContextVar`, so it holds per thread / task.
     """
-    real = None if root is None else Path(os.path.realpath(os.fspath(root)))
+    real = None if root is None else real_root(root)
     token = _ALLOWED_ROOT.set(real)
     try:
         yield real
@@ -276,13 +268,14 @@ def confine(path: str | os.PathLike[str]) -> Path:
         state.file = str(candidate)
     root = _ALLOWED_ROOT.get()
     if root is not None:
-        real = Path(os.path.realpath(candidate))
-        if not (real == root or root in real.parents):
-            via = " through a symlink" if real != Path(os.path.abspath(candidate)) else ""
+        try:
+            confine_to(candidate, root, base=Path.cwd())
+        except OutsideRoot as out:
+            via = " through a symlink" if out.real != out.joined else ""
             raise OutsideRootError(
-                candidate, f"resolves{via} to {real}, outside the allowed root {root}; adapters only read files "
+                candidate, f"resolves{via} to {out.real}, outside the allowed root {root}; adapters only read files "
                 "inside it"
-            )
+            ) from None
     return candidate
 
 
