@@ -43,6 +43,11 @@ TILED: MediaKind = "tiled"
 MEDIA_KINDS: tuple[str, ...] = (IMAGES, VIDEO, VOLUME, TILED)
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 
+#: Pillow format names an image file may have, wherever one is read (the images adapter, the
+#: HTTP server's data URLs and downloads); only these openers ever parse image bytes. OpenAI
+#: accepts PNG, JPEG, WebP and GIF; BMP and TIFF are common in imaging; MPO is a JPEG variant.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+
 
 class DeferredImage:
     """An image whose pixels are decoded on :meth:`load`, each time it is asked for.

@@ -91,11 +91,12 @@ from longllava_sdk.adapters import (
 from longllava_sdk.errors import AdapterError, ConfigError, adapter_option_hint
 from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
 from longllava_sdk.hookspecs import hookimpl
-from longllava_sdk.media import DeferredImage, Media
+from longllava_sdk.media import IMAGE_FORMATS, DeferredImage, Media
+
 from longllava_plugins.tiff_layout import SIGNATURES as TIFF_SIGNATURES, inspect_tiff
 
-#: Pillow format names that are decoded; everything else is refused before decoding.
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
+#: Pillow format names that are decoded (the SDK's one list); everything else is refused before decoding.
+ALLOWED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 #: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``): ~179 megapixels.
 DEFAULT_MAX_PIXELS = 178_956_970
