@@ -355,8 +355,9 @@ def test_autoload_disabled_by_environment_variable(make_dist, monkeypatch):
 class _AllHooks:
     """A programmatic plugin implementing every hook, recording what it was given."""
 
-    def __init__(self, adapter_cls, head_cls, command, callback):
+    def __init__(self, adapter_cls, head_cls, command, callback, importer_cls=None):
         self.adapter_cls, self.head_cls, self.command, self.callback = adapter_cls, head_cls, command, callback
+        self.importer_cls = importer_cls
         self.seen: dict[str, tuple] = {}
 
     @hookimpl
@@ -374,6 +375,10 @@ class _AllHooks:
     @hookimpl
     def longllava_register_commands(self):
         return [self.command]
+
+    @hookimpl
+    def longllava_register_importers(self):
+        return [self.importer_cls]
 
     @hookimpl
     def longllava_model_loaded(self, model, config):
@@ -396,7 +401,8 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     from transformers import TrainerCallback
 
     from longllava_sdk.adapters import InputAdapter
-    from longllava_sdk.registry import available_adapters
+    from longllava_sdk.importers import ImportedRow, Importer
+    from longllava_sdk.registry import available_adapters, available_importers
 
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
 
@@ -431,8 +437,17 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
         print(" ".join([word.upper()] * times))
         return 0
 
+    class LinesImporter(Importer):
+        name = "all_hooks_lines"
+        description = "one question per line"
+        media_lookup = "none"
+
+        def iter_rows(self, source, media_root):
+            for number, line in enumerate(source.read_text().splitlines(), start=1):
+                yield ImportedRow(number, f"q{number}", [("human", line), ("gpt", "ok")])
+
     callback = TrainerCallback()
-    plugin = _AllHooks(TxtAdapter, Head, shout_twice, callback)
+    plugin = _AllHooks(TxtAdapter, Head, shout_twice, callback, LinesImporter)
     pm = get_plugin_manager()
     assert pm.register(plugin, name="all_hooks") == "all_hooks"
     assert _record(pm, "all_hooks").hooks == sorted(hook_names())
@@ -443,6 +458,8 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     assert available_heads() == {"all_hooks_head": Head}
     assert pm.hook.longllava_register_domains() == [["recipes/chest_ct.yaml"]]
     assert pm.hook.longllava_register_commands() == [[shout_twice]]
+    assert pm.hook.longllava_register_importers() == [[LinesImporter]]
+    assert available_importers() == {"all_hooks_lines": LinesImporter}
 
     model, config = torch.nn.Linear(2, 2), {"preset": "tiny"}
     assert pm.hook.longllava_model_loaded(model=model, config=config) == []
