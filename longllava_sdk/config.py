@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, JambaConfig, PretrainedConfig
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown_name_error
 
 # accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
 # warns "Setting accelerator to CPU ... unable to detect it" on a machine without a GPU: advice
@@ -198,7 +198,7 @@ class LongLLaVAConfig(PretrainedConfig):
         aliases = {"longllava9b": "9b", "a13b": "a13b", "53ba13b": "a13b", "longllavaa13b": "a13b"}
         key = aliases.get(key, key)
         if key not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+            raise unknown_name_error("preset", name, PRESETS)
         preset = copy.deepcopy(PRESETS[key])
         kwargs: dict[str, Any] = dict(preset["multimodal"])
         kwargs.update(overrides)

@@ -73,7 +73,8 @@ class UsageError(Exception):
 
 def available_commands() -> dict[str, Callable[..., Any]]:
     """The built-in commands and every plugin's, by command name, all through the command hook."""
-    from ..plugin_manager import available_commands as registered, get_plugin_manager
+    from ..plugin_manager import get_plugin_manager
+    from ..registry import available_commands as registered
     from . import builtin
 
     manager = get_plugin_manager()

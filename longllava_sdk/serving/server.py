@@ -11,7 +11,6 @@ import logging
 import os
 from pathlib import Path
 
-from dataclasses import replace
 from typing import Any
 
 from ..errors import ConfigError, option_hint
@@ -86,7 +85,7 @@ def serve(
         raise ConfigError(f"port must be 0-65535, got {port} ({option_hint('port', 'N')})")
     settings = settings.with_model_name(Path(model).resolve().name)
     if settings.api_key is None and os.environ.get(API_KEY_ENV):
-        settings = replace(settings, api_key=os.environ[API_KEY_ENV])
+        settings = settings.model_copy(update={"api_key": os.environ[API_KEY_ENV]})
     import uvicorn
 
     from ..pipeline import Pipeline
