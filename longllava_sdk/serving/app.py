@@ -409,7 +409,8 @@ def create_app(pipeline: Pipeline | None, settings: ServerSettings | None = None
             bound), for the ``ready:`` line.
         on_load_error: called with the exception when ``load`` fails (``serve`` stops uvicorn).
     """
-    server = Server(pipeline, settings or ServerSettings(), load=load, address=address, on_load_error=on_load_error)
+    server = Server(pipeline, (settings or ServerSettings()).with_model_name("longllava"), load=load, address=address,
+                    on_load_error=on_load_error)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
