@@ -33,9 +33,12 @@ AUTO_CLASSES = ("AutoConfig", "AutoProcessor", "AutoModelForImageTextToText", "A
 LOAD = textwrap.dedent("""
     import json, sys
     folder, mode, trust = sys.argv[1], sys.argv[2], sys.argv[3] == "trust"
-    if mode == "import":
-        import longllava_sdk  # noqa: F401
+    if mode == "import":  # the SDK first (import order as isort writes it), then its registration call
+        import longllava_sdk
+        longllava_sdk.register_auto_classes()
     import transformers
+    if mode == "import-after":  # after transformers: the import alone registers
+        import longllava_sdk  # noqa: F401
     out = {}
     for name in %r:
         try:
@@ -75,7 +78,8 @@ def test_folder_carries_auto_map_module_files_and_model_card(folder):
         statements = [node for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
         assert len(statements) == 1 and isinstance(statements[0], ast.ImportFrom), name
         assert statements[0].module.startswith("longllava_sdk"), name
-    assert (folder / "README.md").read_text().splitlines()[0].startswith("`import longllava_sdk`")
+    first = (folder / "README.md").read_text().splitlines()[0]
+    assert first.startswith("`import longllava_sdk`") and "register_auto_classes()" in first
 
 
 def test_trust_remote_code_loads_without_importing_the_sdk(folder, tmp_path):
@@ -106,8 +110,9 @@ def test_without_trust_remote_code_or_import_the_error_says_how(folder, tmp_path
     assert "import longllava_sdk" in MODEL_CARD.splitlines()[0]
 
 
-def test_import_longllava_sdk_needs_no_remote_code(folder, tmp_path):
-    out = _load(folder, "import", "no", tmp_path)
+@pytest.mark.parametrize("mode", ["import", "import-after"])
+def test_import_longllava_sdk_needs_no_remote_code(folder, tmp_path, mode):
+    out = _load(folder, mode, "no", tmp_path)
     assert out["AutoProcessor"]["class"].endswith("LongLLaVAProcessor")
     assert out["AutoModelForImageTextToText"]["class"].endswith("LongLLaVAForConditionalGeneration")
     assert not (tmp_path / "hf_modules").exists() or not any((tmp_path / "hf_modules").rglob("modeling_longllava.py"))
