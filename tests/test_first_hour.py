@@ -114,7 +114,7 @@ def head_model(tmp_path_factory) -> tuple[Path, Path]:
     """A micro model folder with a (random) classify head, and one of its images."""
     from longllava_sdk.heads import TaskHead
     from longllava_sdk.model_folders import save_head
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
 
     from trainer_fixtures import square_image
 
