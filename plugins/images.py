@@ -89,7 +89,8 @@ from longllava_sdk.adapters import (
     validate_limit,
 )
 from longllava_sdk.errors import AdapterError, ConfigError, adapter_option_hint
-from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
+from longllava_sdk.highres import (DEFAULT_MAX_TILES, WHITE, SplitMode, apply_plan, global_view, plan_high_res,
+                                   to_rgb)
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import DeferredImage, Media
 from longllava_sdk.tiff_layout import SIGNATURES as TIFF_SIGNATURES, inspect_tiff
@@ -99,8 +100,6 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP",
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 #: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``): ~179 megapixels.
 DEFAULT_MAX_PIXELS = 178_956_970
-#: Default cap on high-resolution sub-images (the global view comes on top).
-DEFAULT_MAX_TILES = 64
 #: Decoded size over file size above which an image is refused (almost constant, or a header
 #: declaring more pixels than the data holds: Pillow fills the missing rows silently).
 DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
