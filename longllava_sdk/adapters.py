@@ -33,6 +33,7 @@ import inspect
 import json
 import os
 import re
+import stat
 import struct
 import time
 import types
@@ -42,7 +43,9 @@ from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
+
+from . import local_files
 
 from .errors import (
     AdapterError,
@@ -245,27 +248,45 @@ def current_allowed_root() -> Path | None:
 
 
 def confine(path: str | os.PathLike[str]) -> Path:
-    """Check a file an adapter is about to open; returns ``Path(path)`` unchanged.
+    """Check a file (or folder) an adapter is about to open; returns ``Path(path)`` unchanged.
 
     Every adapter calls this on every file it opens (the source itself, each file found by
     walking a folder). When an :func:`allowed_root` is set, the file's real path (all
-    symlinks resolved) must lie inside it, else :class:`OutsideRootError`. The file also
-    becomes the one errors of the current :func:`guarded_load` name.
+    symlinks resolved) must lie inside it, else :class:`OutsideRootError`. A FIFO, socket or
+    device is a :class:`~longllava_sdk.errors.SpecialFileError` (opening a FIFO would block);
+    a missing path passes (the caller reports it). The file also becomes the one errors of
+    the current :func:`guarded_load` name. To open the file, use :func:`open_confined`.
     """
     candidate = Path(path)
     state = _READ_STATE.get()
     if state is not None:
         state.file = str(candidate)
-    root = _ALLOWED_ROOT.get()
-    if root is not None:
-        real = Path(os.path.realpath(candidate))
-        if not (real == root or root in real.parents):
-            via = " through a symlink" if real != Path(os.path.abspath(candidate)) else ""
-            raise OutsideRootError(
-                candidate, f"resolves{via} to {real}, outside the allowed root {root}; adapters only read files "
-                "inside it"
-            )
+    local_files.inside_root(candidate, _ALLOWED_ROOT.get())
+    try:
+        mode = os.stat(candidate).st_mode
+    except OSError:
+        return candidate
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        local_files.check_regular(candidate)  # raises SpecialFileError naming what it is
     return candidate
+
+
+def open_confined(path: str | os.PathLike[str], *, what: str = "file") -> BinaryIO:
+    """``path`` opened for reading by an adapter: :func:`confine` (the allowed root, the file
+    errors name), then :func:`longllava_sdk.local_files.open_regular` (non-blocking open,
+    ``fstat`` of the opened file must be a regular file)."""
+    return local_files.open_regular(confine(path), root=_ALLOWED_ROOT.get(), what=what)
+
+
+def local_source(source: "Source", adapter_name: str | None = None, *, what: str = "file") -> Path:
+    """The one path of a single-file source, checked: one path (a 1-item list is accepted when
+    ``adapter_name`` is given), local (no URL), a regular file, inside the allowed root.
+
+    The one "one local file" check of the adapters (:func:`longllava_sdk.local_files.local_file`
+    plus :func:`confine`).
+    """
+    one = single_source(source, adapter_name) if adapter_name is not None else source
+    return confine(local_files.local_file(one, root=_ALLOWED_ROOT.get(), what=what))
 
 
 # ------------------------------------------------------------------------------------------
@@ -439,23 +460,16 @@ def sample_indices(total: int, budget: int | None) -> list[int]:
     return sorted({round(i * step) for i in range(budget)})
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
-
-
 def ensure_local_path(source: str | os.PathLike[str], *, what: str = "file", must_be_file: bool = True) -> Path:
     """The local path of ``source``; URLs, protocols (``http:``, ``rtmp:``...) and GDAL ``/vsi*`` are refused.
 
-    Adapters never touch the network: a source that names a remote or virtual location is an
-    :class:`AdapterError` before any library sees it. With ``must_be_file`` a missing path or a
-    folder is an error too.
+    With ``must_be_file`` it must be a regular file (a FIFO, socket or device is a
+    :class:`~longllava_sdk.errors.SpecialFileError`, a missing path an :class:`AdapterError`)
+    inside the allowed root: :func:`local_source`. Without, only the URL refusal.
     """
-    text = os.fspath(source)
-    if _URL.match(text) or text.startswith("/vsi"):
-        raise AdapterError(text, f"only local {what}s are read; URLs, protocols and virtual file systems are refused")
-    path = Path(text)
-    if must_be_file and not path.is_file():
-        raise AdapterError(text, "no such file" if not path.exists() else "not a regular file")
-    return path
+    if must_be_file:
+        return local_source(source, what=what)
+    return local_files.refuse_remote(source, what=what)
 
 
 def single_source(source: Source, adapter_name: str) -> str | os.PathLike[str]:
