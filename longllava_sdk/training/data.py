@@ -43,8 +43,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .. import local_files
 from ..adapters import allowed_root
-from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
+from ..errors import AdapterError, ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
 from ..media import Media
 from ..plugin_manager import available_adapters, claiming_adapter, get_head_class, resolve_adapter
@@ -175,13 +176,13 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Recipe | None = None) -> 
             rows): one message about the file, not a row report.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, "data file does not exist")
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read data file: {exc}") from exc
+    try:  # a regular file only: a FIFO or device named as the data file is refused, never blocks
+        text = local_files.read_text(path, what="data file")
+    except AdapterError as exc:
+        raise InputError(path, f"cannot read data file: {exc.problem}") from None
     raw_rows: list[tuple[str, Any]] = []
     if suffix == ".json":
         try:
