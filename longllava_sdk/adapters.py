@@ -33,7 +33,6 @@ import inspect
 import json
 import os
 import re
-import stat
 import struct
 import time
 import types
@@ -262,12 +261,7 @@ def confine(path: str | os.PathLike[str]) -> Path:
     if state is not None:
         state.file = str(candidate)
     local_files.inside_root(candidate, _ALLOWED_ROOT.get())
-    try:
-        mode = os.stat(candidate).st_mode
-    except OSError:
-        return candidate
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        local_files.check_regular(candidate)  # raises SpecialFileError naming what it is
+    local_files.refuse_special(candidate)
     return candidate
 
 

@@ -91,6 +91,18 @@ def inside_root(path: PathLike, root: PathLike | None) -> Path:
     return candidate
 
 
+def refuse_special(path: PathLike, *, what: str = "file") -> None:
+    """A :class:`~longllava_sdk.errors.SpecialFileError` when ``path`` exists and is neither a
+    regular file nor a folder (a FIFO, socket or device); missing paths and URLs pass (the caller
+    reports them). One ``stat``: never opens, never blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise _refuse_kind(path, mode, what)
+
+
 def check_regular(path: PathLike, *, root: PathLike | None = None, what: str = "file") -> os.stat_result:
     """The ``stat`` of ``path`` (symlinks followed), which must be a regular file inside ``root``.
 

@@ -44,6 +44,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, LongLLaVAError, PluginError, UnsupportedSourceError, option_hint
+from .local_files import refuse_special
 
 if TYPE_CHECKING:  # the base classes import torch / PIL: loaded only when a look-up needs them
     from .adapters import InputAdapter
@@ -514,6 +515,8 @@ def resolve_adapter(source: SourceLike, adapter: str | None = None, *, kind: str
         ConfigError: options the adapter does not declare or cannot parse.
     """
     where = _describe_source(source)
+    for path in (source if isinstance(source, (list, tuple)) else [source]):
+        refuse_special(path)  # a FIFO, socket or device: no adapter is asked (opening one could block)
     adapters = available_adapters()
     if adapter is not None:
         if adapter not in adapters:
