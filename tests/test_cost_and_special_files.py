@@ -262,6 +262,24 @@ def test_manifest_recipe_and_model_folder_fifos(tmp_path, fifo, tiny_checkpoint)
 
     with pytest.raises(CheckpointError, match="tokenizer.json.lock.*FIFO"):
         check_weights_safe(folder)
+    from longllava_sdk.processing.processor import LongLLaVAProcessor
+
+    with pytest.raises(InputError, match="tokenizer.json.lock.*FIFO"):
+        LongLLaVAProcessor.from_pretrained(folder)
+
+
+def test_pipeline_gives_each_image_a_decode_budget(tiny_model, processor, tmp_path, monkeypatch):
+    import longllava_sdk.pipeline as pipeline_module
+
+    path = tmp_path / "photo.png"
+    _noise(400, 300).save(path)
+    pipe = pipeline_module.Pipeline(tiny_model, processor)
+    assert len(pipe.load_media(str(path), kind="images").images) == 1
+    monkeypatch.setattr(pipeline_module, "PIPELINE_IMAGE_DECODE_BYTES", 100_000)
+    with pytest.raises(ResourceLimitError, match="photo.png.*max_decoded_bytes"):
+        pipe.load_media(str(path), kind="images")
+    explicit = pipe.load_media(str(path), kind="images", options={"max_decoded_bytes": 10 << 20})
+    assert len(explicit.images) == 1  # the caller's budget wins
 
 
 def test_open_regular_reads_regular_files_and_keeps_the_root(tmp_path):

@@ -42,7 +42,8 @@ from transformers import (AutoProcessor, AutoTokenizer, BatchFeature, CLIPImageP
                           PreTrainedTokenizerFast, ProcessorMixin)
 
 from ..config import LongLLaVAConfig
-from ..errors import InputError, ProtocolError
+from ..checkpoint import model_file_names
+from ..errors import CheckpointError, InputError, ProtocolError
 from ..highres import mean_colour, square_view, trim_to_aspect
 from ..media import DeferredImage, Media, load_image
 from . import protocol
@@ -200,6 +201,10 @@ class LongLLaVAProcessor(ProcessorMixin):
         directory = Path(directory) / str(kwargs.get("subfolder") or "")
         if not directory.is_dir():
             raise InputError(directory, "processor directory does not exist (processors load from local folders only)")
+        try:  # tokenizers opens its files by path: a FIFO among them would block it
+            model_file_names(directory)
+        except CheckpointError as exc:
+            raise InputError(directory, str(exc)) from None
         if (directory / "tokenizer.json").exists():
             # The generic fast class reads tokenizer.json as written. The class named in the
             # released tokenizer_config.json (LlamaTokenizer) would, in transformers 5, rebuild
