@@ -42,6 +42,8 @@ try:
     import longllava_sdk  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_efficiency import _status_bytes  # noqa: E402  (VmRSS / VmHWM of this process)
 
 #: name -> (file name, writer arguments, Pipeline media options)
 CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -56,14 +58,6 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 #: The bound of issue 15 ("within ~400 MB of the same call with a small image").
 BOUND_MB = 400
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def write_input(path: Path, size: tuple[int, int], solid: bool = False) -> None:
