@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import AutoConfig, CLIPVisionConfig, JambaConfig, PretrainedConfig
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown_name_error
 
 POOLING_MODES = ("2d", "1d", "none")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
@@ -188,7 +188,7 @@ class LongLLaVAConfig(PretrainedConfig):
         aliases = {"longllava9b": "9b", "a13b": "a13b", "53ba13b": "a13b", "longllavaa13b": "a13b"}
         key = aliases.get(key, key)
         if key not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+            raise unknown_name_error("preset", name, PRESETS)
         preset = copy.deepcopy(PRESETS[key])
         kwargs: dict[str, Any] = dict(preset["multimodal"])
         kwargs.update(overrides)

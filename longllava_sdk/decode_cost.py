@@ -33,9 +33,8 @@ from PIL import Image
 from .errors import AdapterError, ResourceLimitError, adapter_option_hint
 from .highres import plan_view_size
 from .local_files import open_regular
+from .media import IMAGE_FORMATS
 
-#: Pillow formats the SDK decodes (the images adapter's allowlist); nothing else parses the bytes.
-IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
 #: Bytes per pixel of each Pillow mode once decoded.
 MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "La": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4,
               "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .errors import AdapterError, OutsideRootError, SpecialFileError
+from .root_jail import OutsideRoot, confine_to, real_root
 
 PathLike = str | os.PathLike[str]
 
@@ -78,16 +79,21 @@ def refuse_remote(source: PathLike, *, what: str = "file") -> Path:
 
 
 def inside_root(path: PathLike, root: PathLike | None) -> Path:
-    """``Path(path)``, checked to resolve (symlinks followed) inside ``root`` (``None``: anywhere)."""
+    """``Path(path)``, checked to resolve (symlinks followed) inside ``root`` (``None``: anywhere):
+    :func:`longllava_sdk.root_jail.confine_to`, worded as an
+    :class:`~longllava_sdk.errors.OutsideRootError`."""
     candidate = Path(path)
     if root is None:
         return candidate
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(candidate))
-    if not (real == real_root or real_root in real.parents):
-        via = " through a symlink" if real != Path(os.path.abspath(candidate)) else ""
-        raise OutsideRootError(candidate, f"resolves{via} to {real}, outside the allowed root {real_root}; only "
-                                          "files inside it are read")
+    jail = real_root(root)
+    try:
+        confine_to(candidate, jail, base=Path.cwd())
+    except OutsideRoot as out:
+        via = " through a symlink" if out.real != out.joined else ""
+        raise OutsideRootError(candidate, f"resolves{via} to {out.real}, outside the allowed root {jail}; only "
+                                          "files inside it are read") from None
+    except (OSError, ValueError) as exc:
+        raise AdapterError(candidate, f"cannot resolve the path: {exc}") from None
     return candidate
 
 

@@ -57,7 +57,7 @@ def test_adapter_options_are_flags_typed_by_the_adapter(tiny_checkpoint, capsys)
 
 
 def test_text_options_are_converted_by_the_declared_types():
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
 
     dicom = available_adapters()["dicom"]
     options = dicom.coerce_options({"allow_non_parallel": "yes", "max_images": "12", "window": "lung,bone",

@@ -23,8 +23,8 @@ def ensure_builtin_plugins() -> None:
     """Register the built-in heads and image adapter if the installed entry points predate them."""
     import importlib
 
-    from longllava_sdk.plugin_manager import available_adapters
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_adapters
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()
@@ -124,7 +124,7 @@ def sigterm_worker(data_root: Path, output: Path, resume: bool, stop_after: int)
 
     from transformers import TrainerCallback, set_seed
 
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.checkpointing import latest_complete_checkpoint
     from longllava_sdk.training.collator import TrainingCollator

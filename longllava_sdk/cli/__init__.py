@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import re
 import os
 import sys
@@ -152,7 +153,8 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callabl
 
 def available_commands() -> dict[str, Callable[..., Any]]:
     """The built-in commands and every plugin's, by command name, all through the command hook."""
-    from ..plugin_manager import available_commands as registered, get_plugin_manager
+    from ..plugin_manager import get_plugin_manager
+    from ..registry import available_commands as registered
     from . import builtin
 
     manager = get_plugin_manager()
@@ -172,21 +174,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    ``main`` may run many times in one process (tests, notebooks) with ``sys.stderr`` swapped in
+    between; a handler bound to the first stream would write into a closed one.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
 def _show_sdk_info_logs() -> None:
     """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
 
     Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
-    loggers keep their own levels.
+    loggers keep their own levels. Records still propagate (an application's or pytest's root
+    handlers see them); the root logger has no handler of its own in a CLI process.
     """
-    import logging
-
     sdk = logging.getLogger("longllava_sdk")
-    if not sdk.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _CurrentStderrHandler) for h in sdk.handlers):
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         sdk.addHandler(handler)
+    if sdk.level == logging.NOTSET or sdk.level > logging.INFO:
         sdk.setLevel(logging.INFO)
-        sdk.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,14 +63,17 @@ def command_group(name: str, doc: str, subcommands: list[Callable[..., Any]]) ->
 
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench, data."""
     from ..convert_official import convert_official
     from ..evaluation import evaluate_data, evaluate_niah, evaluate_vnbench
     from ..model_folders import merge_adapter
     from ..planner import plan
     from ..serving import serve
     from ..training.finetuning import finetune
+    from ..data_import import import_dataset
+    from ..deidentify import deidentify
     from .cmd_bench import bench
+    from .cmd_data import formats, present_deidentify, present_import
     from .cmd_infer import infer
     from .cmd_info import info
     from .cmd_model import init_model
@@ -91,6 +94,11 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
         command(serve),
         command(plan, present=present_plan),
         bench,
+        command_group("data", DATA_HELP, [
+            command(import_dataset, name="import", present=present_import),
+            formats,
+            command(deidentify, present=present_deidentify),
+        ]),
     ]
 
 
@@ -101,3 +109,12 @@ EVAL_HELP = """Evaluate a model folder: needle-in-a-haystack, VNBench-style diag
     longllava-sdk eval data --model DIR --domain medical     (or --data FILE) the head's metrics
 
 Runs are resumable: rerun the same command to continue an interrupted one."""
+
+
+DATA_HELP = """Bring datasets in: import a public dataset layout into a manifest, list the formats, de-identify DICOM.
+
+    longllava-sdk data formats                                     the formats and where each finds its media
+    longllava-sdk data import ct-rate reports.csv --output data/ct_rate.jsonl
+    longllava-sdk data deidentify dicom_in/ --output dicom_out/     DICOM PS3.15 Basic Profile + a report
+
+Bad rows are listed with their row number and reason; the good ones are written atomically."""

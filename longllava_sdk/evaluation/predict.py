@@ -24,7 +24,7 @@ import torch
 from ..errors import ConfigError
 from ..heads import TaskHead
 from ..pipeline import Pipeline
-from ..plugin_manager import get_head_class
+from ..registry import get_head_class
 from ..processing.processor import EncodedSample
 from ..training.trainer import decode_generated
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError, option_hint
-from .settings import DEFAULT_CLIENT_ADAPTER_OPTIONS, ServerSettings
+from .settings import ServerSettings
 
 logger = logging.getLogger("longllava_sdk.serving")
 
@@ -94,8 +94,8 @@ def serve(
         default_max_tokens: max_tokens when a request gives none.
         request_timeout: seconds a request may take from acceptance to its last token (504 after).
         client_adapter_options: adapter options clients may set in content parts (default: the
-            options that choose what is read, e.g. window, series_uid, sampling, bands; never
-            limits such as max_pixels).
+            options each adapter declares as a client's choice, e.g. window, series_uid,
+            sampling, bands; never limits such as max_pixels).
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
         quantize: int8: the language model's linear layers in 8 bits, Mamba and vision kept
@@ -114,8 +114,7 @@ def serve(
         max_body_mb=max_body_mb, max_image_mb=max_image_mb, max_images=max_images,
         max_image_pixels=max_image_pixels, max_tokens=max_tokens, default_max_tokens=default_max_tokens,
         max_concurrent=max_concurrent, max_queue=max_queue, request_timeout=request_timeout,
-        client_adapter_options=tuple(client_adapter_options if client_adapter_options is not None
-                                     else DEFAULT_CLIENT_ADAPTER_OPTIONS),
+        client_adapter_options=None if client_adapter_options is None else tuple(client_adapter_options),
     )
     import uvicorn
 

@@ -38,7 +38,9 @@ from ..errors import ConfigError, TrainingError, option_hint
 from ..heads import TaskHead
 from ..model_folders import TRAINING_INFO_NAME, create_model, export_merged, load_model, save_model
 from ..modeling.task_model import TaskModel
-from ..plugin_manager import get_head_class, get_plugin_manager
+from ..contracts import check_head, check_labels
+from ..plugin_manager import get_plugin_manager
+from ..registry import get_head_class
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import HeadSettings, Recipe, load_recipe
 from .checkpointing import check_output_dir, prepare_output_dir, staged_export
@@ -177,7 +179,7 @@ def plan_finetune(
     if head_cls.problem_type != "generate":
         if not labels and data is not None:
             labels = sorted({label for row in read_rows(data, recipe=recipe) for label in (row.labels or [])})
-        problems = head_cls.check_labels(labels)
+        problems = check_labels(head_cls, labels)
         if problems:
             raise ConfigError(f"the {head_cls.name} head cannot use the labels of recipe {recipe.name!r} "
                               f"({labels or 'none, and the data rows name none'}): {'; '.join(problems)}")
@@ -186,6 +188,7 @@ def plan_finetune(
                               f"train; use {option_hint('stage', 'domain')} or unfreeze the head in the recipe")
         if recipe.training.packing:
             raise ConfigError(f"a {head_cls.name} head reads one sample per row: set training.packing: false")
+        check_head(head_cls, labels)  # a plugin head that breaks its contract fails here, before any work
     use_lora = stage_obj.uses_lora(bool(full) or recipe.finetune == "full")
     training = recipe.training
     learning_rate = float(next(v for v in (lr, training.learning_rate, stage_obj.learning_rate) if v is not None))
@@ -239,7 +242,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     from .checkpointing import latest_complete_checkpoint
     from .collator import PackedCollator, TrainingCollator
     from .distributed import prepare_distributed, prepare_model_for_distributed
-    from .lora import LoraOptions, apply_lora
+    from .lora import apply_lora
     from .stages import apply_stage_freezing
 
     opts = plan.options
@@ -269,7 +272,8 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
         if not is_main and opts["resume"]:
             resume_from = latest_complete_checkpoint(output_dir)
     model, _ = load_model(base_dir, dtype=dtype)
-    get_plugin_manager().hook.longllava_model_loaded(model=model, config=model.config)
+    get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+                                      model=model, config=model.config)
     if resume_from is not None and is_main:
         logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
 
@@ -295,7 +299,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     task_head = type(plan.head).from_config(plan.head.config_dict())
     task_head.to(dtype)
     if plan.lora:
-        backbone, _ = apply_lora(model, LoraOptions.from_settings(recipe.lora), train_projector=plan.stage.projector,
+        backbone, _ = apply_lora(model, recipe.lora, train_projector=plan.stage.projector,
                                  train_vision=plan.stage.vision, problem_type=task_head.problem_type)
         for param in task_head.parameters():
             param.requires_grad_(plan.stage.head)
@@ -314,8 +318,9 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
                                     max_steps=opts["max_steps"], save_steps=opts["save_steps"],
                                     logging_steps=opts["logging_steps"], report_to=opts["report_to"],
                                     extra=extra_args, steps_per_epoch=steps_per_epoch)
-    plugin_callbacks = [cb for batch in get_plugin_manager().hook.longllava_trainer_callbacks(
-        training_args=args, recipe=recipe) for cb in (batch or [])]
+    plugin_callbacks = [cb for batch in get_plugin_manager().call_checked(
+        "longllava_trainer_callbacks", returns="a list of transformers.TrainerCallback objects (or classes)",
+        check=_is_callback_list, training_args=args, recipe=recipe) for cb in batch]
     info = {**plan.run_info, "base_model": str(base_dir.resolve()), "labels": list(task_head.labels)}
     trainer = LongLLaVATrainer(task_model, args, processor=processor, train_dataset=train_dataset,
                                eval_dataset=eval_dataset, data_collator=collator,
@@ -433,7 +438,7 @@ def usage_example(dataset: Any, recipe: Recipe) -> dict[str, Any]:
     volume / tiled source becomes ``video=`` / ``volume=`` / ``tiled=``; other mixes are not
     expressible as keyword arguments and give a text-only example.
     """
-    from ..plugin_manager import available_adapters
+    from ..registry import available_adapters
 
     try:
         row = dataset.rows[0]
@@ -470,3 +475,10 @@ def usage_example(dataset: Any, recipe: Recipe) -> dict[str, Any]:
 
 def _step_of(checkpoint: Path) -> str:
     return checkpoint.name.rsplit("-", 1)[-1]
+
+
+def _is_callback_list(value: Any) -> bool:
+    from transformers import TrainerCallback
+
+    return isinstance(value, list) and all(
+        isinstance(cb, TrainerCallback) or isinstance(cb, type) and issubclass(cb, TrainerCallback) for cb in value)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .adapters import check_limit, format_bytes
-from .local_files import open_regular
-from .errors import AdapterError
+from longllava_sdk.adapters import check_limit, format_bytes
+from longllava_sdk.errors import AdapterError
+from longllava_sdk.local_files import open_regular
 
 SIGNATURES = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}
 #: Field type -> (struct code, size) for the integer types the layout tags may use.
