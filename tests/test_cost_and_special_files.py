@@ -32,7 +32,7 @@ from longllava_sdk.decode_cost import decode_cost
 from longllava_sdk.errors import (CheckpointError, ConfigError, InputError, OutsideRootError, ResourceLimitError,
                                   SpecialFileError)
 from longllava_sdk.highres import CLIP_MEAN_RGB, expand_to_square, plan_view_size, square_view
-from longllava_sdk.plugin_manager import resolve_adapter
+from longllava_sdk.registry import resolve_adapter
 
 from bad_inputs.medical import write_ct_series
 
@@ -58,7 +58,7 @@ def _run_limited(code: str, limit_mb: int) -> subprocess.CompletedProcess:
         resource.setrlimit(resource.RLIMIT_AS, (_vsz() + {limit_mb} * 2**20, resource.RLIM_INFINITY))
     """)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=25, cwd=ROOT)
+                          timeout=240, cwd=ROOT)  # imports are slow on a loaded machine
 
 
 # ---------------------------------------------------------------------------------------------
