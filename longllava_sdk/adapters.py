@@ -58,7 +58,7 @@ from .errors import (
     adapter_option_hint,
 )
 from .media import Media, MediaKind
-from .root_jail import OutsideRoot, confine_to, real_root
+from .root_jail import real_root
 from .units import format_bytes  # noqa: F401 - re-exported for adapters
 from .validation import problems as validation_problems
 
@@ -467,18 +467,6 @@ def sample_indices(total: int, budget: int | None) -> list[int]:
         return [0]
     step = (total - 1) / (budget - 1)
     return sorted({round(i * step) for i in range(budget)})
-
-
-def ensure_local_path(source: str | os.PathLike[str], *, what: str = "file", must_be_file: bool = True) -> Path:
-    """The local path of ``source``; URLs, protocols (``http:``, ``rtmp:``...) and GDAL ``/vsi*`` are refused.
-
-    With ``must_be_file`` it must be a regular file (a FIFO, socket or device is a
-    :class:`~longllava_sdk.errors.SpecialFileError`, a missing path an :class:`AdapterError`)
-    inside the allowed root: :func:`local_source`. Without, only the URL refusal.
-    """
-    if must_be_file:
-        return local_source(source, what=what)
-    return local_files.refuse_remote(source, what=what)
 
 
 def single_source(source: Source, adapter_name: str) -> str | os.PathLike[str]:

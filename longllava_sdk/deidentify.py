@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import local_files
 from .errors import DatasetError, InputError, option_hint
 
 __all__ = ["DeidentifyReport", "deidentify", "REMOVED_KEYWORDS", "REPORT_NAME"]
@@ -188,7 +189,7 @@ def _check_file(path: Path, source: Path) -> str | None:
 
 def _is_dicom(path: Path) -> bool:
     """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble."""
-    with open(path, "rb") as handle:
+    with local_files.open_regular(path, what="DICOM file") as handle:  # a FIFO is refused, never blocks
         header = handle.read(132)
     return len(header) == 132 and header[128:] == b"DICM"
 

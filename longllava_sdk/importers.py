@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
+from . import local_files
 from .errors import InputError
 
 __all__ = [
@@ -289,10 +290,10 @@ def converted(records: Iterable[tuple[int, Any]], convert: Callable[[Any, int], 
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the dataset file: {exc}") from exc
+    try:  # a regular file only: a FIFO named as the dataset file is refused, never blocks
+        return local_files.read_text(path, what="dataset file", encoding="utf-8-sig")
+    except InputError as exc:
+        raise InputError(path, f"cannot read the dataset file: {exc.problem}") from None
 
 
 def _json_document(path: Path, text: str) -> Any:

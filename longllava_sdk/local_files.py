@@ -65,8 +65,8 @@ def describe_mode(mode: int) -> str:
 
 
 def _refuse_kind(path: PathLike, mode: int, what: str) -> SpecialFileError:
-    return SpecialFileError(path, f"is {describe_mode(mode)}, not a regular {what}; only regular files are read "
-                                  "(a FIFO or device could block or never end)")
+    return SpecialFileError(path, f"is {describe_mode(mode)}, not a regular file; only regular files are read as "
+                                  f"a {what} (a FIFO or device could block or never end)")
 
 
 def refuse_remote(source: PathLike, *, what: str = "file") -> Path:
