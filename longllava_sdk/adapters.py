@@ -93,8 +93,9 @@ class InputAdapter(ABC):
     for anything they cannot read.
 
     The built-in adapters decorate ``load`` with :func:`guarded_load` (and a file-reading
-    ``claims`` with :func:`guarded_claims`), call :func:`confine` on every file before
-    opening it, check their limits with :func:`check_limit` before allocating, and call
+    ``claims`` with :func:`guarded_claims`), check a single-file source with
+    :func:`local_source`, open every file with :func:`open_confined` (regular files inside the
+    allowed root only) or call :func:`confine` on a path a library opens itself, check their limits with :func:`check_limit` before allocating, and call
     :func:`check_time_budget` between units of work; plugin adapters should do the same.
     """
 
