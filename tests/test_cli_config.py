@@ -149,3 +149,15 @@ def test_help_and_listings_do_not_import_torch(argv):
     assert done.stdout.strip().splitlines()[-1] == "HEAVY", done.stdout[-500:]
     if argv == ["plugins", "--json"]:
         assert json.loads(done.stdout.rsplit("HEAVY", 1)[0])
+
+
+def test_import_longllava_sdk_is_light_and_registers_with_transformers_when_it_is_loaded():
+    light = ("import sys, longllava_sdk; "
+             "print(sorted(m for m in ('torch', 'transformers', 'numba') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+    # transformers first, then the SDK: the Auto classes know the model at once
+    auto = ("import transformers, longllava_sdk; from transformers import AutoConfig; "
+            "print(type(AutoConfig.for_model('longllava')).__name__)")
+    done = subprocess.run([sys.executable, "-c", auto], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "LongLLaVAConfig", done.stderr[-2000:]
