@@ -161,3 +161,12 @@ def test_import_longllava_sdk_is_light_and_registers_with_transformers_when_it_i
             "print(type(AutoConfig.for_model('longllava')).__name__)")
     done = subprocess.run([sys.executable, "-c", auto], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "LongLLaVAConfig", done.stderr[-2000:]
+
+
+def test_a_closed_pipe_ends_quietly_with_141():
+    """`longllava-sdk data formats | head -0`: the reader is gone before the first line."""
+    proc = subprocess.Popen([sys.executable, "-m", "longllava_sdk", "data", "formats"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err

@@ -400,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(text)
                 return 0 if args else 2  # args: the --help that asked for it
             result = func(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
         except UsageError as exc:
             print(exc, file=sys.stderr)
             return 2
