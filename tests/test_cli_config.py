@@ -114,8 +114,8 @@ def test_one_dtype_vocabulary():
 @pytest.mark.parametrize("argv, expected", [
     (["finetune", "--domian", "medical"], "did you mean --domain?"),
     (["finetune", "--max-step", "3"], "did you mean --max-steps?"),
-    (["finetun", "--domain", "medical"], "did you mean finetune?"),
-    (["eval", "nia", "--model", "m"], "did you mean niah?"),
+    (["finetun", "--domain", "medical"], "did you mean 'finetune'?"),
+    (["eval", "nia", "--model", "m"], "did you mean 'niah'?"),
     (["plan", "--images", "many"], "--images: expected int"),
     (["infer", "--model", "m"], "missing --prompt"),
 ])
