@@ -21,9 +21,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ..options import LoadOptions, reject_unknown, take_options
 from ..errors import ConfigError
 from ..heads import TaskHead
+from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import load_recipe
 from ..training.data import TrainingDataset, final_answer, prepare_datasets
