@@ -414,11 +414,18 @@ def test_data_formats_lists_every_format_with_its_media_lookup(capsys):
 def test_data_import_refuses_unknown_formats_overwrites_and_outside_media(tmp_path, capsys):
     from longllava_sdk.cli import main
 
+    import warnings
+
     source = write_ct_rate(tmp_path, bad_rows=False)
     manifest = tmp_path / "m.jsonl"
     assert main(["data", "import", "ct_rate", str(source), "--output", str(manifest)]) == 1
     assert "did you mean 'ct-rate'" in capsys.readouterr().err
-    assert main(["data", "import", "ct-rate", str(source), "--output", str(manifest)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["data", "import", "ct-rate", str(source), "--output", str(manifest)]) == 0
+    assert not caught, [str(w.message) for w in caught]  # a quiet console
+    out = capsys.readouterr().out
+    assert "ct-rate: imported 3 row(s)" in out and "0 bad row(s)" in out and f"finetune --data {manifest}" in out
     first = manifest.read_bytes()
     assert main(["data", "import", "ct-rate", str(source), "--output", str(manifest)]) == 1
     assert "--overwrite" in capsys.readouterr().err
