@@ -110,10 +110,6 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
         output: the folder to write (must not be inside SRC); it appears complete or not at all.
         overwrite: replace a non-empty output folder.
         seed: make the replacement values reproducible across runs (keep it secret: it links the new ids to the old).
-
-    Raises:
-        InputError: SRC missing, output inside SRC (or SRC inside it), a non-empty output without --overwrite.
-        DatasetError: a file that cannot be de-identified (unreadable DICOM, burned-in annotation, too large); nothing is written.
     """
     import pydicom
     from dicognito.anonymizer import Anonymizer
