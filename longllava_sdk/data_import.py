@@ -14,13 +14,12 @@ The manifest's media paths are written relative to the manifest's folder, the da
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DatasetError, InputError, option_hint
+from .errors import ConfigError, DatasetError, InputError, option_hint, unknown_name_error
 from .importers import (
     IMAGE_MARKER,
     MEDIA_KEYS,
@@ -32,7 +31,7 @@ from .importers import (
     count_markers,
 )
 from .manifest import atomic_manifest, check_manifest_target
-from .plugin_manager import available_importers
+from .registry import available_importers
 
 __all__ = ["ImportReport", "import_dataset", "list_formats", "get_importer"]
 
@@ -83,10 +82,8 @@ def get_importer(name: str) -> type[Importer]:
     importers = available_importers()
     if name in importers:
         return importers[name]
-    close = difflib.get_close_matches(name, list(importers), n=3, cutoff=0.5)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    raise ConfigError(f"unknown dataset format {name!r}{hint}; installed formats: "
-                      f"{', '.join(sorted(importers)) or 'none'} (`longllava-sdk data formats` describes them)")
+    raise unknown_name_error("dataset format", name, importers, listing="installed formats",
+                             hint="(`longllava-sdk data formats` describes them)")
 
 
 def list_formats() -> list[dict[str, str]]:

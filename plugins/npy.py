@@ -19,7 +19,7 @@ How it reads (bounded memory)
 Options
     window: ``None`` (default: percentile normalisation over the sampled slices), a CT
         preset name (``lung``, ``bone``...), ``"WIDTH,LEVEL"`` or three of those for R/G/B
-        (:mod:`longllava_sdk.windowing`). M3D volumes are already scaled to ``[0, 1]``:
+        (:mod:`longllava_plugins.windowing`). M3D volumes are already scaled to ``[0, 1]``:
         ``"1,0.5"`` shows them as stored.
     percentiles: ``(low, high)`` of the normalisation when ``window`` is ``None``.
     max_images: slice budget (default 256), met by even sampling that keeps the first and
@@ -72,7 +72,7 @@ from longllava_sdk.adapters import (
 from longllava_sdk.errors import AdapterError, ConfigError, UnsupportedSourceError
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
-from longllava_sdk.windowing import Window, WindowSpec, parse_windows, percentile_window, window_to_rgb
+from longllava_plugins.windowing import Window, WindowSpec, parse_windows, percentile_window, window_to_rgb
 
 NPY_MAGIC = b"\x93NUMPY"
 DEFAULT_MAX_IMAGES = 256
@@ -95,6 +95,8 @@ class NpyVolumeAdapter(InputAdapter):
 
     name: ClassVar[str] = "npy"
     kind: ClassVar[str] = "volume"
+    #: what a remote client may choose (never a limit: see InputAdapter.client_options)
+    client_options = ("window", "percentiles")
     extensions: ClassVar[tuple[str, ...]] = (".npy",)
     priority: ClassVar[int] = 110
 

@@ -124,7 +124,7 @@ def npy_adapter():
 
 
 def test_npy_adapter_reads_m3d_volumes_and_refuses_bad_files(tmp_path, npy_adapter):
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     # an M3D-shaped volume 1 x D x H x W in [0, 1]: slice i is the constant i / 9
     volume = np.repeat((np.arange(10, dtype=np.float32) / 9)[:, None, None], 16 * 24, axis=1).reshape(1, 10, 16, 24)
