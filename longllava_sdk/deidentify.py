@@ -34,15 +34,13 @@ replaced, removed or added, never a value and never a source name.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .atomic import atomic_directory
 from .errors import DatasetError, InputError, option_hint
 
 __all__ = ["DeidentifyReport", "deidentify", "REMOVED_KEYWORDS", "REPORT_NAME"]
@@ -128,8 +126,7 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
     anonymizer = Anonymizer(seed=seed)
     report = DeidentifyReport(output=target)
     problems: list[str] = []
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _staging(target, overwrite) as staging:
+    with atomic_directory(target, overwrite=overwrite) as staging:
         for path in files:
             shown = path.name if path == source else path.relative_to(source).as_posix()
             problem = _check_file(path, source)
@@ -239,23 +236,3 @@ def _basic_profile_removals(dataset: Any) -> None:
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
         codes.append(item)
     dataset.DeidentificationMethodCodeSequence = codes
-
-
-@contextlib.contextmanager
-def _staging(target: Path, overwrite: bool) -> Iterator[Path]:
-    """A staging folder beside ``target``, renamed onto it only if the block succeeds."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            if not overwrite and (not target.is_dir() or any(target.iterdir())):
-                raise InputError(target, f"appeared while writing; pass {option_hint('overwrite')} to replace it")
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
