@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 #: module may import modules of equal or lower rank only.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("errors", "media", "hookspecs", "config", "adapters", "heads", "checkpoint", "highres", "windowing", "tiff_layout", "context_limit",
-         "processing.protocol", "processing.tokenizer")),
+         "processing.protocol", "processing.tokenizer", "chance")),
     (1, ("plugin_manager",)),
     (2, ("recipes",)),
     (3, ("modeling", "processing")),
