@@ -483,7 +483,7 @@ def write_run_config(plan: FinetunePlan, resume_from: Path | None = None) -> Pat
     eval_rows = plan.data.eval.rows if plan.data.eval is not None else None
     config = {
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **plan.run_info,
+        "run": plan.run_info,
         "output_dir": str(plan.output_dir.resolve()),
         "model_dir": MODEL_DIR,
         "preset": plan.preset if plan.model_dir is None else None,
