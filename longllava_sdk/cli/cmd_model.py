@@ -16,6 +16,7 @@ def init_model(output: str, preset: str = "tiny", seed: int = 0, overwrite: bool
 
     model, processor = create_model(preset, seed)
     # recorded so that evaluation reports can say these are random weights (expect chance-level scores)
-    path = save_model(model, processor, output, overwrite=overwrite, info={RANDOM_INIT_KEY: f"{preset} preset, seed {seed}"})
+    path = save_model(model, processor, output, overwrite=overwrite,
+                      info={RANDOM_INIT_KEY: f"{preset} preset, seed {seed}"})
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {preset} model ({n:,} parameters) to {path}")

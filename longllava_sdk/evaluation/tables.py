@@ -71,7 +71,8 @@ def metrics_table(metrics: dict[str, float], labels: Sequence[str] = (),
         rows = [["metric", "value", "chance: majority", "chance: random"]]
         for key, value in scalars.items():
             base = chance.get(key) or {}
-            rows.append([key, f"{value:.4g}"] + [f"{base[b]:.4g}" if b in base else "-" for b in ("majority", "random")])
+            rows.append([key, f"{value:.4g}"] + [f"{base[b]:.4g}" if b in base else "-"
+                                                 for b in ("majority", "random")])
         lines = _render(rows).splitlines()
     else:
         lines = [f"{key:<22} {value:.4g}" for key, value in scalars.items()]

@@ -278,7 +278,8 @@ def storage_fault(exc: BaseException, folder: str | os.PathLike[str], *, doing: 
         advice = "check the space and quota of the output folder"
     else:
         cause, advice = _STORAGE_ERRNOS[code]
-    then = f" and rerun with {option_hint('resume')}" if resume else f" or choose another {option_hint('output', 'DIR')}"
+    then = (f" and rerun with {option_hint('resume')}" if resume
+            else f" or choose another {option_hint('output', 'DIR')}")
     return CheckpointError(f"{where}: {cause} while {doing}; {kept}; {advice}{then}")
 
 

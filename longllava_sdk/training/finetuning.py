@@ -53,7 +53,8 @@ from .trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_argume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune", "MODEL_DIR", "RUN_CONFIG_NAME"]
+__all__ = ["FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune", "write_run_config",
+           "MODEL_DIR"]
 
 BASE_MODEL_DIR = "base-model"
 #: The exported standalone model, whatever the update kind (LoRA merged or full).
@@ -536,8 +537,9 @@ def finetune(
     With only --domain (e.g. `longllava-sdk finetune --domain medical`) this builds a new
     tiny model, trains LoRA on the recipe's bundled sample data, evaluates the task head,
     saves everything under runs/<domain>-<stage>-lora/ (adapter/, the merged model in model/,
-    trainer_log.jsonl, training_loss.png, run.json) and prints how to run the result. Everything is validated (model, data rows and their
-    media, output folder) before the output folder is created.
+    trainer_log.jsonl, training_loss.png, run.json) and prints how to run the result.
+    Everything is validated (model, data rows and their media, output folder) before the
+    output folder is created.
 
     Args:
         domain: a registered domain (medical, remote_sensing, video, or a plugin's) or a recipe .yaml file.

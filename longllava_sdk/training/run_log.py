@@ -91,7 +91,8 @@ class TrainerLogCallback(TrainerCallback):
         return Path(args.output_dir) / TRAINER_LOG_NAME
 
     def _guard(self, args: Any) -> Any:
-        return storage_errors(args.output_dir, doing=f"writing {TRAINER_LOG_NAME}", kept=kept_checkpoint(args.output_dir))
+        return storage_errors(args.output_dir, doing=f"writing {TRAINER_LOG_NAME}",
+                              kept=kept_checkpoint(args.output_dir))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._started = time.time()

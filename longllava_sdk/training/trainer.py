@@ -34,7 +34,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..chance import chance_baselines
-from ..errors import CheckpointError, ConfigError, TrainingError, option_hint
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..model_folders import (
     ADAPTER_WEIGHTS_NAME,
     STATE_WEIGHTS_NAME,
