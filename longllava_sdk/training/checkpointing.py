@@ -49,13 +49,8 @@ from typing import Any, Iterator
 import torch
 from transformers.trainer_callback import TrainerCallback
 
-<<<<<<< HEAD
 from ..atomic import replace_directory, sync_directory
-from ..errors import ConfigError, TrainingError, option_hint
-=======
-from ..checkpoint import replace_directory, sync_directory
 from ..errors import CheckpointError, ConfigError, TrainingError, option_hint
->>>>>>> main
 
 logger = logging.getLogger(__name__)
 
