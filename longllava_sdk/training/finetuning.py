@@ -272,7 +272,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
         if not is_main and opts["resume"]:
             resume_from = latest_complete_checkpoint(output_dir)
     model, _ = load_model(base_dir, dtype=dtype)
-    get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+    get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                       model=model, config=model.config)
     if resume_from is not None and is_main:
         logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
