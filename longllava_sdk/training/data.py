@@ -298,10 +298,7 @@ class _Source(BaseModel):
         unknown = sorted(set(raw) - {"path", "adapter", "options"})
         if unknown:
             raise ValueError(f"'{key}' has unknown field(s) {unknown} (allowed: path, adapter, options)")
-        if not (isinstance(raw.get("path"), str) and raw["path"]) and not (
-                isinstance(raw.get("path"), list) and raw["path"] and all(isinstance(p, str) for p in raw["path"])):
-            raise ValueError(f"'{key}' needs a 'path' (a string or a list of strings), got {raw.get('path')!r}")
-        return {"key": key, "path": _paths(raw["path"], f"'{key}.path'"),
+        return {"key": key, "path": _paths(raw.get("path"), f"'{key}.path'"),
                 "adapter": _adapter_name(raw.get("adapter"), f"'{key}.adapter'"),
                 "options": _options(raw.get("options"), f"'{key}.options'")}
 
@@ -331,8 +328,7 @@ class _Turn(BaseModel):
 
 
 class _RowBase(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # data files carry fields of their own
-    id: Text = None
+    model_config = ConfigDict(extra="ignore")  # data files carry fields of their own (``id`` is read first)
     split: Text = None
     labels: Labels = None
 
