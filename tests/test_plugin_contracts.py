@@ -293,3 +293,11 @@ def test_client_options_come_from_the_adapters_not_the_server(spectro):
         reader._check_options({"max_side": 4096}, "messages[0]", "spectrogram", "spectro")
     operator = ContentReader(ServerSettings(client_adapter_options=("max_side",)), jail=None, fetcher=None)
     operator._check_options({"max_side": 4096}, "messages[0]", "spectrogram", None)
+
+
+def test_the_cli_suggests_the_closest_domain(capsys):
+    from longllava_sdk.cli import main
+
+    assert main(["finetune", "--domain", "medcal"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown domain 'medcal' (did you mean 'medical'?)" in err and "Traceback" not in err

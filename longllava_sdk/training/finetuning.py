@@ -168,7 +168,7 @@ def plan_finetune(
         if data is None:
             raise ConfigError(f"nothing to train on: pass {option_hint('domain', 'NAME')} (a registered domain or a "
                               f"recipe .yaml) or {option_hint('data', 'FILE')}")
-        recipe = Recipe(name="custom", stage=stage or "domain", head=HeadSettings(type=head or "generate"))
+        recipe = Recipe(name="custom", stage=get_stage(stage or "domain").name, head=HeadSettings(type=head or "generate"))
     else:
         recipe = load_recipe(domain)
     if batch_size is not None:
