@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -250,41 +250,22 @@ def causal_conv1d(
     return causal_conv1d_torch(hidden_states, weight, bias, activation=activation, reset_mask=reset_mask)
 
 
-def causal_conv1d_update(
-    hidden_states: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """New columns ``(B, D, S)`` through the conv from ``conv_state`` ``(B, D, K)`` (updated in place)."""
-    kernel = _cuda_kernel("causal_conv1d_update", hidden_states)
-    if kernel is not None:
-        return kernel(hidden_states, conv_state, weight, bias, activation=activation)
-    return causal_conv1d_update_torch(hidden_states, conv_state, weight, bias, activation=activation)
+def _cuda_first(operation: str, torch_function: Callable) -> Callable:
+    """``torch_function`` behind the CUDA package's kernel of the same arguments (CUDA tensors only)."""
+
+    @functools.wraps(torch_function)
+    def dispatch(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return (_cuda_kernel(operation, args[0]) or torch_function)(*args, **kwargs)
+
+    return dispatch
 
 
-def selective_state_update(
-    state: torch.Tensor,
-    hidden_states: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    dt_bias: torch.Tensor | None = None,
-    dt_softplus: bool = False,
-) -> torch.Tensor:
-    """One recurrent step: ``state`` ``(B, D, N)`` updated in place; returns ``(B, D)``.
-
-    hidden_states, dt, z: ``(B, D)``; A: ``(D, N)``; B, C: ``(B, N)``; D, dt_bias: ``(D,)``.
-    """
-    kernel = _cuda_kernel("selective_state_update", hidden_states)
-    if kernel is not None:
-        return kernel(state, hidden_states, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
-    return selective_state_update_torch(state, hidden_states, dt, A, B, C, D, z=z, dt_bias=dt_bias,
-                                        dt_softplus=dt_softplus)
+#: New columns ``(B, D, S)`` through the conv from ``conv_state`` ``(B, D, K)`` (updated in place):
+#: causal-conv1d's ``causal_conv1d_update`` on CUDA, else :func:`~.causal_conv1d.causal_conv1d_update_torch`.
+causal_conv1d_update = _cuda_first("causal_conv1d_update", causal_conv1d_update_torch)
+#: One recurrent step, ``state`` ``(B, D, N)`` updated in place: mamba-ssm's ``selective_state_update``
+#: on CUDA, else :func:`~.selective_state_update.selective_state_update_torch`.
+selective_state_update = _cuda_first("selective_state_update", selective_state_update_torch)
 
 
 # --------------------------------------------------------------------------------------------
