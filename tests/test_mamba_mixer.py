@@ -9,6 +9,7 @@ what it computed before a LongLLaVA model existed.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,22 @@ def test_sdk_paths_equal_transformers_forward_and_cache_layout(text_config):
     torch.testing.assert_close(cache_access.recurrent_state(ours_cache, layer),
                                cache_access.recurrent_state(theirs_cache, layer), rtol=1e-4, atol=1e-5)
     assert ours_cache.get_seq_length(layer) == theirs_cache.get_seq_length(layer)
+
+
+def test_a_cache_recording_its_past_runs_transformers_forward(text_config, monkeypatch):
+    """Assisted decoding's recording cache (per-token history for a crop) takes transformers' own path."""
+    mixer, layer = _mixer_and_cache(text_config)
+    ours_cache, theirs_cache = (cache_access.new_hybrid_cache(text_config) for _ in range(2))
+    if not hasattr(ours_cache, "activate_past_recording"):
+        pytest.skip("this transformers' cache cannot record its past")
+    keeps = "kwargs" in inspect.signature(ours_cache.activate_past_recording).parameters  # 5.25: states to keep
+    for cache in (ours_cache, theirs_cache):
+        cache.activate_past_recording(**({"recurrent_states_to_keep": 1} if keeps else {}))
+    monkeypatch.setattr(LongLLaVAMambaMixer, "sequence_forward", None)  # must not be reached
+    monkeypatch.setattr(LongLLaVAMambaMixer, "decode_step", None)
+    hidden = torch.randn(1, 5, text_config.hidden_size)
+    with torch.no_grad():
+        for piece in (hidden[:, :4], hidden[:, 4:]):
+            ours = mixer(piece, cache=ours_cache)
+            theirs = JambaMambaMixer.forward(mixer, piece, **{cache_access.MIXER_CACHE_ARGUMENT: theirs_cache})
+            assert torch.equal(ours, theirs)
