@@ -6,7 +6,7 @@ A model folder is what ``Pipeline.from_pretrained`` loads and what training writ
     tokenizer*.json, preprocessor_config.json, longllava_processor.json, processor_config.json,
     chat_template.jinja                     the processor (AutoProcessor loads it too)
     head_config.json + head.safetensors     the task head, when one was trained
-    longllava_training.json                 how the folder was made (base model, adapter...)
+    longllava_training.json                 how the folder was made (base model, adapter, random_init...)
 
 A LoRA run also writes an *adapter* folder (peft's ``adapter_config.json`` +
 ``adapter_model.safetensors``); :func:`merge_adapter` folds it into its base model and writes
@@ -43,7 +43,7 @@ __all__ = [
     "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "TRAINING_INFO_NAME", "STATE_WEIGHTS_NAME",
     "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME",
     "create_model", "save_model", "load_model", "save_head", "read_head_config", "load_head",
-    "read_training_info", "resolve_base_model", "merge_lora", "export_merged", "merge_adapter",
+    "read_training_info", "random_init_of", "RANDOM_INIT_KEY", "resolve_base_model", "merge_lora", "export_merged", "merge_adapter",
 ]
 
 HEAD_CONFIG_NAME = "head_config.json"
@@ -227,6 +227,19 @@ def check_weights_match_config(path: str | os.PathLike[str], config: "LongLLaVAC
                               "together")
 
 
+#: Key of ``longllava_training.json`` saying the weights started from a random initialisation
+#: (``"tiny preset, seed 0"``): written by ``init-model`` and by fine-tunes of a new preset model,
+#: carried into every model made from such a folder, so reports can say "a random-weight demo".
+RANDOM_INIT_KEY = "random_init"
+
+
+def random_init_of(directory: str | os.PathLike[str]) -> str | None:
+    """How a model folder's weights were randomly initialised (``"tiny preset, seed 0"``), or
+    ``None`` for weights that came from a real checkpoint (or a folder that does not say)."""
+    value = read_training_info(directory).get(RANDOM_INIT_KEY)
+    return str(value) if value else None
+
+
 def read_training_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """``longllava_training.json`` of a folder (``{}`` when absent or unreadable)."""
     path = Path(directory) / TRAINING_INFO_NAME
@@ -278,7 +291,7 @@ def load_head(directory: str | os.PathLike[str], device: str | torch.device | No
         CheckpointError: the head's name is not registered by any installed plugin, or its
             weights are missing / do not match the config.
     """
-    from .plugin_manager import available_heads
+    from .registry import available_heads
 
     config = read_head_config(directory)
     if config is None:
@@ -385,4 +398,6 @@ def merge_adapter(adapter_dir: str | os.PathLike[str], output: str | os.PathLike
     if (adapter / "tokenizer_config.json").is_file():
         processor = LongLLaVAProcessor.from_pretrained(adapter, config=model.config)
     info = {"adapter": str(adapter.resolve()), "base_model": str(base_dir.resolve())}
+    if random_init_of(base_dir):
+        info[RANDOM_INIT_KEY] = random_init_of(base_dir)
     return export_merged(peft_model, processor, output, head_from=adapter, info=info, overwrite=overwrite)

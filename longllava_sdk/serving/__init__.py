@@ -4,7 +4,7 @@
 
     from longllava_sdk.serving import serve, create_app, ServerSettings
 
-    serve("runs/medical-lora/merged", root="/data/studies")       # blocks; 127.0.0.1:8000
+    serve("runs/medical-lora/model", root="/data/studies")       # blocks; 127.0.0.1:8000
     app = create_app(pipeline, ServerSettings(root=Path("/data")))  # an ASGI app to embed or test
 
 Modules: ``app`` (routes), ``content`` (messages and media parts), ``security`` (API key,
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .server import API_KEY_ENV, serve
-from .settings import DEFAULT_CLIENT_ADAPTER_OPTIONS, ServerSettings
+from .settings import ServerSettings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -37,4 +37,4 @@ def create_app(pipeline: "Pipeline", settings: ServerSettings | None = None) -> 
     return build(pipeline, settings)
 
 
-__all__ = ["API_KEY_ENV", "DEFAULT_CLIENT_ADAPTER_OPTIONS", "ServerSettings", "create_app", "serve"]
+__all__ = ["API_KEY_ENV", "ServerSettings", "create_app", "serve"]

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
+from ..root_jail import OutsideRoot, confine_to
 from .api_errors import APIError, PathRedactor, error_body
 
 Scope = MutableMapping[str, Any]
@@ -120,12 +121,9 @@ class RootJail:
         # lies outside the root.
         outside = APIError(400, "the path is outside the server's allowed root", code="path_outside_root", param=param)
         try:
-            real = candidate.resolve(strict=False)
-        except (OSError, RuntimeError):  # symlink loops, unreadable components
+            return confine_to(candidate, self.root)
+        except (OutsideRoot, OSError, ValueError, RuntimeError):  # outside, loops, unusable components
             raise outside from None
-        if not real.is_relative_to(self.root):
-            raise outside
-        return real
 
     def _check_folder(self, folder: Path, param: str) -> None:
         seen = 0
