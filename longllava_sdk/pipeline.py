@@ -4,7 +4,7 @@
 
     from longllava_sdk import Pipeline
 
-    pipe = Pipeline.from_pretrained("runs/medical-lora/merged")
+    pipe = Pipeline.from_pretrained("runs/medical-lora/model")
     pipe("Is there a nodule?", volume="ct_series/")            # DICOM / NIfTI
     pipe("Which tiles show water?", tiled="scene.tif")          # GeoTIFF, global + tiles
     pipe("What happens?", video="clip.mp4")                     # sampled frames, <vid>..<t>..

@@ -145,23 +145,6 @@ def test_a_run_time_hook_that_raises_is_named(fake_dist):
                                           model=None, config=None)
 
 
-def test_the_example_plugin_heads_meet_every_contract():
-    """docs/examples/longllava-example-plugin's heads pass the same checks a run applies."""
-    from pathlib import Path
-
-    from longllava_sdk.contracts import check_head
-
-    src = Path(__file__).resolve().parents[1] / "docs" / "examples" / "longllava-example-plugin" / "src"
-    sys.path.insert(0, str(src))
-    try:
-        probe = importlib.import_module("longllava_example_plugin.probe_head")
-        severity = importlib.import_module("longllava_example_plugin.severity_head")
-        check_head(probe.LinearProbeHead, ["benign", "malignant"])
-        check_head(severity.SeverityHead, ["severity"])
-    finally:
-        sys.path.remove(str(src))
-
-
 # -- "did you mean" ---------------------------------------------------------------------------
 
 def test_unknown_domain_suggests_the_closest():
