@@ -125,6 +125,14 @@ def test_bad_command_lines_are_one_line_with_status_2(argv, expected, capsys):
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_misspelt_key_in_a_config_file_gets_did_you_mean(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("domian: medical\n")
+    assert main(["finetune", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "'domian' (did you mean 'domain'?)" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_values_of_parameter_objects_speak_cli(capsys):
     assert main(["plan", "--dtype", "int4"]) == 1
     assert "--dtype" in capsys.readouterr().err
