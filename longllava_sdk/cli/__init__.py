@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import inspect
 import logging
 import os
@@ -54,7 +53,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import LongLLaVAError, cli_interface
+from ..errors import LongLLaVAError, cli_interface, did_you_mean, unknown_name_message
 from ..options import is_options_class, option_fields
 
 BUILTIN_PLUGIN = "longllava_sdk.cli"
@@ -102,11 +101,6 @@ def _group_help(prog: str, description: str, commands: dict[str, Callable[..., A
             f"takes --config FILE (YAML) and --print-config.")
 
 
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def _select(argv: list[str]) -> tuple[str, Callable[..., Any] | None, list[str], str | None]:
     """(prog, the command function, its arguments, help text to print instead) for ``argv``.
 
@@ -123,8 +117,7 @@ def _select(argv: list[str]) -> tuple[str, Callable[..., Any] | None, list[str],
             raise UsageError(f"{prog}: error: expected a {metavar.lower()} before {name} "
                              f"({', '.join(commands)}); see {prog} --help")
         if name not in commands:
-            raise UsageError(f"{prog}: error: unknown {metavar.lower()} {name!r}{_did_you_mean(name, commands)} "
-                             f"(see {prog} --help)")
+            raise UsageError(f"{prog}: error: {unknown_name_message(metavar.lower(), name, commands)}")
         func, argv, prog = commands[name], argv[1:], f"{prog} {name}"
         subcommands = getattr(func, "subcommands", None)
         if not subcommands:
@@ -285,8 +278,11 @@ def _one_line(message: str, parser: Any) -> str:
             flag if (flag := "--" + name.replace("_", "-")) in parser.flags else name.upper() for name in names)
     unknown = re.match(r"unrecognized arguments: (.*)", message, re.IGNORECASE)
     if unknown:
-        hints = [f"{word}{_did_you_mean(word.split('=')[0], parser.flags)}" for word in unknown.group(1).split()
-                 if word.startswith("-")]
+        hints = []
+        for word in unknown.group(1).split():
+            if word.startswith("-"):
+                close = did_you_mean(word.split("=")[0], parser.flags)
+                hints.append(f"{word} (did you mean {close}?)" if close else word)
         message = "unrecognized arguments: " + ", ".join(hints or [unknown.group(1)])
     return message
 
@@ -400,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(text)
                 return 0 if args else 2  # args: the --help that asked for it
             result = func(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
         except UsageError as exc:
             print(exc, file=sys.stderr)
             return 2

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_name_error
 from ..recipes import COMPONENTS, STAGES, Stage  # the one stage table (recipes name stages)
 
 #: parameter-name prefix of each model component (on the unwrapped LongLLaVA model).
@@ -48,7 +48,7 @@ def get_stage(name: str | Stage) -> Stage:
         return name
     key = str(name).strip().lower().replace("_", "-")
     if key not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; available: {', '.join(STAGES)}")
+        raise unknown_name_error("stage", str(name), STAGES)
     return STAGES[key]
 
 
