@@ -127,12 +127,17 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
     report = DeidentifyReport(output=target)
     problems: list[str] = []
     with atomic_directory(target, overwrite=overwrite) as staging:
+        seen: set[str] = set()
         for path in files:
             shown = path.name if path == source else path.relative_to(source).as_posix()
             problem = _check_file(path, source)
             if problem is not None:
                 problems.append(f"{shown}: {problem}")
                 continue
+            real = os.path.realpath(path)
+            if real in seen:  # a link to a file of the source already read: one instance, written once
+                continue
+            seen.add(real)
             if not _is_dicom(path):
                 report.skipped.append(shown)
                 continue

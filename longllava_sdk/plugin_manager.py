@@ -238,7 +238,7 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         unmarked = _unmarked_hook_functions(plugin, set(record.hooks))
         if unmarked:
             warn_plugin(f"plugin {plugin_name!r} defines {', '.join(unmarked)} without @hookimpl; "
-                  "the SDK ignores these functions (decorate them with longllava_sdk.hookimpl)")
+                        "the SDK ignores these functions (decorate them with longllava_sdk.hookimpl)")
         return registered
 
     def _describe_violation(self, plugin_name: str, exc: pluggy.PluginValidationError) -> str:

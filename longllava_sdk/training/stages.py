@@ -30,7 +30,7 @@ LLM's ``lm_head`` when a classification head replaces it.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 from torch import nn
