@@ -178,3 +178,38 @@ def test_a_closed_pipe_ends_quietly_with_141():
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def _documented_command_lines() -> list[tuple[str, str]]:
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip().removeprefix("$ ")
+                if line.startswith("longllava-sdk "):
+                    line = re.split(r" #| \| | > | && ", line)[0]
+                    found.append((path.name, " ".join(shlex.split(line)[1:])))
+    return found
+
+
+def test_every_documented_command_line_parses():
+    """A flag renamed in the code but not in README.md / docs/ fails here."""
+    import shlex
+
+    from longllava_sdk.errors import ConfigError
+
+    lines = _documented_command_lines()
+    assert len(lines) > 15
+    for name, line in lines:
+        try:
+            parse_command(shlex.split(line))
+        except SystemExit:
+            pass
+        except ConfigError:
+            pass  # a value checked against this machine (a --root that does not exist here)
+        except Exception as exc:  # noqa: BLE001 - the message names the line
+            pytest.fail(f"{name}: longllava-sdk {line}: {exc}")
