@@ -62,7 +62,7 @@ def create_model(preset: str = "tiny", seed: int = 0
                  ) -> tuple[LongLLaVAForConditionalGeneration, LongLLaVAProcessor]:
     """A randomly initialised model of ``preset`` and a processor with the local tokenizer."""
     from .config import LongLLaVAConfig
-    from .modeling.mamba_kernels import announce_kernels
+    from .modeling.kernels import announce_kernels
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
@@ -115,7 +115,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         CheckpointError: no such folder, no weights; UnsafeCheckpointError: pickle weights
             without ``allow_pickle``.
     """
-    from .modeling.mamba_kernels import announce_kernels
+    from .modeling.kernels import announce_kernels
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 

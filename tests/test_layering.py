@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("errors", "options", "media", "hookspecs", "config", "adapters", "heads", "contracts", "units", "validation", "root_jail",
          "checkpoint", "highres", "context_limit", "processing.protocol", "processing.tokenizer", "importers", "manifest",
-         "deidentify", "chance")),
+         "deidentify", "atomic", "chance")),
     (1, ("plugin_manager", "registry")),
     (2, ("recipes", "data_import")),
     (3, ("modeling", "processing")),

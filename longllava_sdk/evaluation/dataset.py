@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..chance import chance_baselines
-from ..options import LoadOptions, reject_unknown, take_options
 from ..errors import ConfigError
 from ..heads import TaskHead
 from ..model_folders import random_init_of, read_training_info
+from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import load_recipe
 from ..training.data import TrainingDataset, final_answer, prepare_datasets

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..options import LoadOptions, reject_unknown, take_options
 from ..media import Media
+from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
 from .haystack import (INSERTIONS, Haystack, HaystackPlan, HaystackPool, HaystackSource, Placement, build_haystack,
                        verify_haystack)

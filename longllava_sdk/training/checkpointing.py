@@ -49,7 +49,7 @@ from typing import Any, Iterator
 import torch
 from transformers.trainer_callback import TrainerCallback
 
-from ..checkpoint import replace_directory, sync_directory
+from ..atomic import replace_directory, sync_directory
 from ..errors import CheckpointError, ConfigError, TrainingError, option_hint
 
 logger = logging.getLogger(__name__)

@@ -270,7 +270,7 @@ def plan_finetune(
         if data is None:
             raise ConfigError(f"nothing to train on: pass {option_hint('domain', 'NAME')} (a registered domain or a "
                               f"recipe .yaml) or {option_hint('data', 'FILE')}")
-        recipe = Recipe(name="custom", stage=stage or "domain", head=HeadSettings(type=head or "generate"))
+        recipe = Recipe(name="custom", stage=get_stage(stage or "domain").name, head=HeadSettings(type=head or "generate"))
     else:
         recipe = load_recipe(domain)
     if batch_size is not None:
@@ -383,7 +383,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
         if not is_main and opts["resume"]:
             resume_from = latest_complete_checkpoint(output_dir)
     model, _ = load_model(base_dir, dtype=dtype)
-    get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+    get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                       model=model, config=model.config)
     if resume_from is not None and is_main:
         logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
