@@ -121,6 +121,7 @@ def test_the_run_folder_is_what_hf_and_llama_factory_users_look_for(classify_run
     assert config["model_dir"] == "model" and config["run"]["head"] == "classify"
     assert config["schedule"]["learning_rate"] == 1e-3 and config["schedule"]["batch_size"] == 2
     assert config["recipe"]["training"]["batch_size"] == 2 and config["options"]["max_steps"] is None
+    assert config["arguments"]["domain"] == str(recipe) and config["arguments"]["force_schedule"] is False
     assert {"torch", "transformers", "peft"} <= set(config["versions"])
     assert len(config["data"]["train"]["sha256"]) == 64 and config["data"]["train"]["rows"] == 6
     # one name for the model; the old LoRA name is a relative link to it
