@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from .checkpoint import PICKLE_SUFFIXES, atomic_directory, check_weights_safe
 from .config import PRESETS, LongLLaVAConfig
 from .errors import CheckpointError, ConfigError, option_hint
+from .options import DTYPES
 from .units import parse_size
 
 OFFICIAL_MODEL_TYPE = "llava_jamba"
@@ -629,7 +630,7 @@ def check_plan(plan: ConversionPlan, sources: CombinedSources, expected: dict[st
 def _resolve_dtype(dtype: str) -> torch.dtype | None:
     if dtype in ("auto", "", None):
         return None
-    value = getattr(torch, str(dtype), None)
+    value = getattr(torch, DTYPES.get(str(dtype), str(dtype)), None)  # the SDK's dtype names and aliases
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise CheckpointError(f"dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     return value

@@ -4,7 +4,7 @@
 
     from longllava_sdk import Pipeline
 
-    pipe = Pipeline.from_pretrained("runs/medical-lora/merged")
+    pipe = Pipeline.from_pretrained("runs/medical-lora/model")
     pipe("Is there a nodule?", volume="ct_series/")            # DICOM / NIfTI
     pipe("Which tiles show water?", tiled="scene.tif")          # GeoTIFF, global + tiles
     pipe("What happens?", video="clip.mp4")                     # sampled frames, <vid>..<t>..
@@ -133,7 +133,7 @@ class Pipeline:
         vision path kept; :mod:`longllava_sdk.quantization`).
         """
         model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
-        get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+        get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                           model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
         return cls(model, processor, head=None if head is None or head.generates else head)

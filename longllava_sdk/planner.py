@@ -1,6 +1,6 @@
 """Memory planner: how much memory a prompt of N images needs, and how many images fit.
 
-``longllava-sdk plan --preset 9b --images 1000 --gpu-memory 80GiB --dtype int8`` prints the
+``longllava-sdk plan --preset 9b --images 1000 --gpu-memory 80GiB --quantize int8`` prints the
 budget line by line for the hybrid and for an equal-size transformer (the same config with
 every layer an attention layer), each with a one-shot prefill (the whole prompt in one
 forward) and the SDK's chunked prefill, and the most images that fit.
@@ -47,6 +47,7 @@ from .config import LongLLaVAConfig
 from .context_limit import max_images_for
 from .errors import ConfigError
 from .modeling.chunked_prefill import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, effective_chunk
+from .options import LoadOptions, reject_unknown, take_options
 from .quantization import skipped_module
 from .units import GiB, MiB, parse_size
 
@@ -541,6 +542,11 @@ def _tag_tokens(config: LongLLaVAConfig) -> int:
     return _tokens_of(IMAGE.replace(IMAGE_PLACEHOLDER, ""))
 
 
+#: What ``plan`` plans for unless told: a CUDA device, weights in bf16.
+PLAN_LOAD = LoadOptions(device="cuda")
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def plan(
     *,
     preset: str = "9b",
@@ -548,12 +554,12 @@ def plan(
     images: int = 0,
     video_frames: int = 0,
     gpu_memory: str | None = None,
-    device: str = "cuda",
-    dtype: str = "bf16",
+    load: LoadOptions = PLAN_LOAD,
     text_tokens: int = 512,
     tokens_per_image: int | None = None,
     prefill_chunk: int | None = None,
     vision_batch: int | None = None,
+    **fields: Any,
 ) -> MemoryPlan:
     """Plan the memory of a long prompt: budget line by line, and how many images fit.
 
@@ -564,15 +570,21 @@ def plan(
         video_frames: video frames in the prompt (images plus the <t> between frames).
         gpu_memory: the GPU's memory, e.g. 80GiB or 24GiB (GB means 10^9 bytes, GiB 2^30);
             with --device cpu the RAM to plan for (default: this machine's).
-        device: cuda or cpu.
-        dtype: weights in fp32, bf16, fp16 or int8 (the SDK's int8: Mamba, vision and embeddings
-            kept in 16 bits).
+        load: the device (cuda, the default, or cpu), the dtype (default: bf16 on cuda, fp32
+            on cpu) and --quantize int8 (the SDK's int8: Mamba, vision and embeddings kept in
+            16 bits) to plan for, as a model would be loaded with them.
         text_tokens: tokens of the question and chat template.
         tokens_per_image: LLM tokens per image (default: the model's, 144).
         prefill_chunk: tokens per chunk of the chunked prefill (default: the model's, 2048).
         vision_batch: images per CLIP batch (default: the model's vision_chunk_size, 16; 0: all
             images at once, as the official code encodes them).
+        fields: :class:`~longllava_sdk.options.LoadOptions` fields by name (``dtype="bf16"``,
+            ``quantize="int8"``, ``device="cpu"``).
     """
+    load = take_options(fields, LoadOptions, load)
+    reject_unknown(fields, "plan")
+    device = "cuda" if load.device == "auto" or load.device.startswith("cuda") else load.device
+    dtype = "int8" if load.quantize else _SHORT_DTYPES[load.dtype or ("float32" if device == "cpu" else "bfloat16")]
     from .processing.protocol import FRAME_SEPARATOR, VIDEO_END, VIDEO_START
 
     if model is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from longllava_sdk.cli import build_parser, main
+from longllava_sdk.cli import available_commands, command_parser, main
 from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
 from trainer_fixtures import write_colour_dataset, write_micro_model
 
@@ -113,7 +113,7 @@ def test_finetune_that_fails_before_training_leaves_nothing_and_reruns_cleanly(t
     plan = plan_finetune(str(recipe), model=str(base), output=str(out), max_steps=1)
     prepare_output_dir(out, run_info=plan.run_info)  # what a killed run leaves
     assert main(argv) == 0, capsys.readouterr().err
-    assert (out / "merged" / "model.safetensors").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
 
 
 def test_resume_logs_the_checkpoint_it_picks(tmp_path, capsys, caplog):
@@ -124,19 +124,22 @@ def test_resume_logs_the_checkpoint_it_picks(tmp_path, capsys, caplog):
     assert main([*common, "--max-steps", "2"]) == 0
     capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="longllava_sdk"):
-        assert main([*common, "--max-steps", "3", "--resume"]) == 0
+        assert main([*common, "--max-steps", "3", "--resume", "--force-schedule"]) == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"resuming from {out / 'checkpoint-2'} (step 2)" in m for m in messages), messages
 
 
 def test_subcommand_help_shows_each_option_once():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, command_parser in sub.choices.items():
-        text = command_parser.format_help()
-        for action in command_parser._actions:
+    commands = {}
+    for name, func in available_commands().items():
+        for sub, f in (getattr(func, "subcommands", None) or {"": func}).items():
+            commands[f"{name} {sub}".strip()] = f
+    for name, func in commands.items():
+        parser = command_parser(func)
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
             if action.help and len(action.help) > 25 and action.dest != "help":
-                first = action.help.split("(")[0].strip()[:40]
+                first = " ".join(action.help.split())[:40]
                 assert text.count(first) == 1, f"{name}: {first!r} printed {text.count(first)} times"
 
 

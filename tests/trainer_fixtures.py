@@ -29,7 +29,7 @@ def ensure_builtin_plugins() -> None:
 
     manager = get_plugin_manager()
     if "classify" not in available_heads() and not manager.has_plugin("heads"):
-        manager.register(importlib.import_module("longllava_plugins.heads"), name="heads")
+        manager.register(importlib.import_module("longllava_plugins.heads_hooks"), name="heads")
     for name in ("images", "video", "dicom", "nifti", "geotiff"):
         if name not in available_adapters() and not manager.has_plugin(name):
             try:

@@ -27,7 +27,8 @@ class ServerSettings(BaseModel):
     """Limits and security switches of one server (see docs/serving.md).
 
     Attributes:
-        model_name: the model id clients send as ``model`` and ``/v1/models`` lists.
+        model_name: the model id clients send as ``model`` and ``/v1/models`` lists; default: the
+            served folder's name (``serve``), ``longllava`` (an app built by ``create_app``).
         root: the only folder server-side paths may name (symlinks resolved); ``None``
             refuses every server-side path.
         api_key: required as ``Authorization: Bearer KEY`` on every route but ``/health``;
@@ -57,7 +58,7 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model_name: Annotated[str, Field(min_length=1)] = "longllava"
+    model_name: Annotated[str, Field(min_length=1)] | None = None
     root: Path | None = None
     api_key: str | None = None
     allow_remote: tuple[str, ...] = ()
@@ -88,8 +89,8 @@ class ServerSettings(BaseModel):
 
     @field_validator("model_name")
     @classmethod
-    def _named(cls, name: str) -> str:
-        if not name.strip():
+    def _named(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
             raise ValueError("the model name must not be empty")
         return name
 
@@ -114,6 +115,10 @@ class ServerSettings(BaseModel):
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens ({self.default_max_tokens}) is above max_tokens ({self.max_tokens})")
         return self
+
+    def with_model_name(self, default: str) -> ServerSettings:
+        """These settings, with ``default`` as the model name when none was set."""
+        return self if self.model_name is not None else self.model_copy(update={"model_name": default})
 
     @property
     def max_body_bytes(self) -> int:
