@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .atomic import sync_directory
 from .errors import ConfigError, InputError, option_hint
 
 MANIFEST_SUFFIX = ".jsonl"
@@ -70,6 +71,7 @@ def atomic_manifest(path: str | os.PathLike[str], *, overwrite: bool = False) ->
         if target.exists() and not overwrite:  # appeared while we were writing
             raise InputError(target, f"already exists; pass {option_hint('overwrite')} to replace it")
         os.replace(temporary, target)
+        sync_directory(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

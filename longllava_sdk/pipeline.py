@@ -4,7 +4,7 @@
 
     from longllava_sdk import Pipeline
 
-    pipe = Pipeline.from_pretrained("runs/medical-lora/merged")
+    pipe = Pipeline.from_pretrained("runs/medical-lora/model")
     pipe("Is there a nodule?", volume="ct_series/")            # DICOM / NIfTI
     pipe("Which tiles show water?", tiled="scene.tif")          # GeoTIFF, global + tiles
     pipe("What happens?", video="clip.mp4")                     # sampled frames, <vid>..<t>..
@@ -104,6 +104,14 @@ _KIND_OF = {"video": "video", "volume": "volume", "tiled": "tiled"}
 
 #: The adapter option that asks for images decoded when their pixels are needed (see load_media).
 DEFER_OPTION = "defer_decoding"
+#: The adapter option bounding what one source (with deferred decoding: one image) may decode.
+DECODE_BUDGET_OPTION = "max_decoded_bytes"
+#: What one image of the ``images`` kind may decode through the Pipeline unless
+#: ``adapter_options`` say otherwise (its pixels and RGB copy, and for ``high_res`` the split):
+#: with the view's few tens of MB (:func:`~longllava_sdk.highres.plan_view_size`) this keeps one
+#: input within ~400 MB of a small one. A JPEG over it is decoded at a 1/2-1/8 DCT scale; other
+#: formats over it are refused naming the file (docs/reliability.md, "Decode cost").
+PIPELINE_IMAGE_DECODE_BYTES = 320 << 20
 
 
 def expand_glob(source: PathLike) -> PathLike | list[str]:
@@ -166,7 +174,7 @@ class Pipeline:
         vision path kept; :mod:`longllava_sdk.quantization`).
         """
         model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
-        get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+        get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                           model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
         return cls(model, processor, head=None if head is None or head.generates else head)
@@ -194,9 +202,15 @@ class Pipeline:
         """
         options = dict(options or {})
         reader = resolve_adapter(source, adapter, kind=kind, options=options)
-        if (defer_decoding and DEFER_OPTION in type(reader).options() and DEFER_OPTION not in options
+        declared = type(reader).options()
+        extra: dict[str, Any] = {}
+        if (defer_decoding and DEFER_OPTION in declared and DEFER_OPTION not in options
                 and not options.get("high_res")):
-            reader = resolve_adapter(source, reader.name, options={**options, DEFER_OPTION: True})
+            extra[DEFER_OPTION] = True
+        if reader.kind == "images" and DECODE_BUDGET_OPTION in declared and DECODE_BUDGET_OPTION not in options:
+            extra[DECODE_BUDGET_OPTION] = PIPELINE_IMAGE_DECODE_BYTES
+        if extra:
+            reader = resolve_adapter(source, reader.name, options={**options, **extra})
         media = reader.load(source, max_images=max_images or self.default_max_images)
         for line in media_warnings(media):
             logger.warning("%s", line)
@@ -221,9 +235,9 @@ class Pipeline:
             if isinstance(item, Media) or (isinstance(item, Image.Image) and not high_res):
                 collected.append(item)
             elif isinstance(item, Image.Image):
-                from .highres import split_high_res
+                from .highres import DEFAULT_MAX_TILES, split_high_res
 
-                overview, tiles, grid = split_high_res(item)
+                overview, tiles, grid = split_high_res(item, max_tiles=DEFAULT_MAX_TILES)
                 collected.append(Media(kind="tiled", images=[overview, *tiles], grid=grid, source="<PIL image>"))
             else:  # a path: the sub-image split of a file is an option of the images-kind adapter
                 item_options = {**options, "high_res": True} if high_res else options

@@ -159,3 +159,78 @@ def test_hook_markers_are_the_public_ones():
 
     assert longllava_sdk.hookimpl is hookspecs.hookimpl
     assert hookspecs.hookimpl.project_name == hookspecs.hookspec.project_name == "longllava_sdk"
+
+
+# -- contracts: every hook's default, every base-class member, the example plugin against them --
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_says_what_happens_without_an_implementation(hook):
+    assert "**Default:**" in _sections()[hook], f"section {hook}: say what the SDK does when no plugin implements it"
+
+
+def _contract_rows(section: str) -> dict[str, list[str]]:
+    """``member name -> [arguments, returns, default]`` from a section's contract table."""
+    rows = {}
+    for line in _sections()[section].splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        match = re.match(r"`(\w+)", cells[0]) if len(cells) == 4 else None
+        if match:
+            rows[match.group(1)] = cells[1:]
+    return rows
+
+
+def _public_members(cls: type) -> set[str]:
+    names = {n for n in vars(cls) if not n.startswith("_")} | set(getattr(cls, "__annotations__", {}))
+    return names | {"__init__"}
+
+
+@pytest.mark.parametrize(("section", "base"), [("InputAdapter", "longllava_sdk.adapters:InputAdapter"),
+                                               ("TaskHead", "longllava_sdk.heads:TaskHead")])
+def test_every_base_class_member_has_a_documented_contract(section, base):
+    import importlib
+
+    module, _, name = base.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    rows = _contract_rows(section)
+    missing = sorted(_public_members(cls) - set(rows))
+    assert not missing, f"docs/plugin_hooks.md '## {section}' has no contract row for {missing}"
+    for member, (arguments, returns, default) in rows.items():
+        assert arguments and returns and default, f"{section}.{member}: arguments, returns and default are all due"
+
+
+def test_the_example_plugin_follows_the_documented_contracts():
+    """docs/examples/longllava-example-plugin against the contract tables: only documented
+    members overridden, with the base's arguments; its heads pass the run-time contract check."""
+    import importlib
+    import sys
+
+    from longllava_sdk.adapters import InputAdapter
+    from longllava_sdk.contracts import check_head
+    from longllava_sdk.heads import TaskHead
+
+    src = REPO / "docs" / "examples" / "longllava-example-plugin" / "src"
+    sys.path.insert(0, str(src))
+    try:
+        plugin = importlib.import_module("longllava_example_plugin")
+        classes = [*plugin.longllava_register_adapters(), *plugin.longllava_register_heads()]
+        assert classes, "the example plugin registers nothing"
+        for cls in classes:
+            base, section = (InputAdapter, "InputAdapter") if issubclass(cls, InputAdapter) else (TaskHead, "TaskHead")
+            documented = set(_contract_rows(section))
+            for member in _public_members(base) & set(vars(cls)):
+                assert member in documented, f"{cls.__name__}.{member} is not in the {section} contract"
+                mine, theirs = getattr(cls, member), getattr(base, member, None)
+                if callable(mine) and callable(theirs) and member != "__init__":
+                    expected = [p for p in inspect.signature(theirs).parameters if p != "self"]
+                    given = [p for p in inspect.signature(mine).parameters if p != "self"]
+                    assert given[:len(expected)] == expected, f"{cls.__name__}.{member}{given}: the contract is {expected}"
+            assert isinstance(cls.name, str) and cls.name
+            if issubclass(cls, InputAdapter):
+                assert isinstance(cls.kind, str) and isinstance(cls.extensions, tuple)
+                assert set(cls.client_options) <= set(cls.options())
+            else:
+                check_head(cls, ["mild", "severe"] if cls.problem_type != "regression" else ["severity"])
+    finally:
+        sys.path.remove(str(src))
+        for name in [m for m in sys.modules if m.startswith("longllava_example_plugin")]:
+            del sys.modules[name]

@@ -62,7 +62,7 @@ def test_every_tutorial_command_runs(tmp_path):
                           timeout=900, env=env, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     out, err = done.stdout, done.stderr
-    assert (tmp_path / "runs" / "first-hour" / "merged" / "config.json").is_file()
+    assert (tmp_path / "runs" / "first-hour" / "model" / "config.json").is_file()
     assert (tmp_path / "runs" / "first-hour-eval" / "report.json").is_file()
     assert "finetune done" in out
     assert "--prompt is the head's input prompt" in err  # infer on a head model says so

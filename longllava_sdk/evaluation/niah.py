@@ -11,7 +11,7 @@ image can answer. A sweep over ``N`` x depth gives the paper's heatmap.
 
     from longllava_sdk.evaluation import evaluate_niah
 
-    report = evaluate_niah(model="runs/video-lora/merged", num_images=[8, 64, 256], depths=[0, 0.5, 1])
+    report = evaluate_niah(model="runs/video-lora/model", num_images=[8, 64, 256], depths=[0, 0.5, 1])
     report.groups["num_images x depth"]      # accuracy per cell; report.heatmap_path: the PNG
 
 Everything is decided by the seed: :func:`plan_niah` lists the items (value, options, pool
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..options import LoadOptions, reject_unknown, take_options
 from ..media import Media
+from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
 from .haystack import (INSERTIONS, Haystack, HaystackPlan, HaystackPool, HaystackSource, Placement, build_haystack,
                        verify_haystack)

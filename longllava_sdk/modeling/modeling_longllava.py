@@ -15,7 +15,8 @@ Data flow for a batch with ``N`` images in total::
 Submodules (and so checkpoint key prefixes): ``vision_tower`` (transformers
 ``CLIPVisionModel``), ``projector`` (``linear_1``, ``linear_2``), ``language_model``
 (transformers ``JambaForCausalLM``: ``language_model.model.layers.{i}...``,
-``language_model.lm_head``).
+``language_model.lm_head``; its Mamba mixers are
+:class:`~longllava_sdk.modeling.mamba_mixer.LongLLaVAMambaMixer`, same parameter names).
 """
 
 from __future__ import annotations
@@ -36,13 +37,12 @@ from ..errors import ProtocolError
 from ..hf_auto import register_auto_class
 from . import cache_access
 from .cache_access import JAMBA_CACHE_ARGUMENT
-from .cache_continuation import attach_cache_continuation
 from .chunked_prefill import PrefillOutput, chunked_prefill, resolve_chunk_size
 from .image_stream import ImageSource, TensorImages, as_image_source
-from .mamba_decode import install_fast_decode
-from .mamba_kernels import boundaries_checkpoint_context_fn, install_mamba_kernels, mamba_sequence_boundaries
+from .mamba_mixer import swap_mamba_mixers
 from .pooling import pool_image_features
 from .projector import MultiModalProjector
+from .sequence_boundaries import boundaries_checkpoint_context_fn, mamba_sequence_boundaries
 
 
 def images_in_step(input_ids: torch.Tensor, step_length: int, tokens_per_image: int,
@@ -122,15 +122,12 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
 
     def __init__(self, config: LongLLaVAConfig) -> None:
         super().__init__(config)
-        install_mamba_kernels()
         self.vision_tower = CLIPVisionModel(config.vision_config)
         self.projector = MultiModalProjector(config.vision_config.hidden_size, config.text_config.hidden_size)
         self.language_model = JambaForCausalLM(config.text_config)
-        # Multi-token forwards that continue a cache (chunked prefill) start each Mamba scan
-        # from the cached SSM state, which transformers' mixer alone would drop.
-        attach_cache_continuation(self.language_model)
-        # One-token decode steps through the SDK's lean mixer step (set_fast_decode(model, False): transformers').
-        install_fast_decode(self.language_model)
+        # This instance's Mamba mixers become LongLLaVAMambaMixers (same parameters): the SDK's
+        # kernels, chunked prefill from the cached state, fast decode. transformers is not touched.
+        swap_mamba_mixers(self.language_model)
         self.post_init()
 
     # Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the

@@ -42,9 +42,10 @@ from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, Pr
                           PreTrainedTokenizerFast, ProcessorMixin)
 
 from ..config import LongLLaVAConfig
-from ..errors import InputError, ProtocolError
+from ..checkpoint import model_file_names
+from ..errors import CheckpointError, InputError, ProtocolError
 from ..hf_auto import PROCESSOR_AUTO_MAP, add_processor_auto_map, register_auto_class, write_auto_files
-from ..highres import expand_to_square, mean_colour
+from ..highres import mean_colour, square_view, trim_to_aspect
 from ..media import DeferredImage, Media, load_image
 from . import protocol
 from .tokenizer import build_tokenizer
@@ -217,6 +218,10 @@ class LongLLaVAProcessor(ProcessorMixin):
         directory = Path(directory) / str(kwargs.get("subfolder") or "")
         if not directory.is_dir():
             raise InputError(directory, "processor directory does not exist (processors load from local folders only)")
+        try:  # tokenizers opens its files by path: a FIFO among them would block it
+            model_file_names(directory)
+        except CheckpointError as exc:
+            raise InputError(directory, str(exc)) from None
         if (directory / "tokenizer.json").exists():
             # The generic fast class reads tokenizer.json as written. The class named in the
             # released tokenizer_config.json (LlamaTokenizer) would, in transformers 5, rebuild
@@ -271,12 +276,28 @@ class LongLLaVAProcessor(ProcessorMixin):
         return settings
 
     # -- images ------------------------------------------------------------------------------------
+    @property
+    def image_side(self) -> int:
+        """``S``: the side of the square the vision tower reads (336 for LongLLaVA)."""
+        crop = self.image_processor.crop_size  # a dict in older transformers, a SizeDict in 5.x
+        return int(crop["height"] if isinstance(crop, Mapping) else crop.height)
+
     def preprocess_images(self, images: Sequence[Image.Image | DeferredImage]) -> torch.Tensor:
-        """``(N, 3, S, S)`` CLIP-normalised pixels for ``N`` RGB images (pad-to-square first)."""
+        """``(N, 3, S, S)`` CLIP-normalised pixels for ``N`` RGB images (pad-to-square first).
+
+        Each image becomes its ``S x S`` view before the CLIP processor sees it
+        (:func:`~longllava_sdk.highres.square_view`: the released model's pad-to-square in the
+        CLIP mean, then resize), so the memory of one image is its decoded pixels plus a view,
+        whatever its aspect ratio: a 20000 x 20 image is never padded to 20000 x 20000.
+        Images are decoded (deferred ones) and converted one at a time.
+        """
         background = mean_colour(self.image_processor.image_mean)
-        prepared = [load_image(img).convert("RGB") for img in images]  # deferred images are decoded here
-        if self.pad_to_square:
-            prepared = [expand_to_square(img, background) for img in prepared]
+        side = self.image_side
+        prepared = []
+        for item in images:
+            image = load_image(item).convert("RGB")  # deferred images are decoded here, one at a time
+            prepared.append(square_view(image, side, background) if self.pad_to_square else trim_to_aspect(image, 2.0))
+            del image
         return self.image_processor(images=prepared, return_tensors="pt")["pixel_values"]
 
     # -- text ----------------------------------------------------------------------------------------

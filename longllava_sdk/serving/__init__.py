@@ -4,7 +4,7 @@
 
     from longllava_sdk.serving import serve, create_app, ServerSettings
 
-    serve("runs/medical-lora/merged", root="/data/studies")       # blocks; 127.0.0.1:8000
+    serve("runs/medical-lora/model", root="/data/studies")       # blocks; 127.0.0.1:8000
     app = create_app(pipeline, ServerSettings(root=Path("/data")))  # an ASGI app to embed or test
 
 Modules: ``app`` (routes), ``content`` (messages and media parts), ``security`` (API key,
