@@ -180,7 +180,7 @@ def test_a_closed_pipe_ends_quietly_with_141():
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
 
 
-def _documented_command_lines() -> list[tuple[str, str]]:
+def _documented_command_lines() -> list[tuple[str, list[str]]]:
     import re
     import shlex
 
@@ -191,8 +191,8 @@ def _documented_command_lines() -> list[tuple[str, str]]:
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip().removeprefix("$ ")
                 if line.startswith("longllava-sdk "):
-                    line = re.split(r" #| \| | > | && ", line)[0]
-                    found.append((path.name, " ".join(shlex.split(line)[1:])))
+                    line = re.split(r" #| \| | > | && | &$", line)[0]
+                    found.append((path.name, shlex.split(line)[1:]))
     return found
 
 
@@ -204,9 +204,10 @@ def test_every_documented_command_line_parses():
 
     lines = _documented_command_lines()
     assert len(lines) > 15
-    for name, line in lines:
+    for name, tokens in lines:
+        line = shlex.join(tokens)
         try:
-            parse_command(shlex.split(line))
+            parse_command(tokens)
         except SystemExit:
             pass
         except ConfigError:
