@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 #: rank of each module (dotted name under longllava_sdk, prefixes match sub-packages); a
 #: module may import modules of equal or lower rank only.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("errors", "media", "hookspecs", "config", "adapters", "heads", "checkpoint", "highres", "windowing", "tiff_layout", "context_limit",
+    (0, ("errors", "isolation", "media", "hookspecs", "config", "adapters", "heads", "checkpoint", "highres", "windowing", "tiff_layout", "context_limit",
          "processing.protocol", "processing.tokenizer")),
     (1, ("plugin_manager",)),
     (2, ("recipes",)),

@@ -60,6 +60,13 @@ def serve(
     default_max_tokens: int = 256,
     request_timeout: float = 300.0,
     client_adapter_options: list[str] | None = None,
+    max_request_memory: str | None = None,
+    max_prompt_kb: float | None = None,
+    isolate_decoding: bool = True,
+    decode_timeout: float = 30.0,
+    decode_memory_mb: int = 2048,
+    header_timeout: float = 10.0,
+    max_connections: int = 256,
     device: str = "auto",
     dtype: str | None = None,
     quantize: str | None = None,
@@ -96,6 +103,16 @@ def serve(
         client_adapter_options: adapter options clients may set in content parts (default: the
             options that choose what is read, e.g. window, series_uid, sampling, bands; never
             limits such as max_pixels).
+        max_request_memory: memory the requests in flight may plan to hold together, e.g. 4GB
+            (one planned over it: 413; over what is left: 429); default: half of the memory
+            available once the model is loaded.
+        max_prompt_kb: largest prompt text in KiB (413); default: 8 bytes per context token.
+        isolate_decoding: decode media in killable worker processes (--no-isolate-decoding
+            only for trusted inputs).
+        decode_timeout: seconds one media part may take to decode (then 422 decode_timeout).
+        decode_memory_mb: MiB a decoding worker may grow by (then 422 decode_memory).
+        header_timeout: seconds a connection may take to send its request head.
+        max_connections: open connections (more are closed at once).
         device: auto, cpu, cuda, cuda:1...
         dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
         quantize: int8: the language model's linear layers in 8 bits, Mamba and vision kept
@@ -116,11 +133,15 @@ def serve(
         max_concurrent=max_concurrent, max_queue=max_queue, request_timeout=request_timeout,
         client_adapter_options=tuple(client_adapter_options if client_adapter_options is not None
                                      else DEFAULT_CLIENT_ADAPTER_OPTIONS),
+        max_request_memory=max_request_memory, max_prompt_kb=max_prompt_kb, isolate_decoding=isolate_decoding,
+        decode_timeout=decode_timeout, decode_memory_mb=decode_memory_mb, header_timeout=header_timeout,
+        max_connections=max_connections,
     )
     import uvicorn
 
     from ..pipeline import Pipeline
     from .app import create_app
+    from .connections import uvicorn_options
     from .remote import RemotePolicy
 
     RemotePolicy(settings.allow_remote)  # a malformed entry fails here, before the model loads
@@ -133,5 +154,4 @@ def serve(
                 f"under {settings.root}" if settings.root else "refused",
                 ", ".join(settings.allow_remote) if settings.allow_remote else "refused",
                 "required" if settings.api_key else "not required")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, server_header=False,
-                timeout_keep_alive=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, **uvicorn_options(settings))

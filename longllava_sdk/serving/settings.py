@@ -62,6 +62,21 @@ class ServerSettings:
         max_folder_entries: files and folders a server-side folder (a DICOM series) may hold.
         client_adapter_options: adapter options a client may set (see
             :data:`DEFAULT_CLIENT_ADAPTER_OPTIONS`).
+        max_request_memory: the server-wide memory budget of requests in flight ("4GB",
+            "512MB"): each request is admitted by its planned peak (docs/serving.md); one over
+            the whole budget gets 413, one over what is left 429. ``None``: half of the memory
+            available when the server starts (after the model is loaded).
+        max_prompt_kb: largest prompt text (all messages), in KiB of UTF-8, checked before
+            tokenising (413); ``None``: 8 bytes per token of the model's context.
+        isolate_decoding: decode media in killable worker processes under ``decode_timeout``
+            and ``decode_memory_mb`` (OS limits); off only for trusted inputs.
+        decode_timeout: seconds one media part may take to decode (its worker is killed after).
+        decode_memory_mb: MiB a decoding worker's address space may grow by.
+        header_timeout: seconds a connection may take to send a complete request head.
+        keep_alive_timeout: seconds an idle keep-alive connection stays open.
+        body_timeout: seconds a client may take to send a request body.
+        max_connections: open connections; more are closed at once (and requests past it
+            get 503).
     """
 
     model_name: str = "longllava"
@@ -81,6 +96,15 @@ class ServerSettings:
     max_redirects: int = 3
     max_folder_entries: int = 10_000
     client_adapter_options: tuple[str, ...] = DEFAULT_CLIENT_ADAPTER_OPTIONS
+    max_request_memory: str | None = None
+    max_prompt_kb: float | None = None
+    isolate_decoding: bool = True
+    decode_timeout: float = 30.0
+    decode_memory_mb: int = 2048
+    header_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    body_timeout: float = 60.0
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         if not self.model_name.strip():
@@ -101,6 +125,10 @@ class ServerSettings:
             "max_tokens": self.max_tokens, "default_max_tokens": self.default_max_tokens,
             "max_concurrent": self.max_concurrent, "request_timeout": self.request_timeout,
             "remote_timeout": self.remote_timeout, "max_folder_entries": self.max_folder_entries,
+            "decode_timeout": self.decode_timeout, "decode_memory_mb": self.decode_memory_mb,
+            "header_timeout": self.header_timeout, "keep_alive_timeout": self.keep_alive_timeout,
+            "body_timeout": self.body_timeout, "max_connections": self.max_connections,
+            "max_prompt_kb": self.max_prompt_kb if self.max_prompt_kb is not None else 1,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -108,6 +136,8 @@ class ServerSettings:
         for name, value in {"max_queue": self.max_queue, "max_redirects": self.max_redirects}.items():
             if value < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {value} ({option_hint(name, 'N')})")
+        if self.max_request_memory is not None:
+            _memory_bytes(self.max_request_memory)  # a malformed size fails here, before the model loads
         if self.default_max_tokens > self.max_tokens:
             raise ConfigError(f"default_max_tokens ({self.default_max_tokens}) is above max_tokens ({self.max_tokens})")
 
@@ -120,6 +150,20 @@ class ServerSettings:
         return int(self.max_image_mb * MIB)
 
     @property
+    def request_memory_bytes(self) -> int | None:
+        """``max_request_memory`` in bytes (``None``: chosen from the machine at start)."""
+        return None if self.max_request_memory is None else _memory_bytes(self.max_request_memory)
+
+    @property
     def capacity(self) -> int:
         """Requests the server holds at once (running + queued); the next one gets 429."""
         return self.max_concurrent + self.max_queue
+
+
+def _memory_bytes(text: str) -> int:
+    from ..planner import parse_memory  # the planner's sizes: 4GB, 512MB (GB = GiB)
+
+    try:
+        return parse_memory(text)
+    except ConfigError as exc:
+        raise ConfigError(f"max_request_memory: {exc} ({option_hint('max_request_memory', 'SIZE')})") from None
