@@ -139,8 +139,8 @@ def spawn(worker: Callable[..., None], args: tuple[Any, ...], timeout_s: float, 
     ctx = context(preload)
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=worker, args=(send, *args), daemon=True)
+    child.start()  # returns once the fork server has forked it (the server's first start is not counted)
     started = time.monotonic()
-    child.start()
     send.close()
     message: Any = None
     answered = False

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive
 
-from ..isolation import DecodeLimits, stopping_when, warm_up
+from ..isolation import DecodeLimits, stopping_when
 from ..pipeline import Pipeline
 from ..planner import RequestCost
 from .api_errors import APIError, PathRedactor, error_body
@@ -418,10 +418,6 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> St
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if server.settings.isolate_decoding:
-            # The decoding workers' fork server imports the SDK once (seconds): now, not on the
-            # first request.
-            asyncio.get_running_loop().run_in_executor(None, warm_up)
         yield
         server.engine.shutdown()
 

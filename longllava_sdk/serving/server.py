@@ -147,6 +147,10 @@ def serve(
     RemotePolicy(settings.allow_remote)  # a malformed entry fails here, before the model loads
     pipeline = Pipeline.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
     app = create_app(pipeline, settings)
+    if settings.isolate_decoding:
+        from ..isolation import warm_up
+
+        warm_up()  # the decoding workers' fork server imports the SDK once: before the first request
     if not _is_loopback(host) and settings.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use the model "
                        "(set %s or pass %s)", host, API_KEY_ENV, option_hint("api_key", "KEY"))
