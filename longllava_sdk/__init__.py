@@ -5,16 +5,19 @@ Public API::
     from longllava_sdk import Pipeline, LongLLaVAConfig, LongLLaVAForConditionalGeneration
     from longllava_sdk import LongLLaVAProcessor, Media, InputAdapter, TaskHead, hookimpl
 
-``import longllava_sdk`` registers the model with transformers' Auto classes
-(``AutoConfig``, ``AutoModel``, ``AutoModelForCausalLM``, ``AutoModelForImageTextToText``,
-``AutoProcessor``), so a saved model folder loads with plain transformers + peft after a bare
-import. That needs torch and transformers' configuration / model modules (about 3 s on a
-cold start); everything else loads on first use of a name that needs it.
+Importing the package is light (no torch, transformers or numba): every name loads on first
+use. The model is registered with transformers' Auto classes (``AutoConfig``, ``AutoModel``,
+``AutoModelForCausalLM``, ``AutoModelForImageTextToText``, ``AutoProcessor``) by
+:func:`register_auto_classes`, which the SDK calls whenever it loads or builds a model, and
+``import longllava_sdk`` calls when transformers is already imported (``import transformers``
+first, then ``import longllava_sdk``: a saved folder loads with plain transformers + peft).
+Otherwise call ``longllava_sdk.register_auto_classes()`` before the Auto classes.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys as _sys
 from typing import Any
 
 from .errors import LongLLaVAError
@@ -38,22 +41,18 @@ _LAZY: dict[str, str] = {
     "get_plugin_manager": ".plugin_manager",
 }
 
-__all__ = ["LongLLaVAError", "hookimpl", *_LAZY]
+__all__ = ["LongLLaVAError", "hookimpl", "register_auto_classes", *_LAZY]
 
-import os as _os  # noqa: E402
 
-import torch as _torch  # noqa: E402
 
-# accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
-# warns "Setting accelerator to CPU ... unable to detect it" on a machine without a GPU: advice
-# a CPU user cannot act on. Naming the accelerator (DeepSpeed's documented override) keeps it
-# quiet and changes nothing else; a GPU machine or a user's own setting is left alone.
-if "DS_ACCELERATOR" not in _os.environ and not _torch.cuda.is_available():
-    _os.environ["DS_ACCELERATOR"] = "cpu"
+def register_auto_classes() -> None:
+    """Register LongLLaVA with transformers' Auto classes (imports torch and transformers; idempotent)."""
+    from .modeling import modeling_longllava  # noqa: F401  (registers config and models on import)
+    from .processing import processor  # noqa: F401  (registers AutoProcessor on import)
 
-# Registration with transformers' Auto classes happens when these modules are imported.
-from .modeling import modeling_longllava as _modeling  # noqa: E402,F401
-from .processing import processor as _processor  # noqa: E402,F401
+
+if "transformers" in _sys.modules:  # the caller uses transformers already: the Auto classes work at once
+    register_auto_classes()
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 An adapter is registered through the ``longllava_register_adapters`` hook (see
 :mod:`longllava_sdk.hookspecs`), built-ins exactly like third-party ones. Which adapter reads
-a source is decided in one place, :func:`longllava_sdk.plugin_manager.resolve_adapter`: the
+a source is decided in one place, :func:`longllava_sdk.registry.resolve_adapter`: the
 one named, else among the adapters of the requested :attr:`~InputAdapter.kind` the first
 that :meth:`~InputAdapter.claims` the path (extension first, then a cheap header sniff).
 
@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 from .errors import (
     AdapterError,
     ConfigError,
@@ -55,6 +57,9 @@ from .errors import (
     adapter_option_hint,
 )
 from .media import Media, MediaKind
+from .root_jail import OutsideRoot, confine_to, real_root
+from .units import format_bytes  # noqa: F401 - re-exported for adapters
+from .validation import problems as validation_problems
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,16 @@ class InputAdapter(ABC):
     extensions: ClassVar[tuple[str, ...]] = ()
     #: Lower numbers are asked first when several adapters claim the same path.
     priority: ClassVar[int] = 100
+    #: Options a remote client (an HTTP request's content part) may set: only those that
+    #: choose *what* is read (window, series, clip, bands...), never a limit, so a request
+    #: cannot raise its own resource budget. A server operator may replace the list
+    #: (``--client-adapter-options``).
+    client_options: ClassVar[tuple[str, ...]] = ()
+    #: Libraries whose exceptions mean "this data cannot be read" (not a bug of the
+    #: adapter): top-level module name -> name shown to the user, e.g. ``{"pydicom":
+    #: "pydicom"}``. :func:`guarded_load` reports them as corrupt data; the standard library's
+    #: decoders, numpy and Pillow are always counted.
+    data_error_libraries: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -145,15 +160,20 @@ class InputAdapter(ABC):
             listing = ", ".join(declared) or "none"
             raise ConfigError(f"adapter {cls.name!r} has no option(s) {unknown}; its options: {listing}")
         hints = _type_hints(cls.__init__)
-        out = {}
+        out, problems = {}, []
         for name, value in options.items():
             if isinstance(value, str):
                 try:
                     value = _parse_text(value, hints.get(name, str))
-                except ValueError as exc:
-                    raise ConfigError(f"adapter {cls.name!r} option {name}={value!r}: expected "
-                                      f"{declared[name].annotation} ({exc})") from None
+                except ValidationError as exc:
+                    details = [p.split(": ", 1)[-1] for p in validation_problems(exc)]
+                    extra = [d for d in details if not d.startswith("expected") and " is not one of " not in d]
+                    problems.append(f"{name}={value!r}: expected {declared[name].annotation}"
+                                    + (f" ({'; '.join(extra)})" if extra else ""))
+                    continue
             out[name] = value
+        if problems:
+            raise ConfigError(f"adapter {cls.name!r} option " + "; ".join(problems))
         return out
 
     @abstractmethod
@@ -174,16 +194,6 @@ DEFAULT_MAX_DECODED_BYTES = 1 << 30
 DEFAULT_TIME_BUDGET_S = 60.0
 #: Bytes Pillow allocates per pixel of an RGB image (it pads RGB to 32 bits).
 RGB_BYTES_PER_PIXEL = 4
-
-
-def format_bytes(count: int | float) -> str:
-    """``1536`` -> ``'1.5 KiB'``: a byte count for messages."""
-    value = float(count)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - loop always returns
 
 
 def check_limit(path: str | os.PathLike[str], value: int | float, limit: int | float | None, option: str,
@@ -231,7 +241,7 @@ def allowed_root(root: str | os.PathLike[str] | None) -> Iterator[Path | None]:
     outside the root. ``None`` lifts the confinement for the block. The setting is a
     :class:`contextvars.ContextVar`, so it holds per thread / task.
     """
-    real = None if root is None else Path(os.path.realpath(os.fspath(root)))
+    real = None if root is None else real_root(root)
     token = _ALLOWED_ROOT.set(real)
     try:
         yield real
@@ -258,13 +268,14 @@ def confine(path: str | os.PathLike[str]) -> Path:
         state.file = str(candidate)
     root = _ALLOWED_ROOT.get()
     if root is not None:
-        real = Path(os.path.realpath(candidate))
-        if not (real == root or root in real.parents):
-            via = " through a symlink" if real != Path(os.path.abspath(candidate)) else ""
+        try:
+            confine_to(candidate, root, base=Path.cwd())
+        except OutsideRoot as out:
+            via = " through a symlink" if out.real != out.joined else ""
             raise OutsideRootError(
-                candidate, f"resolves{via} to {real}, outside the allowed root {root}; adapters only read files "
+                candidate, f"resolves{via} to {out.real}, outside the allowed root {root}; adapters only read files "
                 "inside it"
-            )
+            ) from None
     return candidate
 
 
@@ -284,10 +295,10 @@ class _ReadState:
 
 _READ_STATE: ContextVar[_ReadState | None] = ContextVar("longllava_read_state", default=None)
 
-#: Top-level packages whose exceptions mean "this data cannot be read", by library name.
+#: Top-level packages whose exceptions mean "this data cannot be read" for every adapter; an
+#: adapter adds its own libraries with :attr:`InputAdapter.data_error_libraries`.
 _LIBRARIES = {
-    "pydicom": "pydicom", "nibabel": "nibabel", "numpy": "numpy", "rasterio": "rasterio/GDAL",
-    "affine": "rasterio/GDAL", "av": "PyAV/FFmpeg", "PIL": "Pillow", "gzip": "gzip", "zlib": "zlib",
+    "numpy": "numpy", "PIL": "Pillow", "gzip": "gzip", "zlib": "zlib",
     "struct": "struct", "_struct": "struct", "_io": "io", "io": "io", "lzma": "lzma", "bz2": "bz2",
 }
 #: Exception types that mean bad data wherever they are raised.
@@ -297,25 +308,30 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _library_of(exc: BaseException) -> str | None:
+def _library_of(exc: BaseException, libraries: Mapping[str, str]) -> str | None:
     """The library an exception comes from: its class's package, else the innermost frame's."""
     top = type(exc).__module__.split(".")[0]
-    if top in _LIBRARIES:
-        return _LIBRARIES[top]
+    if top in libraries:
+        return libraries[top]
     tb, inner = exc.__traceback__, None
     while tb is not None:
         name = tb.tb_frame.f_globals.get("__name__", "")
         top = name.split(".")[0]
-        if top in _LIBRARIES:
-            inner = _LIBRARIES[top]
+        if top in libraries:
+            inner = libraries[top]
         elif top in ("longllava_sdk", "longllava_plugins"):
             inner = None
         tb = tb.tb_next
     return inner
 
 
-def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: str) -> AdapterError:
-    """The typed SDK error for a library exception raised while ``adapter`` read ``path``."""
+def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: str,
+                    libraries: Mapping[str, str] | None = None) -> AdapterError:
+    """The typed SDK error for a library exception raised while ``adapter`` read ``path``.
+
+    ``libraries``: the adapter's :attr:`~InputAdapter.data_error_libraries` (added to the
+    standard ones).
+    """
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if len(detail) > 400:
         detail = detail[:400] + "..."
@@ -329,7 +345,7 @@ def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: s
             path, f"reading it needs the Python package {exc.name!r}, which is not installed ({detail})"
         )
     else:
-        library = _library_of(exc)
+        library = _library_of(exc, {**_LIBRARIES, **(libraries or {})})
         if library is not None:
             error = AdapterError(path, f"corrupt or unsupported data: {library} cannot read it ({detail})")
         elif isinstance(exc, _DATA_ERRORS):
@@ -348,6 +364,7 @@ def translate_error(exc: BaseException, path: str | os.PathLike[str], adapter: s
 def reading(adapter: "InputAdapter | str", source: Any, *, time_budget_s: float | None = None) -> Iterator[None]:
     """The state and error translation of one ``load``: see :func:`guarded_load`."""
     name = adapter if isinstance(adapter, str) else adapter.name
+    libraries = {} if isinstance(adapter, str) else dict(getattr(adapter, "data_error_libraries", {}))
     budget = time_budget_s if time_budget_s is not None else getattr(adapter, "time_budget_s", None)
     state = _ReadState(name, _describe(source), budget)
     token = _READ_STATE.set(state)
@@ -356,7 +373,7 @@ def reading(adapter: "InputAdapter | str", source: Any, *, time_budget_s: float 
     except LongLLaVAError:
         raise
     except Exception as exc:  # noqa: BLE001 - the one translation point of this adapter
-        raise translate_error(exc, state.file or state.source, name) from exc
+        raise translate_error(exc, state.file or state.source, name, libraries) from exc
     finally:
         _READ_STATE.reset(token)
 
@@ -519,65 +536,65 @@ def _arg_docs(doc: str) -> dict[str, str]:
 
 
 _NONE_WORDS = {"none", "null", ""}
-_SEQUENCES = (list, tuple, collections.abc.Sequence)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter_for(annotation: Any) -> TypeAdapter[Any] | None:
+    try:
+        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # noqa: BLE001 - a type pydantic cannot build a validator for: the adapter parses it
+        return None
+
+
+def _accepts(annotation: Any, test: Callable[[Any], bool]) -> bool:
+    return test(annotation) or any(_accepts(arg, test) for arg in typing.get_args(annotation)
+                                   if typing.get_origin(annotation) in (typing.Union, types.UnionType))
+
+
+def _is_sequence(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation) or annotation
+    return isinstance(origin, type) and origin is not str and issubclass(origin, collections.abc.Sequence)
+
+
+def _scalar(item: Any) -> Any:
+    try:
+        return json.loads(item) if isinstance(item, str) else item
+    except ValueError:
+        return item
 
 
 def _parse_text(text: str, annotation: Any) -> Any:
-    """Parse ``text`` as a value of ``annotation`` (the subset of types adapter options use)."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation)]
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and text.strip().lower() in _NONE_WORDS:
-            return None
-        errors = []
-        listish = "," in text or text.strip().startswith("[")
-        for candidate in sorted((a for a in args if a is not type(None)), key=lambda a: _parse_order(a, listish)):
-            try:
-                return _parse_text(text, candidate)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError("; ".join(errors) or "no alternative matched")
-    if origin is typing.Literal:
-        for choice in args:
-            if str(choice).lower() == text.strip().lower():
-                return choice
-        raise ValueError(f"one of {', '.join(map(str, args))}")
-    if annotation is bool:
-        word = text.strip().lower()
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("true or false")
-    if annotation is int:
-        return int(text)
-    if annotation is float:
-        return float(text)
-    if origin in _SEQUENCES or annotation in (list, tuple):
-        stripped = text.strip()
-        items = json.loads(stripped) if stripped.startswith("[") else [p.strip() for p in stripped.split(",") if p.strip()]
-        if not isinstance(items, list):
-            raise ValueError("a list")
-        item_types = [a for a in args if a is not Ellipsis] or [str]
-        if origin is tuple and len(item_types) == len(items) and Ellipsis not in args:
-            parsed = [_parse_text(str(v), t) if isinstance(v, str) else v for v, t in zip(items, item_types)]
-        else:
-            parsed = [_parse_text(str(v), item_types[0]) if isinstance(v, str) else v for v in items]
-        return tuple(parsed) if origin is tuple or annotation is tuple else parsed
-    return text  # str, paths, and types the adapter parses itself
+    """Parse ``text`` (a CLI flag, a CSV cell) as a value of ``annotation``, with pydantic.
 
+    ``none`` / ``null`` / empty text is ``None`` for optional options; for options that take a
+    sequence, comma-separated text or a JSON list is a list (its items read as numbers where
+    they are numbers); everything else is pydantic's lax reading (``yes`` -> ``True``,
+    ``"12"`` -> ``12``).
 
-def _parse_order(annotation: Any, listish: bool) -> int:
-    """Try the strictest reading first: bool, int, float, literals, then text or a list
-    (a list first when the text has commas or brackets)."""
-    order = {bool: 0, int: 1, float: 2}
-    if annotation in order:
-        return order[annotation]
-    if typing.get_origin(annotation) is typing.Literal:
-        return 3
-    if typing.get_origin(annotation) in _SEQUENCES or annotation in (list, tuple):
-        return 4 if listish else 6
-    return 5
+    Raises:
+        pydantic.ValidationError: the text does not read as the declared type.
+    """
+    if _accepts(annotation, lambda a: a is type(None)) and text.strip().lower() in _NONE_WORDS:
+        return None
+    validator = _adapter_for(annotation)
+    if validator is None:
+        return text
+    stripped = text.strip()
+    candidates: list[Any] = [text]
+    if _accepts(annotation, _is_sequence) and ("," in stripped or stripped.startswith("[")):
+        try:
+            items = json.loads(stripped) if stripped.startswith("[") else \
+                [part.strip() for part in stripped.split(",") if part.strip()]
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            candidates = [[_scalar(item) for item in items], items, text]
+    for candidate in candidates[:-1]:
+        try:
+            return validator.validate_python(candidate)
+        except ValidationError:
+            continue
+    return validator.validate_python(candidates[-1])
 
 
 def _describe(source: Any) -> str:

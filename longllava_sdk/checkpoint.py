@@ -108,6 +108,16 @@ def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) ->
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    replace_directory(staging, target)
+
+
+def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the complete folder ``staging`` at ``target`` (same file system), replacing an existing
+    ``target`` only now that the new content is whole; the parent folder is synced.
+
+    The one swap behind :func:`atomic_directory` and the trainer's staged exports.
+    """
+    staging, target = Path(staging), Path(target)
     if target.exists():
         trash = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, trash)
@@ -115,3 +125,19 @@ def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) ->
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, target)
+    sync_directory(target.parent)
+
+
+def sync_directory(directory: str | os.PathLike[str]) -> None:
+    """``fsync`` a folder so that renames in it survive a crash (best effort: not every file
+    system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

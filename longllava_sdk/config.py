@@ -19,11 +19,21 @@ a13b    LongLLaVA-A13B: as 9b with 16 experts, top-2, on every other layer
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
+import torch
 from transformers import AutoConfig, CLIPVisionConfig, JambaConfig, PretrainedConfig
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown_name_error
+
+# accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
+# warns "Setting accelerator to CPU ... unable to detect it" on a machine without a GPU: advice
+# a CPU user cannot act on. Naming the accelerator (DeepSpeed's documented override) keeps it
+# quiet and changes nothing else; a GPU machine or a user's own setting is left alone. Here
+# because every model the SDK builds, loads or saves imports its config first.
+if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    os.environ["DS_ACCELERATOR"] = "cpu"
 
 POOLING_MODES = ("2d", "1d", "none")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
@@ -188,7 +198,7 @@ class LongLLaVAConfig(PretrainedConfig):
         aliases = {"longllava9b": "9b", "a13b": "a13b", "53ba13b": "a13b", "longllavaa13b": "a13b"}
         key = aliases.get(key, key)
         if key not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+            raise unknown_name_error("preset", name, PRESETS)
         preset = copy.deepcopy(PRESETS[key])
         kwargs: dict[str, Any] = dict(preset["multimodal"])
         kwargs.update(overrides)

@@ -42,7 +42,9 @@ from safetensors.torch import save_file
 
 from .checkpoint import PICKLE_SUFFIXES, atomic_directory, check_weights_safe
 from .config import PRESETS, LongLLaVAConfig
+from .options import DTYPES
 from .errors import CheckpointError, ConfigError, option_hint
+from .units import parse_size
 
 OFFICIAL_MODEL_TYPE = "llava_jamba"
 REPORT_FILE = "conversion_report.json"
@@ -509,16 +511,13 @@ def build_sdk_config(official: dict[str, Any], src: Path, *, pooling: str | None
 # ------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------
-def parse_size(size: str | int) -> int:
-    """``"5GB"`` / ``"500MB"`` / ``"2GiB"`` / ``1000`` -> bytes."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", size, re.IGNORECASE)
-    if not match:
-        raise CheckpointError(f"max_shard_size {size!r}: expected a size like 5GB or 500MB")
-    base = 1024 if match.group(3) else 1000
-    power = " KMGT".index(match.group(2).upper() or " ")
-    return int(float(match.group(1)) * base**power)
+def parse_shard_size(size: str | int) -> int:
+    """``"5GB"`` (5 x 10^9) / ``"500MB"`` / ``"2GiB"`` / ``1000`` (bytes) -> bytes, as transformers reads
+    ``max_shard_size`` (:func:`longllava_sdk.units.parse_size`)."""
+    try:
+        return parse_size(size, what="max_shard_size", example="5GB or 500MB")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 class ShardWriter:
@@ -631,7 +630,7 @@ def check_plan(plan: ConversionPlan, sources: CombinedSources, expected: dict[st
 def _resolve_dtype(dtype: str) -> torch.dtype | None:
     if dtype in ("auto", "", None):
         return None
-    value = getattr(torch, str(dtype), None)
+    value = getattr(torch, DTYPES.get(str(dtype), str(dtype)), None)  # the SDK's dtype names and aliases
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise CheckpointError(f"dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     return value
@@ -718,7 +717,7 @@ def convert_official(
                                 vision_config=vision_config, vision_tower=vision_tower)
     config = settings.config
     out_dtype = _resolve_dtype(dtype)
-    shard_bytes = parse_size(max_shard_size)
+    shard_bytes = parse_shard_size(max_shard_size)
 
     main = SourceWeights(src_path, allow_pickle=allow_pickle)
     has_vision = any(_VISION_KEY.match(k) for k in main.keys())

@@ -176,3 +176,52 @@ class DatasetError(LongLLaVAError, ValueError):
 
 class TrainingError(LongLLaVAError):
     """Training cannot start or continue (output dir, resume, missing gradients...)."""
+
+
+class RegistryLookupError(ConfigError):
+    """A name (domain, preset, adapter, head, format...) that nothing registered answers to.
+
+    Attributes:
+        kind: what was looked up (``domain``, ``head``...).
+        name: the name given.
+        choices: the names that exist, sorted.
+        suggestion: the closest existing name, if one is close enough.
+    """
+
+    def __init__(self, kind: str, name: str, choices: list[str], message: str) -> None:
+        self.kind, self.name, self.choices = kind, name, choices
+        self.suggestion = did_you_mean(name, choices)
+        super().__init__(message)
+
+
+def did_you_mean(name: str, choices: Any) -> str | None:
+    """The choice closest to ``name`` (case and ``-``/``_`` ignored), or ``None`` when none is close."""
+    import difflib
+
+    def norm(text: str) -> str:
+        return str(text).lower().replace("-", "_")
+
+    by_norm = {norm(c): str(c) for c in choices}
+    close = difflib.get_close_matches(norm(name), list(by_norm), n=1, cutoff=0.6)
+    return by_norm[close[0]] if close else None
+
+
+def unknown_name_message(kind: str, name: str, choices: Any, *, listing: str = "available", hint: str = "") -> str:
+    """``unknown domain 'medcal' (did you mean 'medical'?); available: medical, video``.
+
+    The one wording of every registry miss (domains, presets, adapters, heads, importer /
+    exporter formats): importers and other callers build their errors with it or with
+    :func:`unknown_name_error`.
+    """
+    names = sorted(str(c) for c in choices)
+    close = did_you_mean(name, names)
+    suggestion = f" (did you mean {close!r}?)" if close else ""
+    extra = f" {hint}" if hint else ""
+    return f"unknown {kind} {name!r}{suggestion}; {listing}: {', '.join(names) or 'none'}{extra}"
+
+
+def unknown_name_error(kind: str, name: str, choices: Any, *, listing: str = "available",
+                       hint: str = "") -> RegistryLookupError:
+    """The :class:`RegistryLookupError` (a :class:`ConfigError`) for ``name`` not among ``choices``."""
+    names = sorted(str(c) for c in choices)
+    return RegistryLookupError(kind, name, names, unknown_name_message(kind, name, names, listing=listing, hint=hint))

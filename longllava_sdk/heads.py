@@ -2,7 +2,7 @@
 
 A head is registered through the ``longllava_register_heads`` hook (see
 :mod:`longllava_sdk.hookspecs`), built-ins exactly like third-party ones, and looked up by its
-``name`` (:func:`longllava_sdk.plugin_manager.get_head_class`). Everything the engine does
+``name`` (:func:`longllava_sdk.registry.get_head_class`). Everything the engine does
 with a head goes through this contract, so a third-party head is exactly as capable as a
 built-in one:
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .adapters import InputAdapter
     from .config import LongLLaVAConfig
     from .heads import TaskHead
+    from .importers import Importer
 
 PROJECT_NAME = "longllava_sdk"
 
@@ -58,6 +59,11 @@ def longllava_register_domains() -> list[str | os.PathLike[str] | Any]:
 @hookspec
 def longllava_register_commands() -> list[Callable[..., Any]]:
     """Return plain functions to add as ``longllava-sdk`` sub-commands (name from the function)."""
+
+
+@hookspec
+def longllava_register_importers() -> list[type[Importer]]:
+    """Return dataset importer classes (subclasses of ``longllava_sdk.importers.Importer``)."""
 
 
 @hookspec

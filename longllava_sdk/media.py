@@ -13,6 +13,7 @@ video     frames in time order, ``metadata[i]["timestamp"]``   ``<vid>`` frames 
 volume    slices in patient order (``slice_position``)        ``<img><image></img>`` each
 tiled     ``images[0]`` = global view, then ``grid`` tiles     global, ``\\n``, tile rows
           row-major, top-left to bottom-right                  separated by ``\\n``
+other     a plugin's own kind (``spectrogram``...)             like ``images``
 ========  ===================================================  ===========================
 
 Adapters never return more than ``max_images`` images (they sample, keeping the first and
@@ -26,12 +27,26 @@ so a prompt of 1000 image files never holds 1000 decoded images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+import re
+from typing import Any, Callable
 
 from PIL import Image
 
-MediaKind = Literal["images", "video", "volume", "tiled"]
-MEDIA_KINDS: tuple[str, ...] = ("images", "video", "volume", "tiled")
+#: A media kind is an open word: the built-in kinds below, or any a plugin adapter declares
+#: (rendered like ``images``: one ``<img><image></img>`` per image).
+MediaKind = str
+IMAGES: MediaKind = "images"
+VIDEO: MediaKind = "video"
+VOLUME: MediaKind = "volume"
+TILED: MediaKind = "tiled"
+#: The kinds the SDK itself renders specially or reads through a ``Pipeline`` keyword.
+MEDIA_KINDS: tuple[str, ...] = (IMAGES, VIDEO, VOLUME, TILED)
+_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: Pillow format names an image file may have, wherever one is read (the images adapter, the
+#: HTTP server's data URLs and downloads); only these openers ever parse image bytes. OpenAI
+#: accepts PNG, JPEG, WebP and GIF; BMP and TIFF are common in imaging; MPO is a JPEG variant.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class DeferredImage:
@@ -68,7 +83,8 @@ class Media:
     """Images from one source, in order, with the structure the tag protocol renders.
 
     Attributes:
-        kind: one of ``images``, ``video``, ``volume``, ``tiled``.
+        kind: ``images``, ``video``, ``volume``, ``tiled`` or a plugin's own kind (a
+            lower-case word; rendered like ``images``).
         images: RGB ``PIL.Image`` objects (or :class:`DeferredImage` ones), in rendering order.
         metadata: one dict per image (e.g. ``timestamp`` in seconds for video,
             ``slice_position`` in mm for volumes, ``window`` and ``bounds`` for tiles).
@@ -87,8 +103,9 @@ class Media:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in MEDIA_KINDS:
-            raise ValueError(f"{self.source}: unknown media kind {self.kind!r}; expected one of {MEDIA_KINDS}")
+        if not isinstance(self.kind, str) or not _KIND.match(self.kind):
+            raise ValueError(f"{self.source}: media kind must be a lower-case word such as "
+                             f"{', '.join(MEDIA_KINDS)} or a plugin's own, got {self.kind!r}")
         if not self.metadata:
             self.metadata = [{} for _ in self.images]
         if len(self.metadata) != len(self.images):

@@ -278,7 +278,7 @@ def load_head(directory: str | os.PathLike[str], device: str | torch.device | No
         CheckpointError: the head's name is not registered by any installed plugin, or its
             weights are missing / do not match the config.
     """
-    from .plugin_manager import available_heads
+    from .registry import available_heads
 
     config = read_head_config(directory)
     if config is None:

@@ -39,7 +39,8 @@ from .isolation import DecodeLimits, run_isolated
 from .media import Media
 from .model_folders import load_head, load_model
 from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
-from .plugin_manager import get_plugin_manager, resolve_adapter
+from .plugin_manager import get_plugin_manager
+from .registry import resolve_adapter
 from .processing.processor import LongLLaVAProcessor, MediaLike
 
 PathLike = str | os.PathLike[str]
@@ -136,7 +137,8 @@ class Pipeline:
         the constructor.
         """
         model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
-        get_plugin_manager().hook.longllava_model_loaded(model=model, config=model.config)
+        get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+                                          model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
         return cls(model, processor, head=None if head is None or head.generates else head,
                    isolate_decoding=isolate_decoding)

@@ -1,6 +1,6 @@
 """Memory planner: how much memory a prompt of N images needs, and how many images fit.
 
-``longllava-sdk plan --preset 9b --images 1000 --gpu-memory 80GB --dtype int8`` prints the
+``longllava-sdk plan --preset 9b --images 1000 --gpu-memory 80GiB --quantize int8`` prints the
 budget line by line for the hybrid and for an equal-size transformer (the same config with
 every layer an attention layer), each with a one-shot prefill (the whole prompt in one
 forward) and the SDK's chunked prefill, and the most images that fit.
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +47,15 @@ import torch
 from .config import LongLLaVAConfig
 from .context_limit import max_images_for
 from .errors import ConfigError
+from .options import LoadOptions, reject_unknown, take_options
 from .modeling.chunked_prefill import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, effective_chunk
 from .quantization import skipped_module
+from .units import GiB, MiB, parse_size
 
 __all__ = ["MemoryPlan", "PlanColumn", "BudgetLine", "Architecture", "RequestCost", "plan", "plan_memory",
            "format_plan", "parse_memory",
            "PLAN_DTYPES", "CPU_RUNTIME_BYTES", "CPU_KERNEL_BYTES", "CUDA_RUNTIME_BYTES"]
 
-GiB = 1 << 30
-MiB = 1 << 20
 #: ``--dtype`` choices: the weights' storage; activations are bf16 / fp16 / fp32 (int8: bf16
 #: on CUDA, fp32 on CPU, where the int8 kernels take float32 activations).
 PLAN_DTYPES = ("fp32", "bf16", "fp16", "int8")
@@ -72,26 +71,16 @@ CUDA_RUNTIME_BYTES = 1 * GiB
 #: Bytes per token the prompt's bookkeeping holds for the whole prefill: input ids, attention
 #: mask and placeholder ranks (int64), the image mask (bool).
 TOKEN_BOOKKEEPING_BYTES = 8 + 8 + 8 + 1
-_UNITS = {"": GiB, "g": GiB, "gb": GiB, "gib": GiB, "m": MiB, "mb": MiB, "mib": MiB, "t": 1 << 40, "tb": 1 << 40,
-          "tib": 1 << 40}
-
-
 def parse_memory(text: str | int | float) -> int:
-    """``"80GB"`` / ``"80GiB"`` / ``"24g"`` / ``"512MB"`` / ``80`` (GiB) -> bytes.
+    """``"80GiB"`` / ``"80GB"`` (10^9 bytes) / ``"24g"`` / ``"512MiB"`` / ``80`` (GiB) -> bytes.
 
-    GPU memory is sold in binary units (an "80GB" A100 has 81,920 MiB), so GB and GiB both
-    mean 2^30 bytes here.
+    One rule for sizes everywhere (:func:`longllava_sdk.units.parse_size`): GB is 10^9 bytes,
+    GiB 2^30. GPUs are sold in binary units (an "80GB" A100 has 80 GiB): say ``80GiB``.
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), ""
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-        if not match or match.group(2).lower() not in _UNITS:
-            raise ConfigError(f"memory {text!r}: expected a size like 80GB, 24GiB or 512MB")
-        value, unit = float(match.group(1)), match.group(2).lower()
-    if value <= 0:
-        raise ConfigError(f"memory {text!r} must be positive")
-    return int(value * _UNITS[unit])
+    try:
+        return parse_size(text, default_unit="gib", what="memory", example="80GB, 24GiB or 512MiB")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _machine_memory() -> int:
@@ -448,7 +437,7 @@ def plan_memory(
     Args:
         config: the model's config (a preset's or a model folder's).
         images: images in the prompt (video frames, slices, tiles count one each).
-        gpu_memory: the device's memory ("80GB", "24GiB", bytes as int); default on CPU:
+        gpu_memory: the device's memory ("80GiB", "24GiB", GiB as a number); default on CPU:
             this machine's RAM.
         device: ``cuda`` or ``cpu`` (kernels and runtime differ).
         dtype: weight storage, one of :data:`PLAN_DTYPES`; ``int8`` quantizes what
@@ -475,7 +464,7 @@ def plan_memory(
     memory = parse_memory(gpu_memory) if gpu_memory is not None else (
         _machine_memory() if device == "cpu" else None)
     if memory is None:
-        raise ConfigError("a CUDA plan needs the GPU's memory: pass --gpu-memory (e.g. 80GB)")
+        raise ConfigError("a CUDA plan needs the GPU's memory: pass --gpu-memory (e.g. 80GiB)")
     setting = _setting(config, device=device, dtype=dtype, text_tokens=text_tokens, tokens_per_image=tokens_per_image,
                        tag_tokens_per_image=tag_tokens_per_image, prefill_chunk=prefill_chunk,
                        vision_batch=vision_batch, runtime_bytes=runtime_bytes)
@@ -600,6 +589,11 @@ def _tag_tokens(config: LongLLaVAConfig) -> int:
     return _tokens_of(IMAGE.replace(IMAGE_PLACEHOLDER, ""))
 
 
+#: What ``plan`` plans for unless told: a CUDA device, weights in bf16.
+PLAN_LOAD = LoadOptions(device="cuda")
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def plan(
     *,
     preset: str = "9b",
@@ -607,12 +601,12 @@ def plan(
     images: int = 0,
     video_frames: int = 0,
     gpu_memory: str | None = None,
-    device: str = "cuda",
-    dtype: str = "bf16",
+    load: LoadOptions = PLAN_LOAD,
     text_tokens: int = 512,
     tokens_per_image: int | None = None,
     prefill_chunk: int | None = None,
     vision_batch: int | None = None,
+    **fields: Any,
 ) -> MemoryPlan:
     """Plan the memory of a long prompt: budget line by line, and how many images fit.
 
@@ -621,17 +615,23 @@ def plan(
         model: a model folder whose config.json to plan for instead of a preset.
         images: images in the prompt (volume slices and GeoTIFF tiles count one each).
         video_frames: video frames in the prompt (images plus the <t> between frames).
-        gpu_memory: the GPU's memory, e.g. 80GB or 24GiB (GB means GiB, as GPUs are sold);
+        gpu_memory: the GPU's memory, e.g. 80GiB or 24GiB (GB means 10^9 bytes, GiB 2^30);
             with --device cpu the RAM to plan for (default: this machine's).
-        device: cuda or cpu.
-        dtype: weights in fp32, bf16, fp16 or int8 (the SDK's int8: Mamba, vision and embeddings
-            kept in 16 bits).
+        load: the device (cuda, the default, or cpu), the dtype (default: bf16 on cuda, fp32
+            on cpu) and --quantize int8 (the SDK's int8: Mamba, vision and embeddings kept in
+            16 bits) to plan for, as a model would be loaded with them.
         text_tokens: tokens of the question and chat template.
         tokens_per_image: LLM tokens per image (default: the model's, 144).
         prefill_chunk: tokens per chunk of the chunked prefill (default: the model's, 2048).
         vision_batch: images per CLIP batch (default: the model's vision_chunk_size, 16; 0: all
             images at once, as the official code encodes them).
+        fields: :class:`~longllava_sdk.options.LoadOptions` fields by name (``dtype="bf16"``,
+            ``quantize="int8"``, ``device="cpu"``).
     """
+    load = take_options(fields, LoadOptions, load)
+    reject_unknown(fields, "plan")
+    device = "cuda" if load.device == "auto" or load.device.startswith("cuda") else load.device
+    dtype = "int8" if load.quantize else _SHORT_DTYPES[load.dtype or ("float32" if device == "cpu" else "bfloat16")]
     from .processing.protocol import FRAME_SEPARATOR, VIDEO_END, VIDEO_START
 
     if model is not None:

@@ -13,10 +13,7 @@ the hook does not pass), is skipped with a :class:`PluginLoadWarning` naming it,
 with its error, and every other plugin keeps working. ``longllava-sdk plugins`` shows the
 result (see :func:`list_plugins`).
 
-Every registry look-up of the SDK lives here, so the engine never names a built-in:
-:func:`available_adapters` / :func:`resolve_adapter` (adapters chosen by name or by
-:attr:`~longllava_sdk.adapters.InputAdapter.kind`), :func:`available_heads` /
-:func:`get_head_class`, :func:`available_commands`.
+Looking things up (adapters, heads, commands) is :mod:`longllava_sdk.registry`'s job.
 
 Environment variables:
 
@@ -28,7 +25,6 @@ Environment variables:
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import inspect
 import os
@@ -37,24 +33,18 @@ import threading
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Literal
 
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, LongLLaVAError, PluginError, UnsupportedSourceError, option_hint
-
-if TYPE_CHECKING:  # the base classes import torch / PIL: loaded only when a look-up needs them
-    from .adapters import InputAdapter
-    from .heads import TaskHead
+from .errors import ConfigError, LongLLaVAError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 BLOCK_ENV = "LONGLLAVA_SDK_BLOCK_PLUGINS"
 DISABLE_AUTOLOAD_ENV = "LONGLLAVA_SDK_DISABLE_PLUGIN_AUTOLOAD"
 
 PluginStatus = Literal["loaded", "failed", "rejected", "blocked"]
-T = TypeVar("T")
 
 
 class PluginLoadWarning(UserWarning):
@@ -246,7 +236,7 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         self._add_record(record)
         unmarked = _unmarked_hook_functions(plugin, set(record.hooks))
         if unmarked:
-            _warn(f"plugin {plugin_name!r} defines {', '.join(unmarked)} without @hookimpl; "
+            warn_plugin(f"plugin {plugin_name!r} defines {', '.join(unmarked)} without @hookimpl; "
                   "the SDK ignores these functions (decorate them with longllava_sdk.hookimpl)")
         return registered
 
@@ -290,7 +280,7 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         record.details = "".join(traceback.format_exception(exc)).rstrip()
         self._add_record(record)
         where = f" (distribution {record.distribution} {record.version})" if record.distribution else ""
-        _warn(
+        warn_plugin(
             f"longllava_sdk plugin {record.name!r}{where} was skipped, the other plugins still work: "
             f"{record.error}. Fix or uninstall it, or block it with {BLOCK_ENV}={record.name}"
         )
@@ -356,44 +346,61 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
                 message = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
                 if record is not None:
                     record.error, record.details = message, "".join(traceback.format_exception(exc)).rstrip()
-                _warn(f"longllava_sdk plugin {impl.plugin_name!r}: {message}; its answer is skipped")
+                warn_plugin(f"longllava_sdk plugin {impl.plugin_name!r}: {message}; its answer is skipped")
                 continue
             if result is not None:
                 answers.append((impl.plugin_name, result))
         return answers
 
-    def registered_classes(self, hook_name: str, base: type[T], what: str) -> dict[str, type[T]]:
-        """Classes returned by a ``longllava_register_*`` hook, by their ``name`` attribute.
+    def call_checked(self, hook_name: str, *, returns: str, check: Callable[[Any], bool],
+                     firstresult: bool = False, **kwargs: Any) -> list[Any] | Any:
+        """Call a run-time hook implementation by implementation, holding each to its contract.
 
-        Anything that is not a subclass of ``base`` with a string ``name`` is skipped with a
-        warning naming the plugin. When two plugins register the same name, the first in
-        hook-call order wins and a warning names both.
+        Unlike :meth:`collect` nothing is skipped: an implementation that raises, or whose
+        answer fails ``check`` (``returns`` says what was due), ends the call with one
+        :class:`PluginError` naming its distribution, its function and the hook, before the
+        engine uses any answer. Returns the answers in pluggy's call order (``None`` dropped),
+        or with ``firstresult`` the first non-``None`` one (``None`` when there is none).
         """
-        found: dict[str, type[T]] = {}
-        owners: dict[str, str] = {}
-        for plugin_name, batch in self.collect(hook_name):
-            if not isinstance(batch, (list, tuple)):
-                _warn(f"plugin {plugin_name!r}: {hook_name} must return a list of {what} classes, "
-                      f"got {type(batch).__name__}; skipped")
+        from .contracts import describe_owner
+
+        caller = getattr(self.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if any(impl.wrapper or impl.hookwrapper for impl in impls):
+            result = caller(**kwargs)  # wrappers see every answer; checked together
+            answers = [result] if firstresult else [r for r in (result or []) if r is not None]
+            bad = [a for a in answers if a is not None and not check(a)]
+            if bad:
+                raise PluginError(f"{hook_name} (wrapped) returned {bad[0]!r}; it must return {returns}")
+            return answers[0] if firstresult else answers
+        answers = []
+        for impl in reversed(impls):  # pluggy's call order: last registered / tryfirst first
+            function = impl.function
+            who = (f"{describe_owner(function)} (plugin {impl.plugin_name!r}): "
+                   f"{function.__module__}.{function.__qualname__}")
+            see = f"(see docs/plugin_hooks.md#{hook_name})"
+            try:
+                result = function(*(kwargs[arg] for arg in impl.argnames))
+            except LongLLaVAError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - attributed to the plugin, then stopped
+                raise PluginError(f"{who} raised {type(exc).__name__}: {exc} {see}") from exc
+            if result is None and firstresult:
                 continue
-            for cls in batch:
-                if not (isinstance(cls, type) and issubclass(cls, base)):
-                    _warn(f"plugin {plugin_name!r}: {hook_name} returned {cls!r}, which is not a "
-                          f"subclass of {base.__module__}.{base.__qualname__}; skipped")
-                    continue
-                name = getattr(cls, "name", None)
-                if not isinstance(name, str) or not name:
-                    _warn(f"plugin {plugin_name!r}: {what} class {cls.__qualname__} has no string "
-                          "`name` class attribute; skipped")
-                    continue
-                if name in found:
-                    if found[name] is not cls:
-                        _warn(f"{what} name {name!r} is registered by plugins {owners[name]!r} and "
-                              f"{plugin_name!r}; using the one from {owners[name]!r} (block the other "
-                              f"with {BLOCK_ENV})")
-                    continue
-                found[name], owners[name] = cls, plugin_name
-        return found
+            if not check(result):
+                shown = "None" if result is None else f"a {type(result).__module__}.{type(result).__qualname__}"
+                raise PluginError(f"{who} returned {shown}; {hook_name} must return {returns} {see}")
+            if firstresult:
+                return result
+            answers.append(result)
+        return None if firstresult else answers
+
+    def describe_plugin(self, name: str) -> str:
+        """``plugin 'x' (distribution pkg 1.0)`` or ``plugin 'x' (programmatic)``: who to blame in messages."""
+        record = self._record_for(name)
+        if record is None or record.distribution is None:
+            return f"plugin {name!r}"
+        return f"plugin {name!r} (distribution {record.distribution} {record.version or ''})".replace(" )", ")")
 
 
 # -- module-level API ---------------------------------------------------------------------
@@ -445,144 +452,6 @@ def list_plugins(pm: LongLLaVAPluginManager | None = None) -> list[PluginRecord]
     return (pm or get_plugin_manager()).list_plugins()
 
 
-# -- registry look-ups ---------------------------------------------------------------------
-
-SourceLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
-
-def available_adapters(kind: str | None = None) -> dict[str, type[InputAdapter]]:
-    """Installed input adapters by name (only those of ``kind`` when given), built-ins included."""
-    from .adapters import InputAdapter
-
-    # Plugin by plugin: one broken plugin must not hide the others' adapters.
-    found = get_plugin_manager().registered_classes("longllava_register_adapters", InputAdapter, "adapter")
-    return {name: cls for name, cls in found.items() if kind is None or cls.kind == kind}
-
-
-def available_heads() -> dict[str, type[TaskHead]]:
-    """Installed task heads by name, built-ins included."""
-    from .heads import TaskHead
-
-    return get_plugin_manager().registered_classes("longllava_register_heads", TaskHead, "head")
-
-
-def get_head_class(name: str) -> type[TaskHead]:
-    """The installed head called ``name``; the error lists the installed ones."""
-    heads = available_heads()
-    if name not in heads:
-        raise ConfigError(f"unknown head {name!r}; installed heads: {', '.join(sorted(heads)) or 'none'} "
-                          "(a plugin adds more through longllava_register_heads)")
-    return heads[name]
-
-
-def available_commands() -> dict[str, Callable[..., Any]]:
-    """CLI commands by name (``snake_case`` function names become ``kebab-case``).
-
-    Built-in commands come through the same hook as any plugin's. When two plugins register
-    the same name, the first in hook-call order wins and a warning names both.
-    """
-    commands: dict[str, Callable[..., Any]] = {}
-    owners: dict[str, str] = {}
-    for plugin_name, batch in get_plugin_manager().collect("longllava_register_commands"):
-        for func in batch or ():
-            name = getattr(func, "command_name", None) or func.__name__.replace("_", "-")
-            if name in commands and commands[name] is not func:
-                _warn(f"command {name!r} is registered by plugins {owners[name]!r} and {plugin_name!r}; using the "
-                      f"one from {owners[name]!r} (block the other with {BLOCK_ENV})")
-                continue
-            commands[name], owners[name] = func, plugin_name
-    return commands
-
-
-def resolve_adapter(source: SourceLike, adapter: str | None = None, *, kind: str | None = None,
-                    options: Mapping[str, Any] | None = None) -> InputAdapter:
-    """The adapter that reads ``source``, configured with ``options``: the one place this is decided.
-
-    Args:
-        source: a path, or a list of paths (the first decides).
-        adapter: an adapter name: that adapter, whatever ``claims`` says.
-        kind: consider only adapters of this media kind (``images``, ``video``, ``volume``,
-            ``tiled``); ``None`` considers all.
-        options: adapter options; text values are converted by the adapter's declared types.
-
-    When no adapter of the kind claims the source, each is asked to read it anyway (one image):
-    one that can is used; otherwise the error says, adapter by adapter, why it declined.
-
-    Raises:
-        UnsupportedSourceError: unknown adapter name, an adapter of another kind, or no
-            adapter that can read the source.
-        ConfigError: options the adapter does not declare or cannot parse.
-    """
-    where = _describe_source(source)
-    adapters = available_adapters()
-    if adapter is not None:
-        if adapter not in adapters:
-            raise UnsupportedSourceError(where, f"no adapter named {adapter!r}; installed: "
-                                                f"{', '.join(sorted(adapters)) or 'none'}")
-        cls = adapters[adapter]
-        if kind is not None and cls.kind != kind:
-            raise UnsupportedSourceError(where, f"adapter {adapter!r} reads {cls.kind} sources, not {kind}")
-        return _instantiate(cls, options)
-    candidates = _candidates(adapters, kind)
-    if not candidates:
-        raise UnsupportedSourceError(where, f"no installed adapter reads {kind} sources (installed: "
-                                            f"{', '.join(f'{n} ({c.kind})' for n, c in sorted(adapters.items()))})")
-    claimant = _first_claimant(candidates, source)
-    if claimant is not None:
-        return _instantiate(claimant, options)
-    reasons = []
-    for cls in candidates:  # nobody recognised it cheaply: let each say why it cannot read it
-        try:
-            instance = _instantiate(cls, options)
-            instance.load(source, max_images=1)
-        except LongLLaVAError as exc:
-            reasons.append(f"{cls.name}: {getattr(exc, 'problem', None) or exc}")
-            continue
-        except Exception as exc:  # noqa: BLE001 - a third-party adapter's untyped failure is still a reason
-            reasons.append(f"{cls.name}: {type(exc).__name__}: {exc}")
-            continue
-        return instance
-    what = f"{kind} " if kind else ""
-    raise UnsupportedSourceError(where, f"no {what}adapter can read this source: " + "; ".join(reasons)
-                                 + f" (choose one with {option_hint('adapter', 'NAME')})")
-
-
-def claiming_adapter(source: SourceLike, kind: str | None = None) -> type[InputAdapter] | None:
-    """The first adapter (of ``kind``, by priority then name) whose ``claims`` accepts ``source``."""
-    return _first_claimant(_candidates(available_adapters(), kind), source)
-
-
-def _candidates(adapters: Mapping[str, type[InputAdapter]], kind: str | None) -> list[type[InputAdapter]]:
-    return sorted((c for c in adapters.values() if kind is None or c.kind == kind), key=lambda c: (c.priority, c.name))
-
-
-def _first_claimant(candidates: Sequence[type[InputAdapter]], source: SourceLike) -> type[InputAdapter] | None:
-    first = Path(source[0] if isinstance(source, (list, tuple)) and source else source)  # type: ignore[arg-type]
-    for cls in candidates:
-        try:
-            if cls.claims(first):
-                return cls
-        except Exception:  # noqa: BLE001 - a broken claims() must not hide the other adapters
-            continue
-    return None
-
-
-def _instantiate(cls: type[InputAdapter], options: Mapping[str, Any] | None) -> InputAdapter:
-    coerced = cls.coerce_options(options)
-    try:
-        return cls(**coerced)
-    except LongLLaVAError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"adapter {cls.name!r} rejects options {coerced}: {exc}") from exc
-
-
-def _describe_source(source: SourceLike) -> str:
-    if isinstance(source, (list, tuple)):
-        return f"{source[0]} (+{len(source) - 1} more)" if source else "<empty list>"
-    return os.fspath(source)
-
-
 def hook_names() -> list[str]:
     """Names of all hooks in :mod:`longllava_sdk.hookspecs`."""
     marker = f"{hookspecs.PROJECT_NAME}_spec"
@@ -605,7 +474,8 @@ def autoload_enabled() -> bool:
 _warning_registry: dict[Any, Any] = {}
 
 
-def _warn(message: str) -> None:
+def warn_plugin(message: str) -> None:
+    """Warn once per process with a :class:`PluginLoadWarning` (a plugin misbehaves; others still work)."""
     # Attributed to a pseudo-file: the SDK line that noticed the problem would only distract.
     # The registry shows each distinct message once per process (adapters are looked up per
     # sample, so a broken plugin would otherwise warn thousands of times).
@@ -633,8 +503,8 @@ def _module_file(plugin: Any) -> str | None:
 
 
 def _describe_unknown(name: str) -> str:
-    close = difflib.get_close_matches(name, hook_names(), n=1)
-    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    close = did_you_mean(name, hook_names())
+    return f"{name!r}" + (f" (did you mean {close!r}?)" if close else "")
 
 
 def _unmarked_hook_functions(plugin: Any, implemented: set[str]) -> list[str]:

@@ -38,13 +38,15 @@ import os
 import re
 import string
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
+from pydantic import BeforeValidator, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown_name_error, unknown_name_message
+from .validation import Model, format_problems, validate
 
 __all__ = [
     "STAGES",
@@ -61,9 +63,7 @@ __all__ = [
     "available_domains",
 ]
 
-STAGES: tuple[str, ...] = ("align", "sft-single", "sft-multi", "text-sft", "domain")
 FINETUNE_MODES: tuple[str, ...] = ("lora", "full")
-FREEZE_KEYS: tuple[str, ...] = ("vision", "projector", "llm", "head")
 SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                                "polynomial", "inverse_sqrt")
 PACKING_STRATEGIES: tuple[str, ...] = ("ffd", "random")
@@ -88,12 +88,111 @@ TEMPLATE_FIELDS: tuple[str, ...] = ("question", "answer", "labels", "label_list"
 
 
 # ------------------------------------------------------------------------------------------
-# Parts of a recipe
+# Stages: the one table (the trainer applies them, see longllava_sdk.training.stages)
 # ------------------------------------------------------------------------------------------
 
+COMPONENTS: tuple[str, ...] = ("vision", "projector", "llm", "head")
 
-@dataclass
-class AdapterSettings:
+
+@dataclass(frozen=True)
+class Stage:
+    """A named training stage.
+
+    Attributes:
+        name: ``align``, ``sft-single``, ``sft-multi``, ``text-sft`` or ``domain``.
+        description: one line for listings and logs.
+        vision, projector, llm, head: whether each component trains.
+        finetune: default method for the LLM (``lora`` or ``full``); irrelevant when the
+            LLM is frozen (only the projector trains in ``align``, in full).
+        learning_rate: default peak learning rate when the recipe sets none: the official
+            scripts' values for the paper's stages (``Align.sh`` 1e-4; ``SingleImageSFT.sh`` /
+            ``MultiImageSFT.sh`` 1e-5), 2e-4 for the SDK's LoRA ``domain`` stage. Tiny-model
+            recipes set their own, explicitly (see docs/training.md).
+        epochs: default number of epochs.
+    """
+
+    name: str
+    description: str
+    vision: bool
+    projector: bool
+    llm: bool
+    head: bool
+    finetune: str
+    learning_rate: float
+    epochs: float = 1.0
+
+    def trainable(self) -> dict[str, bool]:
+        """``{component: trains}`` for the four components."""
+        return {c: bool(getattr(self, c)) for c in COMPONENTS}
+
+    def with_freeze(self, freeze: Mapping[str, bool] | None) -> "Stage":
+        """A copy where ``freeze[component] = True`` freezes and ``False`` unfreezes a component."""
+        if not freeze:
+            return self
+        unknown = sorted(set(freeze) - set(COMPONENTS))
+        if unknown:
+            raise ConfigError(f"stage {self.name}: unknown component(s) {unknown} in freeze; known: {COMPONENTS}")
+        return replace(self, **{k: not bool(v) for k, v in freeze.items()})
+
+    def uses_lora(self, full: bool) -> bool:
+        """Whether the LLM is adapted through LoRA: only when it trains and ``full`` is not asked."""
+        return self.llm and not full
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("align", "single-image alignment: train the projector only", vision=False, projector=True,
+              llm=False, head=False, finetune="full", learning_rate=1e-4),
+        Stage("sft-single", "single-image instruction tuning: LLM + projector", vision=False, projector=True,
+              llm=True, head=False, finetune="full", learning_rate=1e-5),
+        Stage("sft-multi", "multi-image / video instruction tuning: LLM + projector", vision=False,
+              projector=True, llm=True, head=False, finetune="full", learning_rate=1e-5),
+        Stage("text-sft", "pure-text instruction tuning: LLM only", vision=False, projector=False, llm=True,
+              head=False, finetune="full", learning_rate=1e-5),
+        Stage("domain", "domain fine-tuning: LLM (LoRA) + projector + task head", vision=False, projector=True,
+              llm=True, head=True, finetune="lora", learning_rate=2e-4, epochs=3.0),
+    )
+}
+
+STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
+#: Components a recipe's ``freeze`` may name.
+FREEZE_KEYS: tuple[str, ...] = COMPONENTS
+
+
+# ------------------------------------------------------------------------------------------
+# Parts of a recipe: pydantic models (longllava_sdk.validation); every problem is collected
+# ------------------------------------------------------------------------------------------
+
+#: A strict positive integer (``2.5``, ``"2"`` and ``true`` are refused).
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value  # text such as "2e-4" (YAML 1.1 reads it as a string) is parsed by pydantic
+
+
+def _string_list(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+    return [v.strip() for v in value]
+
+
+#: A number (not a bool); text that reads as a number is accepted.
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+#: A list of non-empty strings; one string is a list of one.
+StringList = Annotated[list[str], BeforeValidator(_string_list)]
+
+
+def _context(info: ValidationInfo, key: str, default: Any = None) -> Any:
+    return (info.context or {}).get(key, default)
+
+
+class AdapterSettings(Model):
     """Options for one input adapter (by adapter name) when it reads this recipe's data.
 
     Attributes:
@@ -102,21 +201,55 @@ class AdapterSettings:
         options: keyword arguments for the adapter's constructor (e.g. DICOM ``window``).
     """
 
-    max_images: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    max_images: PositiveInt | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class HeadSettings:
+class HeadSettings(Model):
     """The task head: any installed head by name (``generate`` -- LM answers --, ``multilabel``,
-    ``classify``, or a plugin's), with its ``labels``."""
+    ``classify``, or a plugin's), with its ``labels``. A recipe may write ``head: NAME``."""
 
     type: str = "generate"
-    labels: list[str] = field(default_factory=list)
+    labels: StringList = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_only(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("type")
+    @classmethod
+    def _installed(cls, kind: str, info: ValidationInfo) -> str:
+        if _context(info, "check_plugins"):
+            from .registry import available_heads
+
+            heads = available_heads()
+            if kind not in heads:
+                raise ValueError(unknown_name_message("head", kind, heads, listing="installed heads",
+                                                      hint="(a plugin adds more through longllava_register_heads)"))
+        return kind
+
+    @field_validator("labels")
+    @classmethod
+    def _label_rules(cls, labels: list[str], info: ValidationInfo) -> list[str]:
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate labels {duplicates}")
+        separated = [label for label in labels if ";" in label]
+        if separated:
+            raise ValueError(f"label {separated[0]!r} contains ';' (the multi-label separator in CSV manifests)")
+        kind = info.data.get("type")  # absent when the type itself is wrong
+        if kind is not None and _context(info, "check_plugins"):  # the head's own rules (classify needs two)
+            from .contracts import check_labels
+            from .registry import available_heads
+
+            problems = check_labels(available_heads()[kind], labels)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return labels
 
 
-@dataclass
-class PromptTemplates:
+class PromptTemplates(Model):
     """How a manifest row (source, question, answer / labels) becomes a conversation.
 
     Templates are ``str.format`` strings over ``question``, ``answer``, ``labels`` (the row's
@@ -137,6 +270,23 @@ class PromptTemplates:
     label_answer: str = "{labels}"
     no_labels: str = "none"
 
+    @field_validator("user", "question", "answer", "label_answer", "no_labels")
+    @classmethod
+    def _template(cls, text: str, info: ValidationInfo) -> str:
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a valid format string: {exc}") from None
+        bad = sorted(u for u in used if u not in TEMPLATE_FIELDS)
+        if bad:
+            raise ValueError(f"unknown placeholder(s) {bad}; allowed: {', '.join(TEMPLATE_FIELDS)}")
+        if info.field_name == "user":
+            if text.count("<image>") > 1:
+                raise ValueError("a manifest row has one source: use at most one <image> marker")
+            if "{question}" not in text:
+                raise ValueError("must contain {question}")
+        return text
+
     def render(self, template: str, values: dict[str, Any]) -> str:
         """Format one of the templates with ``values`` (missing names render empty)."""
         return template.format_map(_Defaulting(values))
@@ -147,26 +297,54 @@ class _Defaulting(dict):
         return ""
 
 
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters and targets (the trainer owns their semantics).
+def forbidden_lora_target(target: str) -> str | None:
+    """Why ``target`` can never be a LoRA target on Jamba (``None``: it may be one)."""
+    why = FORBIDDEN_LORA_TARGETS.get(target) or FORBIDDEN_LORA_TARGETS.get(target.rsplit(".", 1)[-1])
+    return f"{target!r} cannot be used as a LoRA target on LongLLaVA: {why}" if why else None
+
+
+class LoraSettings(Model):
+    """LoRA hyper-parameters and targets: the SDK's one LoRA type (recipes, the trainer and
+    :func:`longllava_sdk.training.lora.apply_lora`), turned into a ``peft.LoraConfig`` by
+    :func:`longllava_sdk.training.lora.build_lora_config`.
 
     Attributes:
-        r, alpha, dropout: the usual LoRA rank, scaling numerator and dropout.
-        target_modules: module-name suffixes to wrap (default: every Jamba projection that
-            trains; never ``dt_proj``).
+        r: rank.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter input. peft's ``ParamWrapper`` (fused MoE experts)
+            allows none, so when expert parameters are targeted the dropout is 0.
+        target_modules: module-name suffixes to wrap, inside the language model only
+            (default: every Jamba projection that trains; never ``dt_proj``).
         target_parameters: parameter names to wrap directly (fused MoE expert weights).
+        init_lora_weights: peft's initialisation (``True``: A random, B zero, so the
+            adapted model starts exactly as the base model).
     """
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(JAMBA_LORA_TARGET_MODULES))
-    target_parameters: list[str] = field(default_factory=lambda: list(JAMBA_LORA_TARGET_PARAMETERS))
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.05
+    target_modules: StringList = Field(default_factory=lambda: list(JAMBA_LORA_TARGET_MODULES))
+    target_parameters: StringList = Field(default_factory=lambda: list(JAMBA_LORA_TARGET_PARAMETERS))
+    init_lora_weights: bool | str = True
+
+    @field_validator("target_modules", "target_parameters")
+    @classmethod
+    def _trainable_targets(cls, targets: list[str], info: ValidationInfo) -> list[str]:
+        if info.context:  # a recipe: reported with the file's other problems (apply_lora checks code's own)
+            for target in targets:
+                problem = forbidden_lora_target(target)
+                if problem:
+                    raise ValueError(problem)
+        return targets
+
+    @model_validator(mode="after")
+    def _some_target(self, info: ValidationInfo) -> LoraSettings:
+        if info.context and not self.target_modules and not self.target_parameters:
+            raise ValueError("needs at least one of target_modules / target_parameters")
+        return self
 
 
-@dataclass
-class TrainingSettings:
+class TrainingSettings(Model):
     """Hyper-parameters. ``batch_size`` is per device; the effective batch is
     ``batch_size * gradient_accumulation_steps * world_size``.
 
@@ -175,28 +353,27 @@ class TrainingSettings:
     restart at every packed sample (see ``docs/data_formats.md``).
     """
 
-    epochs: float = 3.0
+    epochs: Annotated[Number, Field(gt=0.0)] = 3.0
     #: ``None``: the stage's default (the paper's 1e-4 for ``align``, 1e-5 for the instruction
     #: stages; 2e-4 for LoRA ``domain``), see :data:`longllava_sdk.training.stages.STAGES`.
-    learning_rate: float | None = None
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_length: int = 4096
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    packing: bool = False
-    packing_strategy: str = "ffd"
-    reset_mamba_state: bool = False
+    learning_rate: Annotated[Number, Field(gt=0.0)] | None = None
+    batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 1
+    max_length: Annotated[int, Field(strict=True, ge=16)] = 4096
+    warmup_ratio: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.03
+    lr_scheduler: Literal[SCHEDULERS] = "cosine"  # type: ignore[valid-type]
+    weight_decay: Annotated[Number, Field(ge=0.0)] = 0.0
+    max_grad_norm: Annotated[Number, Field(ge=0.0)] = 1.0
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    packing: StrictBool = False
+    packing_strategy: Literal[PACKING_STRATEGIES] = "ffd"  # type: ignore[valid-type]
+    reset_mamba_state: StrictBool = False
     #: what a NaN / inf training loss does: ``stop`` the run (the last good checkpoint is kept)
     #: or ``skip`` that step's update.
-    nan_policy: str = "stop"
+    nan_policy: Literal["stop", "skip"] = "stop"
 
 
-@dataclass
-class DataSettings:
+class DataSettings(Model):
     """Where the data is. Paths are absolute after loading (resolved against the recipe folder).
 
     Attributes:
@@ -210,11 +387,37 @@ class DataSettings:
     path: Path | None = None
     root: Path | None = None
     eval_path: Path | None = None
-    eval_fraction: float = 0.0
+    eval_fraction: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @field_validator("path", "root", "eval_path", mode="before")
+    @classmethod
+    def _resolve(cls, raw: Any, info: ValidationInfo) -> Any:
+        if raw is None:
+            return None
+        if not isinstance(raw, (str, os.PathLike)) or not os.fspath(raw).strip():
+            raise ValueError(f"expected a path, got {raw!r}")
+        path = Path(os.path.expanduser(os.fspath(raw)))
+        base = _context(info, "base")
+        if not path.is_absolute() and base is not None:
+            path = (Path(base) / path).resolve()
+        if base is not None:  # loaded from a file: the data must be there
+            if info.field_name == "root" and not path.is_dir():
+                raise ValueError(f"{path} is not a folder")
+            if info.field_name != "root" and not path.exists():
+                raise ValueError(f"{path} does not exist")
+        return path
+
+    @model_validator(mode="after")
+    def _one_eval_rule(self) -> DataSettings:
+        if self.eval_fraction and self.eval_path is not None:
+            raise ValueError("give either eval_path or eval_fraction, not both")
+        return self
 
 
-@dataclass
-class Recipe:
+_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+
+
+class Recipe(Model):
     """A training recipe (see the module docstring for the YAML form).
 
     Attributes:
@@ -235,20 +438,34 @@ class Recipe:
         source: the YAML file the recipe came from (``None`` if built in code).
     """
 
-    name: str
+    name: Annotated[str, Field(pattern=_NAME)]
     description: str = ""
-    stage: str = "domain"
-    finetune: str = "lora"
-    head: HeadSettings = field(default_factory=HeadSettings)
-    adapters: dict[str, AdapterSettings] = field(default_factory=dict)
-    max_images: int | None = None
-    prompts: PromptTemplates = field(default_factory=PromptTemplates)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    freeze: dict[str, bool] = field(default_factory=dict)
-    training_args: dict[str, Any] = field(default_factory=dict)
-    source: Path | None = None
+    stage: Literal[STAGE_NAMES] = "domain"  # type: ignore[valid-type]
+    finetune: Literal[FINETUNE_MODES] = "lora"  # type: ignore[valid-type]
+    head: HeadSettings = Field(default_factory=HeadSettings)
+    adapters: dict[str, AdapterSettings] = Field(default_factory=dict)
+    max_images: PositiveInt | None = None
+    prompts: PromptTemplates = Field(default_factory=PromptTemplates)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    freeze: dict[Literal[FREEZE_KEYS], StrictBool] = Field(default_factory=dict)  # type: ignore[valid-type]
+    training_args: dict[str, Any] = Field(default_factory=dict)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, name: Any) -> Any:
+        if not isinstance(name, str) or not re.match(_NAME, name):
+            raise ValueError(f"required: a name of letters, digits, '_', '-', '.' starting with a letter, "
+                             f"got {name!r}")
+        return name
+
+    @field_validator("head", "adapters", "prompts", "lora", "training", "data", "freeze", "training_args",
+                     mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        return {} if value is None else value  # ``training:`` with nothing under it
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -267,20 +484,25 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | os.PathLike[str] | None = None) -> "Recipe":
-        """Validate a mapping (e.g. parsed YAML); relative data paths resolve against ``source``'s folder."""
+        """Validate a mapping (e.g. parsed YAML); relative data paths resolve against ``source``'s folder.
+
+        Raises:
+            ConfigError: ``FILE: invalid recipe (N problem(s))`` and one ``field.path: problem``
+                line per problem.
+        """
         where = str(source) if source is not None else "<recipe>"
+        if not isinstance(raw, dict):
+            raise ConfigError(format_problems(where, [f"<top>: a recipe must be a mapping, got {type(raw).__name__}"],
+                                              "recipe"))
         base = Path(source).resolve().parent if source is not None else Path.cwd()
-        checker = _Checker(where)
-        recipe = _parse_recipe(raw, checker, base)
-        checker.raise_if_any()
-        assert recipe is not None
+        raw = {k: v for k, v in raw.items() if k != "source"}
+        recipe = validate(cls, raw, where=where, what="recipe", context={"base": base, "check_plugins": True})
         recipe.source = Path(source).resolve() if source is not None else None
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML / JSON ready); ``from_dict(to_dict())`` rebuilds the recipe."""
-        out = asdict(self)
-        out.pop("source")
+        out = self.model_dump(mode="python")
         for key in ("path", "root", "eval_path"):
             value = out["data"][key]
             out["data"][key] = None if value is None else str(value)
@@ -288,16 +510,14 @@ class Recipe:
 
     def with_overrides(self, **training: Any) -> "Recipe":
         """A copy with some :class:`TrainingSettings` fields replaced (validated like the YAML)."""
-        known = {f.name for f in fields(TrainingSettings)}
+        known = set(TrainingSettings.model_fields)
         unknown = sorted(set(training) - known)
         if unknown:
             raise ConfigError(f"{self.name}: unknown training setting(s) {unknown}; known: {sorted(known)}")
-        raw = self.to_dict()
-        raw["training"].update({k: v for k, v in training.items()})
-        checker = _Checker(f"{self.name} (overrides)")
-        new_training = _parse_training(raw["training"], checker)
-        checker.raise_if_any()
-        return replace(copy.deepcopy(self), training=new_training)
+        merged = {**self.training.model_dump(), **training}
+        new_training = validate(TrainingSettings, merged, where=f"{self.name} (overrides)", what="recipe",
+                                prefix="training")
+        return self.model_copy(update={"training": new_training}, deep=True)
 
     # -- queries used by the data pipeline --------------------------------------------------
     def adapter_options(self, adapter: str | None) -> dict[str, Any]:
@@ -353,9 +573,8 @@ def load_recipe(name_or_path: str | os.PathLike[str] | Recipe) -> Recipe:
     normalised = text.replace("-", "_")
     if normalised in recipes:
         return recipes[normalised]
-    known = ", ".join(sorted(recipes)) or "none"
     failed = "".join(f"\n  could not load {where}: {problem}" for where, problem in failures)
-    raise ConfigError(f"unknown domain {text!r}; available: {known}{failed}")
+    raise unknown_name_error("domain", text, recipes, hint=failed)
 
 
 def _collect_domains() -> tuple[dict[str, Recipe], list[tuple[str, str]]]:
@@ -383,267 +602,3 @@ def _collect_domains() -> tuple[dict[str, Recipe], list[tuple[str, str]]]:
                 continue
             recipes[recipe.name], owners[recipe.name] = recipe, plugin_name
     return recipes, failures
-
-
-# ------------------------------------------------------------------------------------------
-# Validation
-# ------------------------------------------------------------------------------------------
-
-
-class _Checker:
-    """Collects ``file: field: problem`` lines; raises them all at once."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.problems: list[str] = []
-
-    def add(self, field_name: str, problem: str) -> None:
-        self.problems.append(f"{field_name}: {problem}")
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            lines = "\n  ".join(self.problems)
-            raise ConfigError(f"{self.where}: invalid recipe ({len(self.problems)} problem(s)):\n  {lines}")
-
-    # typed getters: return the default (and record a problem) when the value is wrong
-    def mapping(self, value: Any, name: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.add(name, f"expected a mapping, got {type(value).__name__}")
-            return {}
-        return value
-
-    def unknown_keys(self, value: dict[str, Any], allowed: Iterable[str], name: str) -> None:
-        allowed = list(allowed)
-        for key in value:
-            if key not in allowed:
-                prefix = f"{name}." if name else ""
-                self.add(f"{prefix}{key}", f"unknown field (allowed: {', '.join(allowed)})")
-
-    def string(self, value: Any, name: str, default: str, choices: tuple[str, ...] | None = None) -> str:
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.add(name, f"expected a string, got {type(value).__name__}")
-            return default
-        if choices is not None and value not in choices:
-            self.add(name, f"{value!r} is not one of {', '.join(choices)}")
-            return default
-        return value
-
-    def integer(self, value: Any, name: str, default: int | None, minimum: int = 1,
-                optional: bool = False) -> int | None:
-        if value is None:
-            return default if not optional else None
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.add(name, f"expected an integer, got {value!r}")
-            return default
-        if value < minimum:
-            self.add(name, f"must be >= {minimum}, got {value}")
-            return default
-        return value
-
-    def number(self, value: Any, name: str, default: float, low: float, high: float | None = None,
-               low_open: bool = False, high_open: bool = False) -> float:
-        if value is None:
-            return default
-        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.add(name, f"expected a number, got {value!r}")
-            return default
-        value = float(value)
-        too_low = value <= low if low_open else value < low
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or value != value:
-            lo = "(" if low_open else "["
-            hi = ")" if high_open else "]"
-            self.add(name, f"must be in {lo}{low}, {high if high is not None else 'inf'}{hi}, got {value}")
-            return default
-        return value
-
-    def boolean(self, value: Any, name: str, default: bool) -> bool:
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.add(name, f"expected true or false, got {value!r}")
-            return default
-        return value
-
-    def string_list(self, value: Any, name: str, default: list[str]) -> list[str]:
-        if value is None:
-            return list(default)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            self.add(name, f"expected a list of non-empty strings, got {value!r}")
-            return list(default)
-        return [v.strip() for v in value]
-
-
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-
-
-def _parse_recipe(raw: Any, c: _Checker, base: Path) -> Recipe | None:
-    if not isinstance(raw, dict):
-        c.add("<top>", f"a recipe must be a mapping, got {type(raw).__name__}")
-        return None
-    c.unknown_keys(raw, [f.name for f in fields(Recipe) if f.name != "source"], "")
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        c.add("name", f"required: a name of letters, digits, '_', '-', '.' starting with a letter, got {name!r}")
-        name = "<invalid>"
-    description = c.string(raw.get("description"), "description", "")
-    stage = c.string(raw.get("stage"), "stage", "domain", STAGES)
-    finetune = c.string(raw.get("finetune"), "finetune", "lora", FINETUNE_MODES)
-    head = _parse_head(raw.get("head"), c)
-    max_images = c.integer(raw.get("max_images"), "max_images", None, optional=True)
-    adapters: dict[str, AdapterSettings] = {}
-    for adapter_name, value in c.mapping(raw.get("adapters"), "adapters").items():
-        value = c.mapping(value, f"adapters.{adapter_name}")
-        c.unknown_keys(value, ("max_images", "options"), f"adapters.{adapter_name}")
-        adapters[str(adapter_name)] = AdapterSettings(
-            max_images=c.integer(value.get("max_images"), f"adapters.{adapter_name}.max_images", None, optional=True),
-            options=dict(c.mapping(value.get("options"), f"adapters.{adapter_name}.options")),
-        )
-    prompts = _parse_prompts(raw.get("prompts"), c)
-    lora = _parse_lora(raw.get("lora"), c)
-    training = _parse_training(raw.get("training"), c)
-    data = _parse_data(raw.get("data"), c, base)
-    freeze_raw = c.mapping(raw.get("freeze"), "freeze")
-    c.unknown_keys(freeze_raw, FREEZE_KEYS, "freeze")
-    freeze = {k: c.boolean(v, f"freeze.{k}", False) for k, v in freeze_raw.items() if k in FREEZE_KEYS}
-    training_args = dict(c.mapping(raw.get("training_args"), "training_args"))
-    return Recipe(name=name, description=description, stage=stage, finetune=finetune, head=head, adapters=adapters,
-                  max_images=max_images, prompts=prompts, lora=lora, training=training, data=data,
-                  freeze=freeze, training_args=training_args)
-
-
-def _parse_head(value: Any, c: _Checker) -> HeadSettings:
-    if isinstance(value, str):
-        value = {"type": value}
-    value = c.mapping(value, "head")
-    c.unknown_keys(value, ("type", "labels"), "head")
-    from .plugin_manager import available_heads
-
-    heads = available_heads()
-    kind = c.string(value.get("type"), "head.type", "generate")
-    if kind not in heads:
-        c.add("head.type", f"{kind!r} is not an installed head; installed heads: {', '.join(sorted(heads))} "
-                           "(a plugin adds more through longllava_register_heads)")
-    labels = c.string_list(value.get("labels"), "head.labels", [])
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        c.add("head.labels", f"duplicate labels {duplicates}")
-    if kind in heads:  # the head's own rules (``classify`` needs two labels...)
-        for problem in heads[kind].check_labels(labels):
-            c.add("head.labels", problem)
-    for label in labels:
-        if ";" in label:
-            c.add("head.labels", f"label {label!r} contains ';' (the multi-label separator in CSV manifests)")
-    return HeadSettings(type=kind, labels=labels)
-
-
-def _parse_prompts(value: Any, c: _Checker) -> PromptTemplates:
-    value = c.mapping(value, "prompts")
-    names = [f.name for f in fields(PromptTemplates)]
-    c.unknown_keys(value, names, "prompts")
-    defaults = PromptTemplates()
-    out: dict[str, str] = {}
-    for name in names:
-        text = c.string(value.get(name), f"prompts.{name}", getattr(defaults, name))
-        try:
-            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-        except ValueError as exc:
-            c.add(f"prompts.{name}", f"not a valid format string: {exc}")
-            continue
-        bad = sorted(u for u in used if u not in TEMPLATE_FIELDS)
-        if bad:
-            c.add(f"prompts.{name}", f"unknown placeholder(s) {bad}; allowed: {', '.join(TEMPLATE_FIELDS)}")
-            continue
-        out[name] = text
-    user = out.get("user", defaults.user)
-    if user.count("<image>") > 1:
-        c.add("prompts.user", "a manifest row has one source: use at most one <image> marker")
-    if "{question}" not in user:
-        c.add("prompts.user", "must contain {question}")
-    return PromptTemplates(**{**asdict(defaults), **out})
-
-
-def _parse_lora(value: Any, c: _Checker) -> LoraSettings:
-    value = c.mapping(value, "lora")
-    c.unknown_keys(value, [f.name for f in fields(LoraSettings)], "lora")
-    defaults = LoraSettings()
-    modules = c.string_list(value.get("target_modules"), "lora.target_modules", defaults.target_modules)
-    parameters = c.string_list(value.get("target_parameters"), "lora.target_parameters", defaults.target_parameters)
-    for module in modules:
-        leaf = module.rsplit(".", 1)[-1]
-        if leaf in FORBIDDEN_LORA_TARGETS or module in FORBIDDEN_LORA_TARGETS:
-            c.add("lora.target_modules", f"{module!r} cannot be a LoRA target: {FORBIDDEN_LORA_TARGETS.get(leaf) or FORBIDDEN_LORA_TARGETS[module]}")
-    if not modules and not parameters:
-        c.add("lora", "needs at least one of target_modules / target_parameters")
-    return LoraSettings(
-        r=c.integer(value.get("r"), "lora.r", defaults.r),
-        alpha=c.integer(value.get("alpha"), "lora.alpha", defaults.alpha),
-        dropout=c.number(value.get("dropout"), "lora.dropout", defaults.dropout, 0.0, 1.0, high_open=True),
-        target_modules=modules,
-        target_parameters=parameters,
-    )
-
-
-def _parse_training(value: Any, c: _Checker) -> TrainingSettings:
-    value = c.mapping(value, "training")
-    c.unknown_keys(value, [f.name for f in fields(TrainingSettings)], "training")
-    d = TrainingSettings()
-    return TrainingSettings(
-        epochs=c.number(value.get("epochs"), "training.epochs", d.epochs, 0.0, low_open=True),
-        learning_rate=(None if value.get("learning_rate") is None else
-                       c.number(value.get("learning_rate"), "training.learning_rate", 0.0, 0.0, low_open=True)),
-        batch_size=c.integer(value.get("batch_size"), "training.batch_size", d.batch_size),
-        gradient_accumulation_steps=c.integer(value.get("gradient_accumulation_steps"),
-                                              "training.gradient_accumulation_steps", d.gradient_accumulation_steps),
-        max_length=c.integer(value.get("max_length"), "training.max_length", d.max_length, minimum=16),
-        warmup_ratio=c.number(value.get("warmup_ratio"), "training.warmup_ratio", d.warmup_ratio, 0.0, 1.0,
-                              high_open=True),
-        lr_scheduler=c.string(value.get("lr_scheduler"), "training.lr_scheduler", d.lr_scheduler, SCHEDULERS),
-        weight_decay=c.number(value.get("weight_decay"), "training.weight_decay", d.weight_decay, 0.0),
-        max_grad_norm=c.number(value.get("max_grad_norm"), "training.max_grad_norm", d.max_grad_norm, 0.0),
-        seed=c.integer(value.get("seed"), "training.seed", d.seed, minimum=0),
-        packing=c.boolean(value.get("packing"), "training.packing", d.packing),
-        packing_strategy=c.string(value.get("packing_strategy"), "training.packing_strategy", d.packing_strategy,
-                                  PACKING_STRATEGIES),
-        reset_mamba_state=c.boolean(value.get("reset_mamba_state"), "training.reset_mamba_state",
-                                    d.reset_mamba_state),
-        nan_policy=c.string(value.get("nan_policy"), "training.nan_policy", d.nan_policy, ("stop", "skip")),
-    )
-
-
-def _parse_data(value: Any, c: _Checker, base: Path) -> DataSettings:
-    value = c.mapping(value, "data")
-    c.unknown_keys(value, [f.name for f in fields(DataSettings)], "data")
-
-    def path_of(key: str) -> Path | None:
-        raw = value.get(key)
-        if raw is None:
-            return None
-        if not isinstance(raw, (str, os.PathLike)) or not os.fspath(raw).strip():
-            c.add(f"data.{key}", f"expected a path, got {raw!r}")
-            return None
-        p = Path(os.path.expanduser(os.fspath(raw)))
-        return p if p.is_absolute() else (base / p).resolve()
-
-    path, root, eval_path = path_of("path"), path_of("root"), path_of("eval_path")
-    if path is not None and not path.exists():
-        c.add("data.path", f"{path} does not exist")
-    if eval_path is not None and not eval_path.exists():
-        c.add("data.eval_path", f"{eval_path} does not exist")
-    if root is not None and not root.is_dir():
-        c.add("data.root", f"{root} is not a folder")
-    eval_fraction = c.number(value.get("eval_fraction"), "data.eval_fraction", 0.0, 0.0, 1.0, high_open=True)
-    if eval_fraction and eval_path is not None:
-        c.add("data.eval_fraction", "give either eval_path or eval_fraction, not both")
-    return DataSettings(path=path, root=root, eval_path=eval_path, eval_fraction=eval_fraction)

@@ -44,7 +44,7 @@ Options
         the choice for MR), a preset name (``lung``, ``mediastinum``, ``abdomen``, ``liver``,
         ``bone``, ``brain``, ``subdural``), ``"WIDTH,LEVEL"`` such as ``"400,40"``, or a list
         of three of those for R/G/B (``["lung", "mediastinum", "bone"]``). See
-        :mod:`longllava_sdk.windowing`.
+        :mod:`longllava_plugins.windowing`.
     series_uid: the ``SeriesInstanceUID`` to read when the source holds several series.
     max_images: budget of output slices (default 256), met by evenly spaced sampling
         keeping the first and last slice. ``load(max_images=...)`` overrides it.
@@ -146,7 +146,7 @@ from longllava_sdk.errors import (
 )
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
-from longllava_sdk.windowing import (
+from longllava_plugins.windowing import (
     Window,
     WindowSpec,
     apply_lut,
@@ -261,6 +261,9 @@ class DicomSeriesAdapter(InputAdapter):
 
     name: ClassVar[str] = "dicom"
     kind: ClassVar[str] = "volume"
+    #: what a remote client may choose (never a limit: see InputAdapter.client_options)
+    client_options = ("window", "series_uid", "allow_non_parallel", "percentiles")
+    data_error_libraries = {"pydicom": "pydicom"}
     extensions: ClassVar[tuple[str, ...]] = (".dcm", ".dicom", ".ima")
 
     def __init__(
@@ -1289,7 +1292,7 @@ def _grey_planes(
 ) -> list[np.ndarray]:
     """One uint8 plane per window. 8/16-bit integer data with a linear rescale goes through a
     lookup table (stored value -> grey, built once per series) instead of per-pixel float math;
-    the result is identical, see :func:`longllava_sdk.windowing.window_lut`."""
+    the result is identical, see :func:`longllava_plugins.windowing.window_lut`."""
     linear = record.lut is None or "ModalityLUTSequence" not in record.lut
     if linear and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2:
         planes = []

@@ -13,7 +13,7 @@ Reading
       renamed ``.tif``, and so are ``/vsi*`` virtual paths and URLs (``http://``,
       ``s3://``...).
     * **Checked before GDAL opens it.** The TIFF directories are read with ``struct``
-      (:mod:`longllava_sdk.tiff_layout`): the declared size against ``max_pixels``, the
+      (:mod:`longllava_plugins.tiff_layout`): the declared size against ``max_pixels``, the
       samples per pixel against ``max_bands``, the decoded bytes of one strip/tile (all
       samples of a pixel-interleaved block) against ``max_decoded_bytes``, and the strip/tile
       tables against the image size and the file (count, every block inside the file,
@@ -125,7 +125,7 @@ from longllava_sdk.adapters import (
 from longllava_sdk.errors import AdapterError, adapter_option_hint
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
-from longllava_sdk.tiff_layout import inspect_tiff
+from longllava_plugins.tiff_layout import inspect_tiff
 
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 #: Tags whose presence makes a TIFF a GeoTIFF (pixel scale, tie point, transformation, geokeys).
@@ -409,6 +409,9 @@ class GeoTiffAdapter(InputAdapter):
 
     name = "geotiff"
     kind = "tiled"
+    #: what a remote client may choose (never a limit: see InputAdapter.client_options)
+    client_options = ("bands", "percentiles", "value_range", "drop_empty", "resampling", "palette", "max_tiles")
+    data_error_libraries = {"rasterio": "rasterio/GDAL", "affine": "rasterio/GDAL"}
     extensions = (".tif", ".tiff", ".gtif", ".gtiff")
     priority = 50  # before the generic images adapter, which also reads .tif
 

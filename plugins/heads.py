@@ -14,7 +14,9 @@
 
 Heads are chosen by name (``head: {type: multilabel, labels: [...]}`` in a recipe, or
 ``--head``); the trainer saves ``head_config.json`` + ``head.safetensors`` with every
-checkpoint and export, and ``Pipeline`` rebuilds the head from them.
+checkpoint and export, and ``Pipeline`` rebuilds the head from them. They are registered by
+:mod:`longllava_plugins.heads_hooks` (the ``heads`` entry point), which imports this module only
+when heads are asked for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from torch.nn import functional as F
 
 from longllava_sdk.errors import ConfigError
 from longllava_sdk.heads import TaskHead
-from longllava_sdk.hookspecs import hookimpl
 
 __all__ = ["GenerateHead", "MultiLabelHead", "ClassifyHead", "normalize_answer", "parse_option_letter",
            "option_letter_reference", "answer_metrics"]
@@ -345,9 +346,3 @@ class ClassifyHead(_PooledLinearHead):
 
     def _label_name(self, index: int) -> str:
         return self.labels[index] if 0 <= index < self.num_labels else str(index)
-
-
-@hookimpl
-def longllava_register_heads() -> list[type[TaskHead]]:
-    """The built-in heads: ``generate``, ``multilabel``, ``classify``."""
-    return [GenerateHead, MultiLabelHead, ClassifyHead]

@@ -20,7 +20,7 @@ Reading is strict and bounded:
   per pixel plus the 4-byte RGB copy) and of every image kept so far, plus for ``high_res``
   the tiles, is checked against ``max_decoded_bytes`` (1 GiB). TIFFs also have their
   strip/tile tables checked against the image size and the file
-  (:mod:`longllava_sdk.tiff_layout`): a header that disagrees with its data is an error.
+  (:mod:`longllava_plugins.tiff_layout`): a header that disagrees with its data is an error.
 * **Tiles.** ``high_res`` splits into at most ``max_tiles`` (default 64) sub-images; larger
   images are shrunk to fit (``pad``) or resized to the grid (``grid``).
 * **Time.** ``time_budget_s`` (60 s of CPU time) is checked between files and stages.
@@ -91,11 +91,12 @@ from longllava_sdk.adapters import (
 from longllava_sdk.errors import AdapterError, ConfigError, adapter_option_hint
 from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
 from longllava_sdk.hookspecs import hookimpl
-from longllava_sdk.media import DeferredImage, Media
-from longllava_sdk.tiff_layout import SIGNATURES as TIFF_SIGNATURES, inspect_tiff
+from longllava_sdk.media import IMAGE_FORMATS, DeferredImage, Media
 
-#: Pillow format names that are decoded; everything else is refused before decoding.
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF")
+from longllava_plugins.tiff_layout import SIGNATURES as TIFF_SIGNATURES, inspect_tiff
+
+#: Pillow format names that are decoded (the SDK's one list); everything else is refused before decoding.
+ALLOWED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 #: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``): ~179 megapixels.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -208,6 +209,8 @@ class ImagesAdapter(InputAdapter):
 
     name = "images"
     kind = "images"
+    #: what a remote client may choose (never a limit: see InputAdapter.client_options)
+    client_options = ("split_mode", "max_tiles", "background")
     extensions = IMAGE_EXTENSIONS
     priority = 200  # generic fallback: the geotiff adapter claims georeferenced .tif first
 

@@ -46,7 +46,7 @@ Options
         choice for MR and other non-HU data), a CT preset (``lung``, ``mediastinum``,
         ``abdomen``, ``liver``, ``bone``, ``brain``, ``subdural``), ``"WIDTH,LEVEL"``, or a
         list of three for R/G/B - the same windows as the DICOM adapter
-        (:mod:`longllava_sdk.windowing`).
+        (:mod:`longllava_plugins.windowing`).
     volume_index: which volume of a 4-D image (required when it holds more than one).
     max_images: budget of output slices (default 256), met by evenly spaced sampling
         keeping the first and last slice. ``load(max_images=...)`` overrides it.
@@ -129,7 +129,7 @@ from longllava_sdk.adapters import (
 from longllava_sdk.errors import AdapterError, ConfigError, UnsupportedSourceError, adapter_option_hint
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
-from longllava_sdk.windowing import Window, WindowSpec, parse_windows, percentile_window, window_to_rgb
+from longllava_plugins.windowing import Window, WindowSpec, parse_windows, percentile_window, window_to_rgb
 
 DEFAULT_MAX_IMAGES = 256
 #: Slab size when assembling slices across the on-disk slowest axis.
@@ -169,6 +169,9 @@ class NiftiVolumeAdapter(InputAdapter):
 
     name: ClassVar[str] = "nifti"
     kind: ClassVar[str] = "volume"
+    #: what a remote client may choose (never a limit: see InputAdapter.client_options)
+    client_options = ("axis", "window", "volume_index", "percentiles")
+    data_error_libraries = {"nibabel": "nibabel"}
     extensions: ClassVar[tuple[str, ...]] = (".nii", ".nii.gz")
 
     def __init__(

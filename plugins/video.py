@@ -253,6 +253,9 @@ class VideoAdapter(InputAdapter):
 
     name = "video"
     kind = "video"
+    #: what a remote client may choose (never a limit: see InputAdapter.client_options)
+    client_options = ("sampling", "num_frames", "fps", "start", "end", "keep_endpoints", "stream")
+    data_error_libraries = {"av": "PyAV/FFmpeg"}
     extensions = VIDEO_EXTENSIONS
     priority = 100
     #: Seek instead of decoding through when that skips more than this many frames.

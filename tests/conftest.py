@@ -69,6 +69,6 @@ def rgb_images():
 
 def head_for(recipe, hidden_size: int = 64):
     """The task head a recipe names, built like a run builds it (labels from the recipe)."""
-    from longllava_sdk.plugin_manager import get_head_class
+    from longllava_sdk.registry import get_head_class
 
     return get_head_class(recipe.head.type)(hidden_size, list(recipe.head.labels))

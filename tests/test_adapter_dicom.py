@@ -14,7 +14,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 import longllava_plugins.dicom as dicom_plugin
 from bad_inputs.medical import AXIAL, pydicom_file, write_ct_series, write_enhanced_ct
 from longllava_plugins.dicom import DicomSeriesAdapter
-from longllava_sdk.plugin_manager import resolve_adapter
+from longllava_sdk.registry import resolve_adapter
 from longllava_sdk.errors import AdapterError, ConfigError
 
 

@@ -11,7 +11,7 @@ import longllava_plugins.nifti as nifti_plugin
 from bad_inputs.medical import nibabel_file, write_nifti
 from longllava_plugins.nifti import NiftiVolumeAdapter
 from longllava_sdk.errors import AdapterError, ConfigError
-from longllava_sdk.windowing import Window, apply_window
+from longllava_plugins.windowing import Window, apply_window
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from longllava_sdk.cli import BUILTIN_PLUGIN, available_commands, build_parser, main
+from longllava_sdk.cli import BUILTIN_PLUGIN, available_commands, main, parse_command
 
 BUILTIN_COMMANDS = {"info", "init-model", "infer", "convert-official", "plugins", "finetune", "merge", "serve", "plan", "bench"}
 
@@ -47,9 +47,12 @@ def test_library_functions_are_the_commands():
 
 
 def test_signature_becomes_flags():
-    args = build_parser().parse_args(["infer", "--model", "m", "--prompt", "p", "--image", "a.png", "b.png",
-                                      "--max-new-tokens", "7", "--no-stream"])
-    assert args.image == ["a.png", "b.png"] and args.max_new_tokens == 7 and args.stream is False
+    from longllava_sdk.options import LoadOptions
+
+    _, _, args, _ = parse_command(["infer", "--model", "m", "--prompt", "p", "--image", "a.png", "b.png",
+                                   "--max-new-tokens", "7", "--no-stream", "--dtype", "bf16"])
+    assert args["image"] == ["a.png", "b.png"] and args["max_new_tokens"] == 7 and args["stream"] is False
+    assert args["load"] == LoadOptions(device="auto", dtype="bfloat16")  # a parameter object from flat flags
 
 
 def test_info_prints_paper_parameter_counts(capsys):

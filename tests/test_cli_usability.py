@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from longllava_sdk.cli import build_parser, main
+from longllava_sdk.cli import available_commands, command_parser, main
 from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
 from trainer_fixtures import write_colour_dataset, write_micro_model
 
@@ -57,7 +57,7 @@ def test_adapter_options_are_flags_typed_by_the_adapter(tiny_checkpoint, capsys)
 
 
 def test_text_options_are_converted_by_the_declared_types():
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
 
     dicom = available_adapters()["dicom"]
     options = dicom.coerce_options({"allow_non_parallel": "yes", "max_images": "12", "window": "lung,bone",
@@ -130,13 +130,16 @@ def test_resume_logs_the_checkpoint_it_picks(tmp_path, capsys, caplog):
 
 
 def test_subcommand_help_shows_each_option_once():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, command_parser in sub.choices.items():
-        text = command_parser.format_help()
-        for action in command_parser._actions:
+    commands = {}
+    for name, func in available_commands().items():
+        for sub, f in (getattr(func, "subcommands", None) or {"": func}).items():
+            commands[f"{name} {sub}".strip()] = f
+    for name, func in commands.items():
+        parser = command_parser(func)
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
             if action.help and len(action.help) > 25 and action.dest != "help":
-                first = action.help.split("(")[0].strip()[:40]
+                first = " ".join(action.help.split())[:40]
                 assert text.count(first) == 1, f"{name}: {first!r} printed {text.count(first)} times"
 
 

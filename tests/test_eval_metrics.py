@@ -10,7 +10,7 @@ from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (a
 
 @pytest.fixture(scope="module")
 def heads():
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
 
     return available_heads()
 

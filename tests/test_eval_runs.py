@@ -22,7 +22,7 @@ def head_checkpoints(tmp_path_factory, tiny_model_and_processor):
     import torch
 
     from longllava_sdk.model_folders import save_model
-    from longllava_sdk.plugin_manager import get_head_class
+    from longllava_sdk.registry import get_head_class
     from longllava_sdk.recipes import load_recipe
 
     model, processor = tiny_model_and_processor

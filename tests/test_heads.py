@@ -14,7 +14,7 @@ from trainer_fixtures import make_micro_model, square_image
 
 @pytest.fixture(scope="module")
 def heads():
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
 
     return available_heads()
 

@@ -17,10 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 #: rank of each module (dotted name under longllava_sdk, prefixes match sub-packages); a
 #: module may import modules of equal or lower rank only.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("errors", "isolation", "media", "hookspecs", "config", "adapters", "heads", "checkpoint", "highres", "windowing", "tiff_layout", "context_limit",
-         "processing.protocol", "processing.tokenizer")),
-    (1, ("plugin_manager",)),
-    (2, ("recipes",)),
+    (0, ("errors", "isolation", "options", "media", "hookspecs", "config", "adapters", "heads", "contracts", "units", "validation", "root_jail",
+         "checkpoint", "highres", "context_limit", "processing.protocol", "processing.tokenizer", "importers", "manifest",
+         "deidentify")),
+    (1, ("plugin_manager", "registry")),
+    (2, ("recipes", "data_import")),
     (3, ("modeling", "processing")),
     (4, ("model_folders", "convert_official", "quantization", "planner")),
     (5, ("pipeline",)),

@@ -89,7 +89,7 @@ def test_mask_helpers_block_diagonal_causal():
 @pytest.fixture(scope="module")
 def text_dataset(tmp_path_factory, processor):
     root = tmp_path_factory.mktemp("packing")
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     if "images" not in available_adapters() and not get_plugin_manager().has_plugin("images"):

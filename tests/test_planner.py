@@ -18,7 +18,7 @@ WORKER = Path(__file__).with_name("planner_worker.py")
 
 @pytest.fixture(scope="module")
 def plan_9b_int8():
-    return plan(preset="9b", images=1000, gpu_memory="80GB", dtype="int8")
+    return plan(preset="9b", images=1000, gpu_memory="80GiB", dtype="int8")
 
 
 def _line(column, name: str) -> int:
@@ -26,8 +26,10 @@ def _line(column, name: str) -> int:
 
 
 def test_parse_memory():
-    assert parse_memory("80GB") == parse_memory("80GiB") == parse_memory(80) == 80 * GiB
-    assert parse_memory("512MB") == 512 << 20 and parse_memory("1.5g") == int(1.5 * GiB)
+    assert parse_memory("80GiB") == parse_memory(80) == parse_memory("80g") == 80 * GiB
+    assert parse_memory("80GB") == 80 * 10**9  # one rule for sizes everywhere: GB = 10^9, GiB = 2^30
+    assert parse_memory("512MiB") == 512 << 20 and parse_memory("512MB") == 512 * 10**6
+    assert parse_memory("1.5g") == int(1.5 * GiB)
     for bad in ("eighty", "80PB", "-3GB", "0"):
         with pytest.raises(ConfigError):
             parse_memory(bad)
@@ -45,7 +47,7 @@ def test_9b_kv_cache_is_the_issues_arithmetic(plan_9b_int8):
 
 
 def test_weights_are_counted_from_the_model_and_int8_keeps_mamba(plan_9b_int8):
-    bf16 = plan(preset="9b", images=1000, gpu_memory="80GB", dtype="bf16")
+    bf16 = plan(preset="9b", images=1000, gpu_memory="80GiB", dtype="bf16")
     hybrid = bf16.hybrid
     assert 9.0e9 < sum(hybrid.parameters.values()) < 10.0e9  # LongLLaVA-9B
     assert hybrid.parameters["Mamba mixers"] > 2.5e9 and hybrid.parameters["vision tower"] > 3.0e8
@@ -68,18 +70,18 @@ def test_chunked_prefill_fits_more_images_and_the_hybrid_more_than_the_transform
         assert col.total < 80 * GiB
     config = LongLLaVAConfig.from_preset("9b")
     for images, fits in ((most["hybrid", "one-shot"], True), (most["hybrid", "one-shot"] + 1, False)):
-        again = plan_memory(config, images=images, gpu_memory="80GB", dtype="int8")
+        again = plan_memory(config, images=images, gpu_memory="80GiB", dtype="int8")
         assert (again.column("hybrid", "one-shot").total <= 80 * GiB) is fits
 
 
 def test_official_vision_batching_lands_near_the_papers_thousand_images():
     # The official code encodes all images in one CLIP batch, keeping every hidden state.
-    official = plan(preset="9b", images=1000, gpu_memory="80GB", dtype="int8", vision_batch=0)
+    official = plan(preset="9b", images=1000, gpu_memory="80GiB", dtype="int8", vision_batch=0)
     assert 900 <= official.column("hybrid", "one-shot").max_images <= 1500
 
 
 def test_a13b_int8_says_why_it_does_not_fit():
-    result = plan(preset="a13b", images=100, gpu_memory="80GB", dtype="int8")
+    result = plan(preset="a13b", images=100, gpu_memory="80GiB", dtype="int8")
     assert all(c.max_images == 0 for c in result.columns)
     assert any("3-D tensors" in note for note in result.notes)
     assert any("not even the text alone fits" in note for note in result.notes)
@@ -89,16 +91,16 @@ def test_bad_arguments_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="--gpu-memory"):
         plan(preset="9b", images=10)
     with pytest.raises(ConfigError, match="dtype"):
-        plan(preset="9b", images=10, gpu_memory="80GB", dtype="int4")
+        plan(preset="9b", images=10, gpu_memory="80GiB", dtype="int4")
     with pytest.raises(ConfigError, match="unknown preset"):
-        plan(preset="70b", images=10, gpu_memory="80GB")
+        plan(preset="70b", images=10, gpu_memory="80GiB")
     with pytest.raises(ConfigError, match="config.json"):
-        plan(model=str(tmp_path), images=10, gpu_memory="80GB")
+        plan(model=str(tmp_path), images=10, gpu_memory="80GiB")
 
 
 def test_plan_for_a_model_folder_and_video_frames(tiny_checkpoint):
-    frames = plan(model=str(tiny_checkpoint), video_frames=100, device="cpu", gpu_memory="8GB", dtype="fp32")
-    images = plan(model=str(tiny_checkpoint), images=100, device="cpu", gpu_memory="8GB", dtype="fp32")
+    frames = plan(model=str(tiny_checkpoint), video_frames=100, device="cpu", gpu_memory="8GiB", dtype="fp32")
+    images = plan(model=str(tiny_checkpoint), images=100, device="cpu", gpu_memory="8GiB", dtype="fp32")
     assert frames.images == images.images == 100
     assert frames.tokens > images.tokens  # the <t> separators and <vid></vid>
 
@@ -106,7 +108,7 @@ def test_plan_for_a_model_folder_and_video_frames(tiny_checkpoint):
 def test_cli_prints_the_budget(capsys):
     from longllava_sdk.cli import main
 
-    assert main(["plan", "--preset", "9b", "--images", "1000", "--gpu-memory", "80GB", "--dtype", "int8"]) == 0
+    assert main(["plan", "--preset", "9b", "--images", "1000", "--gpu-memory", "80GiB", "--dtype", "int8"]) == 0
     out = capsys.readouterr().out
     for text in ("KV cache", "Mamba conv + SSM states", "vision encoding", "activations", "weights, int8",
                  "max images (memory)", "hybrid one-shot", "transformer chunked (2048)", "149,512 tokens"):
@@ -145,7 +147,7 @@ def test_predicted_peak_is_within_15_percent_of_the_measured_one(case):
     config = LongLLaVAConfig.from_preset("tiny")
 
     def plan(measured: dict):
-        return plan_memory(config, images=case["images"], text_tokens=case["text"], device="cpu", gpu_memory="24GB",
+        return plan_memory(config, images=case["images"], text_tokens=case["text"], device="cpu", gpu_memory="24GiB",
                            dtype="fp32", tag_tokens_per_image=1, runtime_bytes=measured["runtime"])
 
     measured = _measure(case)

@@ -26,7 +26,7 @@ import torch
 from longllava_sdk import hookimpl
 from longllava_sdk.errors import AdapterError, ConfigError, PluginError
 from longllava_sdk.heads import TaskHead
-from longllava_sdk.plugin_manager import available_heads
+from longllava_sdk.registry import available_heads, registered_classes
 from longllava_sdk.plugin_manager import (
     BLOCK_ENV,
     DISABLE_AUTOLOAD_ENV,
@@ -157,11 +157,11 @@ def test_failing_import_is_named_and_other_plugins_keep_working(make_dist, capsy
     good = _record(pm, "good")
     assert good.status == "loaded" and good.version == "2.5.0" and good.distribution == "fake-good"
     assert good.hooks == ["longllava_register_adapters", "longllava_register_heads"]
-    assert "good_adapter" in pm.registered_classes("longllava_register_adapters", object, "adapter")
+    assert "good_adapter" in registered_classes("longllava_register_adapters", object, "adapter", pm=pm)
 
     # The process-wide manager behaves the same: the good plugin's classes are available.
     with pytest.warns(PluginLoadWarning):
-        from longllava_sdk.plugin_manager import available_adapters
+        from longllava_sdk.registry import available_adapters
 
         assert "good_adapter" in available_adapters()
     assert "good_head" in available_heads()
@@ -211,7 +211,7 @@ def test_hookspec_violations_are_rejected_by_name(make_dist):
 
     assert pm.get_plugin("typo") is None and pm.get_plugin("wrong_args") is None
     assert not hasattr(pm.hook, "longllava_register_adaptors")  # no trace of the unknown hook
-    heads = pm.registered_classes("longllava_register_heads", TaskHead, "head")
+    heads = registered_classes("longllava_register_heads", TaskHead, "head", pm=pm)
     assert "typo_head" not in heads and "good_head" in heads  # rejected as a whole, others fine
     pm.check_pending()
 
@@ -304,7 +304,7 @@ def test_block_by_environment_variable(make_dist, monkeypatch):
     pm = get_plugin_manager()
     assert _record(pm, "one").status == "blocked" and _record(pm, "three").status == "blocked"
     assert _record(pm, "two").status == "loaded"
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
 
     adapters = available_adapters()
     assert "two_adapter" in adapters and "one_adapter" not in adapters and "three_adapter" not in adapters
@@ -355,8 +355,9 @@ def test_autoload_disabled_by_environment_variable(make_dist, monkeypatch):
 class _AllHooks:
     """A programmatic plugin implementing every hook, recording what it was given."""
 
-    def __init__(self, adapter_cls, head_cls, command, callback):
+    def __init__(self, adapter_cls, head_cls, command, callback, importer_cls=None):
         self.adapter_cls, self.head_cls, self.command, self.callback = adapter_cls, head_cls, command, callback
+        self.importer_cls = importer_cls
         self.seen: dict[str, tuple] = {}
 
     @hookimpl
@@ -374,6 +375,10 @@ class _AllHooks:
     @hookimpl
     def longllava_register_commands(self):
         return [self.command]
+
+    @hookimpl
+    def longllava_register_importers(self):
+        return [self.importer_cls]
 
     @hookimpl
     def longllava_model_loaded(self, model, config):
@@ -396,7 +401,8 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     from transformers import TrainerCallback
 
     from longllava_sdk.adapters import InputAdapter
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.importers import ImportedRow, Importer
+    from longllava_sdk.registry import available_adapters, available_importers
 
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
 
@@ -431,8 +437,17 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
         print(" ".join([word.upper()] * times))
         return 0
 
+    class LinesImporter(Importer):
+        name = "all_hooks_lines"
+        description = "one question per line"
+        media_lookup = "none"
+
+        def iter_rows(self, source, media_root):
+            for number, line in enumerate(source.read_text().splitlines(), start=1):
+                yield ImportedRow(number, f"q{number}", [("human", line), ("gpt", "ok")])
+
     callback = TrainerCallback()
-    plugin = _AllHooks(TxtAdapter, Head, shout_twice, callback)
+    plugin = _AllHooks(TxtAdapter, Head, shout_twice, callback, LinesImporter)
     pm = get_plugin_manager()
     assert pm.register(plugin, name="all_hooks") == "all_hooks"
     assert _record(pm, "all_hooks").hooks == sorted(hook_names())
@@ -443,6 +458,8 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     assert available_heads() == {"all_hooks_head": Head}
     assert pm.hook.longllava_register_domains() == [["recipes/chest_ct.yaml"]]
     assert pm.hook.longllava_register_commands() == [[shout_twice]]
+    assert pm.hook.longllava_register_importers() == [[LinesImporter]]
+    assert available_importers() == {"all_hooks_lines": LinesImporter}
 
     model, config = torch.nn.Linear(2, 2), {"preset": "tiny"}
     assert pm.hook.longllava_model_loaded(model=model, config=config) == []
@@ -588,7 +605,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(example_plugin_ins
     assert record.hooks == ["longllava_register_adapters", "longllava_register_commands",
                             "longllava_register_heads"]
 
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
 
     assert available_adapters()["npy_volume"].__module__ == "longllava_example_plugin.npy_volume"
     assert available_heads()["example_linear_probe"].__module__ == "longllava_example_plugin.probe_head"
@@ -607,7 +624,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(example_plugin_ins
 
 
 def test_example_plugin_adapter_reads_real_npy_volumes(example_plugin_installed, tmp_path, capsys):
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     # 40 slices of 24x32; slice i holds the constant value 10*i, slice 7 has a NaN hole.
     volume = np.repeat((np.arange(40, dtype=np.float32) * 10)[:, None, None], 24 * 32, axis=1).reshape(40, 24, 32)
@@ -749,7 +766,7 @@ def test_adapters_are_chosen_within_the_asked_kind(tmp_path):
     from PIL import Image
 
     from longllava_sdk.errors import UnsupportedSourceError
-    from longllava_sdk.plugin_manager import resolve_adapter
+    from longllava_sdk.registry import resolve_adapter
 
     png = tmp_path / "photo.png"
     Image.new("RGB", (16, 16), (1, 2, 3)).save(png)

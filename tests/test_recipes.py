@@ -25,7 +25,7 @@ BUILTIN = {"medical", "medical_vqa", "remote_sensing", "remote_sensing_vqa", "vi
 @pytest.fixture(scope="module", autouse=True)
 def builtin_plugins():
     """Domains and adapters through their entry points, or registered here if the install predates them."""
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()

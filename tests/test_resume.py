@@ -34,7 +34,7 @@ class RecordingCollator:
 def _trainer(data_root, output_dir, mode: str):
     from transformers import set_seed
 
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets

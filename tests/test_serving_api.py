@@ -337,7 +337,7 @@ def test_error_bodies_are_openai_shaped_and_carry_no_internals(server, root, pip
 
 def test_a_model_with_a_task_head_classifies_over_http(tiny_model_and_processor, tmp_path, root):
     from longllava_sdk.model_folders import save_model
-    from longllava_sdk.plugin_manager import get_head_class
+    from longllava_sdk.registry import get_head_class
 
     model, processor = tiny_model_and_processor
     head = get_head_class("classify")(model.config.text_config.hidden_size, ["benign", "malignant"], dropout=0.0)

@@ -108,7 +108,7 @@ def _repeat_track(mp4: bytes, times: int) -> bytes:
 # -- admission by planned memory ------------------------------------------------------------------
 def test_a_request_planned_over_the_memory_budget_is_413_with_its_cost_and_the_limit(pipe):
     many = [{"type": "image_url", "image_url": {"url": data_url(png_bytes())}} for _ in range(48)]
-    with serving(pipe, max_request_memory="40MB") as server:
+    with serving(pipe, max_request_memory="40MiB") as server:
         started = time.monotonic()
         response = post(server, "Compare them.", *many)
         assert response.status_code == 413, response.text

@@ -58,7 +58,7 @@ def test_cosine_schedule_with_three_percent_warmup(tmp_path):
     from longllava_sdk.recipes import TrainingSettings
     from longllava_sdk.modeling.task_model import TaskModel
     from longllava_sdk.training.trainer import LongLLaVATrainer, build_training_arguments
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
 
     args = build_training_arguments(tmp_path, TrainingSettings(), learning_rate=1e-3, epochs=1)
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == pytest.approx(0.03)
@@ -88,7 +88,7 @@ def _micro_batch(processor):
 
 
 def test_router_aux_loss_is_added_for_moe_and_skipped_for_one_expert():
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.modeling.task_model import TaskModel
 
     model, processor = make_micro_model()
@@ -176,7 +176,7 @@ def test_trainer_stops_on_a_parameter_without_gradient(tmp_path):
     """A LoRA on dt_proj (bypassed by the Mamba mixer) must stop training at the first step."""
     from peft import LoraConfig, get_peft_model
 
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets
@@ -196,7 +196,7 @@ def test_trainer_stops_on_a_parameter_without_gradient(tmp_path):
 
 @pytest.mark.compat
 def test_generate_evaluation_reports_vqa_metrics(tmp_path):
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.collator import TrainingCollator
     from longllava_sdk.training.data import prepare_datasets

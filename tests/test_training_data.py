@@ -36,7 +36,7 @@ CT_SERIES = DOMAINS / "medical" / "data" / "ct" / "series_01"
 @pytest.fixture(scope="module", autouse=True)
 def builtin_adapters():
     """The built-in adapters, through their entry points, or registered here if the install predates them."""
-    from longllava_sdk.plugin_manager import available_adapters
+    from longllava_sdk.registry import available_adapters
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()

@@ -1,4 +1,4 @@
-"""HU windowing shared by the DICOM and NIfTI adapters (longllava_sdk/windowing.py)."""
+"""HU windowing shared by the DICOM and NIfTI adapters (plugins/windowing.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from longllava_sdk.errors import ConfigError
-from longllava_sdk.windowing import (
+from longllava_plugins.windowing import (
     PRESETS,
     Window,
     apply_lut,

@@ -23,13 +23,13 @@ def ensure_builtin_plugins() -> None:
     """Register the built-in heads and image adapter if the installed entry points predate them."""
     import importlib
 
-    from longllava_sdk.plugin_manager import available_adapters
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_adapters
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.plugin_manager import get_plugin_manager
 
     manager = get_plugin_manager()
     if "classify" not in available_heads() and not manager.has_plugin("heads"):
-        manager.register(importlib.import_module("longllava_plugins.heads"), name="heads")
+        manager.register(importlib.import_module("longllava_plugins.heads_hooks"), name="heads")
     for name in ("images", "video", "dicom", "nifti", "geotiff"):
         if name not in available_adapters() and not manager.has_plugin(name):
             try:
@@ -124,7 +124,7 @@ def sigterm_worker(data_root: Path, output: Path, resume: bool, stop_after: int)
 
     from transformers import TrainerCallback, set_seed
 
-    from longllava_sdk.plugin_manager import available_heads
+    from longllava_sdk.registry import available_heads
     from longllava_sdk.recipes import Recipe
     from longllava_sdk.training.checkpointing import latest_complete_checkpoint
     from longllava_sdk.training.collator import TrainingCollator

@@ -29,6 +29,8 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     # tens of minutes on 2 cores (every case in its own process); `efficiency-quick` is the smoke
     "efficiency": ("bench_efficiency.py", ["--out", "bench-efficiency"]),
     "efficiency-quick": ("bench_efficiency.py", ["--quick", "--out", "bench-efficiency-quick"]),
+    # fresh interpreters: --help / plan / plugins / data formats vs `import torch, transformers`
+    "startup": ("bench_startup.py", []),
 }
 #: Suites run only when named: they train a model for minutes, or stress the machine on purpose.
 _ON_REQUEST = {"efficiency", "learnability", "niah-learning", "fault-injection"}
@@ -46,7 +48,7 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, serve,
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, serve, startup,
             efficiency-quick, efficiency, learnability, niah-learning, fault-injection); default: all
             but efficiency (tens of minutes), the two that train a model (up to 10 minutes each) and
             fault-injection (about 2 minutes of repeated SIGKILLs).

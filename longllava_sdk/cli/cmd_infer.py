@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..options import LoadOptions
+
 
 def infer(
     *,
@@ -19,9 +21,7 @@ def infer(
     adapter_options: dict[str, Any] | None = None,
     max_images: int | None = None,
     max_new_tokens: int = 256,
-    device: str = "auto",
-    dtype: str | None = None,
-    quantize: str | None = None,
+    load: LoadOptions | None = None,
     stream: bool = True,
 ) -> None:
     """Run the model on a prompt and media and print the answer (or the task head's prediction).
@@ -40,16 +40,14 @@ def infer(
         max_images: image budget per source (default: 128 frames for a video, the paper's setting;
             what fits the context for other sources).
         max_new_tokens: generation length limit.
-        device: auto, cpu, cuda, cuda:1...
-        dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
-        quantize: int8: the language model's linear layers in 8 bits (Mamba and vision kept).
+        load: device, dtype and int8 quantization of the model (--device, --dtype, --quantize).
         stream: print pieces as they are generated.
     """
     import json
 
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
+    pipe = Pipeline.from_pretrained(model, **(load or LoadOptions()).kwargs())
     media: dict[str, Any] = {k: v for k, v in dict(video=video, volume=volume, tiled=tiled, adapter=adapter,
                                                    adapter_options=adapter_options, max_images=max_images).items()
                              if v is not None}

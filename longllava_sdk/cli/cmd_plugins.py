@@ -46,12 +46,12 @@ def plugins(json: bool = False, strict: bool = False, adapter: str | None = None
 
 
 def _adapter_options(name: str, as_json: bool) -> int:
-    from ..errors import ConfigError
-    from ..plugin_manager import available_adapters
+    from ..errors import unknown_name_error
+    from ..registry import available_adapters
 
     adapters = available_adapters()
     if name not in adapters:
-        raise ConfigError(f"no adapter named {name!r}; installed: {', '.join(sorted(adapters)) or 'none'}")
+        raise unknown_name_error("adapter", name, adapters, listing="installed")
     cls = adapters[name]
     options = cls.options()
     if as_json:

@@ -21,6 +21,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from ..options import LoadOptions, reject_unknown, take_options
 from ..errors import ConfigError
 from ..heads import TaskHead
 from ..processing.processor import LongLLaVAProcessor
@@ -71,10 +72,10 @@ def evaluate_data(
     max_images: int | None = None,
     adapter_options: dict[str, Any] | None = None,
     max_new_tokens: int = 64,
-    device: str = "auto",
-    dtype: str | None = None,
+    load: LoadOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **fields: Any,
 ) -> EvalReport:
     """Score a model folder on a dataset (SDK data format) or a domain recipe's sample data.
 
@@ -94,21 +95,24 @@ def evaluate_data(
         max_images: image budget per sample (default: the recipe's).
         adapter_options: options for the input adapters, KEY=VALUE (typed by each adapter's declared options).
         max_new_tokens: longest generated answer (each answer is also capped at its reference's length + 8 tokens).
-        device: auto, cpu, cuda, cuda:1...
-        dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
+        load: device / dtype of the model (:class:`~longllava_sdk.options.LoadOptions`).
         overwrite: discard a previous run with other settings in --output and start again.
         progress: show a progress bar.
+        fields: :class:`~longllava_sdk.options.LoadOptions` fields by name (``device="cpu"``).
     """
+    load = take_options(fields, LoadOptions, load)
+    reject_unknown(fields, "evaluate_data")
     if data is None and domain is None:
         raise ConfigError("nothing to evaluate on: pass a data file or a domain")
-    predictor = Predictor.from_model_folder(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+    predictor = Predictor.from_model_folder(model, load=load, max_new_tokens=max_new_tokens)
     processor = predictor.pipeline.processor
     recipe = load_recipe(domain) if domain is not None else None
     prepared = prepare_datasets(processor, recipe, data_path=data, data_root=data_root, max_images=max_images,
                                 head=predictor.head, adapter_options=adapter_options)
     chosen = _select(prepared.train, prepared.eval, split)
     arguments = {"split": split, "max_images": max_images, "adapter_options": adapter_options,
-                 "max_new_tokens": max_new_tokens, "dtype": dtype, "data_root": data_root}
+                 "max_new_tokens": max_new_tokens, "dtype": load.dtype, "data_root": data_root,
+                 **({"quantize": load.quantize} if load.quantize else {})}
     identity = {"mode": "data", "arguments": arguments, "model": folder_fingerprint(model),
                 "data": file_fingerprint(prepared.data_path), "recipe": recipe.to_dict() if recipe else None}
     store = RunStore(Path(output) if output else default_output_dir("data", model, identity), identity,

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from PIL import Image
 
 from ..errors import ConfigError, InputError
-from ..plugin_manager import resolve_adapter
+from ..registry import resolve_adapter
 from .needles import CardSearch, needle_kind, render_card
 
 __all__ = ["HaystackSource", "HaystackPool", "Placement", "HaystackPlan", "Haystack", "build_haystack",

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..options import LoadOptions, reject_unknown, take_options
 from ..media import Media
 from ..processing.processor import LongLLaVAProcessor
 from .haystack import (INSERTIONS, Haystack, HaystackPlan, HaystackPool, HaystackSource, Placement, build_haystack,
@@ -45,7 +46,7 @@ from .tables import grid_table, percent
 
 __all__ = [
     "ANSWER_FORMATS", "DEFAULT_DEPTHS", "IMAGE_LADDER", "NiahItem", "default_num_images", "plan_niah",
-    "build_niah_haystack", "iter_niah", "needle_case", "evaluate_niah", "stable_rng", "open_pool",
+    "build_niah_haystack", "iter_niah", "needle_case", "evaluate_niah", "stable_rng", "open_pool", "HaystackOptions",
 ]
 
 ANSWER_FORMATS: tuple[str, ...] = ("open", "choice")
@@ -205,15 +206,45 @@ def _niah_case(item: NiahItem, pool: HaystackPool, processor: LongLLaVAProcessor
     return needle_case(processor, haystack, item.question(), item.reference, [item.value])
 
 
-def open_pool(haystack: Sequence[str] | None, haystack_domain: str, images_per_source: int,
-              frame_size: int, adapter_options: Mapping[str, Any] | None = None) -> HaystackPool:
-    """The pool of ``haystack`` paths, else of the domain recipe's bundled media (read with ``adapter_options``)."""
-    options = dict(adapter_options or {})
-    if haystack:
-        return HaystackPool([HaystackSource(os.fspath(p), options=options) for p in haystack],
-                            images_per_source=images_per_source, frame_size=frame_size)
-    return HaystackPool.from_domain(haystack_domain, adapter_options=options, images_per_source=images_per_source,
-                                    frame_size=frame_size)
+@dataclass(frozen=True)
+class HaystackOptions:
+    """Where haystack images come from and how needles are drawn: shared by ``eval niah`` and ``eval vnbench``.
+
+    Attributes:
+        haystack: media files / folders to take the haystack images from (videos, GeoTIFFs,
+            DICOM series, images); default: the --haystack-domain recipe's bundled media.
+        haystack_domain: the domain whose bundled media form the default haystack.
+        adapter_options: an option for the adapters reading the haystack, KEY=VALUE (typed by each
+            adapter's declared options, see `longllava-sdk plugins --adapter NAME`), e.g. window=lung.
+        images_per_source: at most this many images from one haystack source.
+        frame_size: long side of every haystack image in pixels (default: the model's image size).
+        needle: what the needle card shows: word, digit or colour.
+        needle_scale: card height as a fraction of the frames' shorter side.
+        seed: decides every item (values, options, haystack windows, card positions).
+        max_new_tokens: longest generated answer.
+        verify: check every haystack: each card exactly where planned, no other option's card anywhere.
+    """
+
+    haystack: list[str] | None = None
+    haystack_domain: str = "video"
+    adapter_options: dict[str, Any] | None = None
+    images_per_source: int = 64
+    frame_size: int | None = None
+    needle: str = "word"
+    needle_scale: float = 0.5
+    seed: int = 0
+    max_new_tokens: int = 16
+    verify: bool = True
+
+
+def open_pool(options: HaystackOptions, frame_size: int) -> HaystackPool:
+    """The pool of ``options.haystack`` paths, else of the domain recipe's bundled media (read with its adapter options)."""
+    adapter_options = dict(options.adapter_options or {})
+    if options.haystack:
+        return HaystackPool([HaystackSource(os.fspath(p), options=adapter_options) for p in options.haystack],
+                            images_per_source=options.images_per_source, frame_size=frame_size)
+    return HaystackPool.from_domain(options.haystack_domain, adapter_options=adapter_options,
+                                    images_per_source=options.images_per_source, frame_size=frame_size)
 
 
 def head_values(predictor: Predictor) -> list[str] | None:
@@ -228,23 +259,14 @@ def evaluate_niah(
     num_images: list[int] | None = None,
     depths: list[float] | None = None,
     samples_per_cell: int = 1,
-    needle: str = "word",
     answer_format: str = "open",
     insertion: str = "insert",
-    haystack: list[str] | None = None,
-    haystack_domain: str = "video",
-    adapter_options: dict[str, Any] | None = None,
-    images_per_source: int = 64,
-    frame_size: int | None = None,
-    needle_scale: float = 0.5,
-    seed: int = 0,
-    max_new_tokens: int = 16,
-    verify: bool = True,
     heatmap: bool = True,
-    device: str = "auto",
-    dtype: str | None = None,
+    haystack_options: HaystackOptions | None = None,
+    load: LoadOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **fields: Any,
 ) -> EvalReport:
     """Multimodal needle-in-a-haystack: accuracy by number of images and needle depth, with a heatmap.
 
@@ -260,34 +282,28 @@ def evaluate_niah(
             the model's context, at most 1000).
         depths: needle depths in [0, 1] (default 0 0.25 0.5 0.75 1).
         samples_per_cell: items per (N, depth) cell.
-        needle: what the needle card shows: word, digit or colour.
         answer_format: open (the model writes the answer) or choice (options A-D, answer a letter).
         insertion: insert (the needle is an extra image) or overlay (pasted onto a real frame).
-        haystack: media files / folders to take the haystack images from (videos, GeoTIFFs,
-            DICOM series, images); default: the --haystack-domain recipe's bundled media.
-        haystack_domain: the domain whose bundled media form the default haystack.
-        adapter_options: an option for the adapters reading the haystack, KEY=VALUE (typed by each
-            adapter's declared options, see `longllava-sdk plugins --adapter NAME`), e.g. window=lung.
-        images_per_source: at most this many images from one haystack source.
-        frame_size: long side of every haystack image in pixels (default: the model's image size).
-        needle_scale: card height as a fraction of the frames' shorter side.
-        seed: decides every item (values, options, haystack windows, card positions).
-        max_new_tokens: longest generated answer.
-        verify: check every haystack: the answer's card in exactly the needle image, no other option's anywhere.
         heatmap: write heatmap.png (needs matplotlib, the [eval] extra).
-        device: auto, cpu, cuda, cuda:1...
-        dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
+        haystack_options: the haystack and its needles (:class:`HaystackOptions`; flat flags on the CLI).
+        load: device / dtype of the model (:class:`~longllava_sdk.options.LoadOptions`).
         overwrite: discard a previous run with other settings in --output and start again.
         progress: show a progress bar.
+        fields: :class:`HaystackOptions` / :class:`~longllava_sdk.options.LoadOptions` fields by name
+            (``seed=1``, ``device="cpu"``).
     """
+    opts = take_options(fields, HaystackOptions, haystack_options)
+    load = take_options(fields, LoadOptions, load)
+    reject_unknown(fields, "evaluate_niah")
     from .heatmap import require_matplotlib, write_heatmap
 
     if heatmap:
         require_matplotlib()
-    predictor = Predictor.from_model_folder(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+    predictor = Predictor.from_model_folder(model, load=load, max_new_tokens=opts.max_new_tokens)
     pipeline = predictor.pipeline
-    size = int(frame_size or pipeline.config.vision_config.image_size)
-    pool = open_pool(haystack, haystack_domain, images_per_source, size, adapter_options)
+    size = int(opts.frame_size or pipeline.config.vision_config.image_size)
+    pool = open_pool(opts, size)
+    needle, seed, needle_scale = opts.needle, opts.seed, opts.needle_scale
     counts = list(num_images) if num_images else default_num_images(min(pipeline.default_max_images, 1000))
     cell_depths = list(depths) if depths else list(DEFAULT_DEPTHS)
     items = plan_niah(pool_size=pool.size, num_images=counts, depths=cell_depths, samples_per_cell=samples_per_cell,
@@ -295,12 +311,13 @@ def evaluate_niah(
                       needle_scale=needle_scale, seed=seed)
     arguments = {"num_images": counts, "depths": cell_depths, "samples_per_cell": samples_per_cell, "needle": needle,
                  "answer_format": answer_format, "insertion": insertion, "needle_scale": needle_scale, "seed": seed,
-                 "max_new_tokens": max_new_tokens, "verify": verify, "dtype": dtype}
+                 "max_new_tokens": opts.max_new_tokens, "verify": opts.verify, "dtype": load.dtype,
+                 **({"quantize": load.quantize} if load.quantize else {})}
     identity = {"mode": "niah", "arguments": arguments, "model": folder_fingerprint(model), "haystack": pool.describe()}
     store = RunStore(Path(output) if output else default_output_dir("niah", model, identity), identity,
                      overwrite=overwrite)
     specs = [CaseSpec(item.id, {"num_images": item.num_images, "depth": item.depth}, item.to_json(),
-                      functools.partial(_niah_case, item, pool, pipeline.processor, verify)) for item in items]
+                      functools.partial(_niah_case, item, pool, pipeline.processor, opts.verify)) for item in items]
     records, scored = run_items(specs, predictor, store, description="niah", progress=progress)
     metrics, groups = summarise(predictor.head, records, {"num_images x depth": ("num_images", "depth"),
                                                           "num_images": ("num_images",), "depth": ("depth",)})

@@ -21,10 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
+from ..options import LoadOptions
 from ..errors import ConfigError
 from ..heads import TaskHead
 from ..pipeline import Pipeline
-from ..plugin_manager import get_head_class
+from ..registry import get_head_class
 from ..processing.processor import EncodedSample
 from ..training.trainer import decode_generated
 
@@ -92,16 +93,15 @@ class Predictor:
         self.head: TaskHead = pipeline.head if pipeline.head is not None else get_head_class(GENERATE_HEAD)(hidden)
 
     @classmethod
-    def from_model_folder(cls, model: str, *, device: str = "auto", dtype: str | None = None,
-                          max_new_tokens: int = 16) -> "Predictor":
-        """Load ``model`` (a model folder: safetensors, processor files, optional head)."""
+    def from_model_folder(cls, model: str, *, load: LoadOptions | None = None, max_new_tokens: int = 16) -> "Predictor":
+        """Load ``model`` (a model folder: safetensors, processor files, optional head) as ``load`` says."""
         from transformers.utils import logging as hf_logging
 
         # an evaluation prints its own progress bar; transformers' weight-loading bar would be noise
         shown = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            pipeline = Pipeline.from_pretrained(model, device=device, dtype=dtype)
+            pipeline = Pipeline.from_pretrained(model, **(load or LoadOptions()).kwargs())
         finally:
             if shown:
                 hf_logging.enable_progress_bar()

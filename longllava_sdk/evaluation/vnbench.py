@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..options import LoadOptions, reject_unknown, take_options
 from ..errors import ConfigError
 from ..processing.processor import LongLLaVAProcessor
 from .haystack import INSERTIONS, Haystack, HaystackPlan, HaystackPool, Placement, build_haystack, verify_haystack
 from .needles import OPTION_LETTERS, NeedleKind, format_options, needle_kind
-from .niah import CHOICE_INSTRUCTION, needle_case, open_pool, stable_rng
+from .niah import CHOICE_INSTRUCTION, HaystackOptions, needle_case, open_pool, stable_rng
 from .predict import EvalCase, Predictor
 from .runner import CaseSpec, EvalReport, default_output_dir, run_items, summarise
 from .store import RunStore, folder_fingerprint
@@ -186,20 +187,11 @@ def evaluate_vnbench(
     insertions: list[str] | None = None,
     num_images: list[int] | None = None,
     samples_per_task: int = 4,
-    needle: str = "word",
-    haystack: list[str] | None = None,
-    haystack_domain: str = "video",
-    adapter_options: dict[str, Any] | None = None,
-    images_per_source: int = 64,
-    frame_size: int | None = None,
-    needle_scale: float = 0.5,
-    seed: int = 0,
-    max_new_tokens: int = 16,
-    verify: bool = True,
-    device: str = "auto",
-    dtype: str | None = None,
+    haystack_options: HaystackOptions | None = None,
+    load: LoadOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **fields: Any,
 ) -> EvalReport:
     """VNBench-style retrieval / ordering / counting: multiple-choice accuracy per task, like the paper's Table 3.
 
@@ -214,31 +206,25 @@ def evaluate_vnbench(
         insertions: overlay (VNBench's E: edited frames) and / or insert (I: extra images); default both.
         num_images: haystack sizes, needles included (default 16, or fewer if the context is smaller).
         samples_per_task: items per task, needle form and haystack size.
-        needle: what the needle cards show: word, digit or colour.
-        haystack: media files / folders for the haystack images (default: the --haystack-domain's media).
-        haystack_domain: the domain whose bundled media form the default haystack.
-        adapter_options: an option for the adapters reading the haystack, KEY=VALUE (typed by each
-            adapter's declared options, see `longllava-sdk plugins --adapter NAME`), e.g. window=lung.
-        images_per_source: at most this many images from one haystack source.
-        frame_size: long side of every haystack image in pixels (default: the model's image size).
-        needle_scale: card height as a fraction of the frames' shorter side.
-        seed: decides every item.
-        max_new_tokens: longest generated answer.
-        verify: check every haystack (each card exactly where planned, absent options nowhere).
-        device: auto, cpu, cuda, cuda:1...
-        dtype: float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU).
+        haystack_options: the haystack and its needles (:class:`~.niah.HaystackOptions`; flat flags on the CLI).
+        load: device / dtype of the model (:class:`~longllava_sdk.options.LoadOptions`).
         overwrite: discard a previous run with other settings in --output and start again.
         progress: show a progress bar.
+        fields: :class:`~.niah.HaystackOptions` / :class:`~longllava_sdk.options.LoadOptions` fields by name.
     """
-    predictor = Predictor.from_model_folder(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+    opts = take_options(fields, HaystackOptions, haystack_options)
+    load = take_options(fields, LoadOptions, load)
+    reject_unknown(fields, "evaluate_vnbench")
+    predictor = Predictor.from_model_folder(model, load=load, max_new_tokens=opts.max_new_tokens)
     pipeline = predictor.pipeline
     if not predictor.generates:
         missing = [letter for letter in OPTION_LETTERS[:NUM_OPTIONS] if letter not in predictor.head.labels]
         if missing:
             raise ConfigError(f"VNBench answers are option letters; the model's {predictor.head.name} head has labels "
                               f"{predictor.head.labels[:8]} (missing {missing})")
-    size = int(frame_size or pipeline.config.vision_config.image_size)
-    pool = open_pool(haystack, haystack_domain, images_per_source, size, adapter_options)
+    size = int(opts.frame_size or pipeline.config.vision_config.image_size)
+    pool = open_pool(opts, size)
+    needle, seed, needle_scale = opts.needle, opts.seed, opts.needle_scale
     counts = list(num_images) if num_images else [max(ORDERING_NEEDLES, min(16, pipeline.default_max_images))]
     chosen_tasks = list(tasks) if tasks else list(VNBENCH_TASKS)
     forms = list(insertions) if insertions else list(INSERTIONS)
@@ -246,14 +232,15 @@ def evaluate_vnbench(
                          samples_per_task=samples_per_task, kind=needle, needle_scale=needle_scale, seed=seed)
     arguments = {"tasks": chosen_tasks, "insertions": forms, "num_images": counts,
                  "samples_per_task": samples_per_task, "needle": needle, "needle_scale": needle_scale, "seed": seed,
-                 "max_new_tokens": max_new_tokens, "verify": verify, "dtype": dtype}
+                 "max_new_tokens": opts.max_new_tokens, "verify": opts.verify, "dtype": load.dtype,
+                 **({"quantize": load.quantize} if load.quantize else {})}
     identity = {"mode": "vnbench", "arguments": arguments, "model": folder_fingerprint(model),
                 "haystack": pool.describe()}
     store = RunStore(Path(output) if output else default_output_dir("vnbench", model, identity), identity,
                      overwrite=overwrite)
     specs = [CaseSpec(item.id, {"task": item.task, "insertion": item.plan.insertion,
                                 "num_images": item.plan.num_images}, item.to_json(),
-                      functools.partial(_vnbench_case, item, pool, pipeline.processor, verify)) for item in items]
+                      functools.partial(_vnbench_case, item, pool, pipeline.processor, opts.verify)) for item in items]
     records, scored = run_items(specs, predictor, store, description="vnbench", progress=progress)
     metrics, groups = summarise(predictor.head, records, {"task x insertion": ("task", "insertion"),
                                                           "task": ("task",), "insertion": ("insertion",),

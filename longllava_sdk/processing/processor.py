@@ -93,7 +93,7 @@ def as_media(item: MediaLike) -> Media:
         return Media(kind="images", images=[item.convert("RGB")])
     if isinstance(item, str) and _URL.match(item):
         raise InputError(item, "images are read from local files only; download it and pass the local path")
-    from ..plugin_manager import resolve_adapter
+    from ..registry import resolve_adapter
 
     return resolve_adapter(item, kind="images").load(item)
 

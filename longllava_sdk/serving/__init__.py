@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .server import API_KEY_ENV, serve
-from .settings import DEFAULT_CLIENT_ADAPTER_OPTIONS, ServerSettings
+from .settings import ServerSettings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -37,4 +37,4 @@ def create_app(pipeline: "Pipeline", settings: ServerSettings | None = None) -> 
     return build(pipeline, settings)
 
 
-__all__ = ["API_KEY_ENV", "DEFAULT_CLIENT_ADAPTER_OPTIONS", "ServerSettings", "create_app", "serve"]
+__all__ = ["API_KEY_ENV", "ServerSettings", "create_app", "serve"]

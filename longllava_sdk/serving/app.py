@@ -414,7 +414,7 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> St
     ``app.state.server`` is the :class:`Server` (its ``engine.records`` tell how each request
     ended). The engine's workers stop at the app's shutdown.
     """
-    server = Server(pipeline, settings or ServerSettings())
+    server = Server(pipeline, (settings or ServerSettings()).with_model_name("longllava"))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -136,7 +136,7 @@ class ContentReader:
         kind = ("images" if isinstance(part, ImagePart) else "video" if isinstance(part, VideoPart)
                 else "volume" if isinstance(part, VolumePart) else "tiled")
         source = getattr(part, part.type)
-        self._check_options(source.adapter_options, param)
+        self._check_options(source.adapter_options, param, kind, source.adapter)
         item = MediaItem(kind=kind, param=param, name="", adapter=source.adapter,
                          adapter_options=dict(source.adapter_options), max_images=source.max_images,
                          high_res=bool(getattr(source, "high_res", False)))
@@ -196,10 +196,20 @@ class ContentReader:
         item.data, item.suffix, item.files = data, header.suffix, 1
         return item
 
-    def _check_options(self, options: dict[str, Any], param: str) -> None:
-        refused = sorted(set(options) - set(self.settings.client_adapter_options))
+    def _check_options(self, options: dict[str, Any], param: str, kind: str, adapter: str | None) -> None:
+        if not options:
+            return
+        allowed_names = self.settings.client_adapter_options
+        if allowed_names is None:  # what the adapters that may read this part declare
+            from ..registry import available_adapters
+
+            adapters = available_adapters()
+            chosen = [adapters[adapter]] if adapter in adapters else [
+                cls for cls in adapters.values() if adapter is None and cls.kind == kind]
+            allowed_names = tuple(dict.fromkeys(o for cls in chosen for o in cls.client_options))
+        refused = sorted(set(options) - set(allowed_names))
         if refused:
-            allowed = ", ".join(self.settings.client_adapter_options) or "none"
+            allowed = ", ".join(allowed_names) or "none"
             raise APIError(400, f"adapter option(s) {', '.join(refused)} are fixed by this server's operator; "
                                 f"clients may set: {allowed}", code="adapter_option_refused", param=param)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from ..errors import LongLLaVAError, http_interface
+from ..units import format_bytes
 from .api_errors import APIError, PathRedactor, from_sdk_error
 from .settings import ServerSettings
 
@@ -207,14 +208,14 @@ class GenerationEngine:
         """
         details = {"planned_memory_bytes": int(memory), "memory_limit_bytes": self.memory_budget}
         if memory > self.memory_budget:
-            raise APIError(413, f"the request would need {_mib(memory)} of memory at its peak (planned before "
-                                f"decoding), over this server's limit of {_mib(self.memory_budget)} per request; send "
+            raise APIError(413, f"the request would need {format_bytes(memory)} of memory at its peak (planned before "
+                                f"decoding), over this server's limit of {format_bytes(self.memory_budget)} per request; send "
                                 "fewer or smaller images, a shorter prompt or a lower max_tokens",
                            code="request_too_costly", details=details)
         self.check_capacity()
         if self.reserved + memory > self.memory_budget:
-            raise APIError(429, f"the server is busy: requests in flight hold {_mib(self.reserved)} of its "
-                                f"{_mib(self.memory_budget)} memory budget and this one needs {_mib(memory)}; "
+            raise APIError(429, f"the server is busy: requests in flight hold {format_bytes(self.reserved)} of its "
+                                f"{format_bytes(self.memory_budget)} memory budget and this one needs {format_bytes(memory)}; "
                                 "retry shortly", type="rate_limit_error", code="server_busy",
                            headers={"Retry-After": "1"}, details={**details, "memory_in_use_bytes": self.reserved})
         loop = asyncio.get_running_loop()
@@ -254,7 +255,3 @@ class GenerationEngine:
         for job in list(self._jobs):
             job.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

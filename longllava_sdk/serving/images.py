@@ -17,11 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..media import IMAGE_FORMATS
 from .api_errors import APIError
 
-#: Pillow format names a request image may have (OpenAI accepts PNG, JPEG, WebP and GIF;
-#: BMP and TIFF are common in imaging). Only these openers ever parse request bytes.
-ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+#: Pillow format names a request image may have: the SDK's one list (only these openers ever
+#: parse request bytes).
+ACCEPTED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 #: The file suffix a checked image is stored under for the adapter (which claims by extension).
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
             "TIFF": ".tiff"}

@@ -22,6 +22,7 @@ import stat
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
+from ..root_jail import OutsideRoot, confine_to
 from .api_errors import APIError, PathRedactor, error_body
 
 Scope = MutableMapping[str, Any]
@@ -138,16 +139,13 @@ class RootJail:
         # lies outside the root.
         outside = APIError(400, "the path is outside the server's allowed root", code="path_outside_root", param=param)
         try:
-            real = candidate.resolve(strict=False)
+            return confine_to(candidate, self.root)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise self._invalid(exc, param) from None
             raise outside from None  # symlink loops, unreadable components
-        except (RuntimeError, ValueError):
+        except (OutsideRoot, ValueError, RuntimeError):  # outside, unusable components
             raise outside from None
-        if not real.is_relative_to(self.root):
-            raise outside
-        return real
 
     def _check_folder(self, folder: Path, param: str, redact: PathRedactor) -> None:
         seen = 0

@@ -2,43 +2,33 @@
 
 The defaults are the safe ones: no server-side paths (``root=None``), no remote URLs (empty
 ``allow_remote``), one generation at a time with a short queue, and caps on body size, images
-per request and pixels per image. Standard library only: the CLI imports this module to build
-its flags even where the ``serve`` extra is not installed.
+per request and pixels per image. A pydantic model (the SDK's one validation stack, a core
+dependency): the CLI imports this module to build its flags even where the ``serve`` extra is
+not installed. Every problem is reported at once, each with the option that sets it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, option_hint
+from ..validation import problems
 
 MIB = 1024 * 1024
 
-#: Adapter options a client may set in a content part. Only options that change *what* is read
-#: (window, series, clip, bands...) are listed: options that are themselves limits
-#: (``max_pixels``, ``max_side``, ``output_size``, ``tile_size``, ``gdal_cache_mb``...) stay as
-#: the operator configured the adapters, so a request cannot raise its own resource budget.
-#: A third-party adapter's options are refused until the operator lists them
-#: (``--client-adapter-options``).
-DEFAULT_CLIENT_ADAPTER_OPTIONS: tuple[str, ...] = (
-    # volumes
-    "window", "series_uid", "allow_non_parallel", "percentiles", "axis", "volume_index",
-    # video
-    "sampling", "num_frames", "fps", "start", "end", "keep_endpoints", "stream",
-    # rasters
-    "bands", "value_range", "drop_empty", "palette", "resampling",
-    # images
-    "split_mode", "max_tiles", "background",
-)
+Positive = Field(gt=0)
+NonNegative = Field(ge=0)
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(BaseModel):
     """Limits and security switches of one server (see docs/serving.md).
 
     Attributes:
-        model_name: the model id clients send as ``model`` and ``/v1/models`` lists.
+        model_name: the model id clients send as ``model`` and ``/v1/models`` lists; default: the
+            served folder's name (``serve``), ``longllava`` (an app built by ``create_app``).
         root: the only folder server-side paths may name (symlinks resolved); ``None``
             refuses every server-side path.
         api_key: required as ``Authorization: Bearer KEY`` on every route but ``/health``;
@@ -60,10 +50,11 @@ class ServerSettings:
         remote_timeout: seconds for each remote fetch (connect + read).
         max_redirects: redirects a remote fetch follows (each target checked again).
         max_folder_entries: files and folders a server-side folder (a DICOM series) may hold.
-        client_adapter_options: adapter options a client may set (see
-            :data:`DEFAULT_CLIENT_ADAPTER_OPTIONS`).
-        max_request_memory: the server-wide memory budget of requests in flight ("4GB",
-            "512MB"): each request is admitted by its planned peak (docs/serving.md); one over
+        client_adapter_options: adapter options a client may set; ``None`` (default): those
+            each adapter declares in its ``client_options`` (options that choose *what* is
+            read, never a limit).
+        max_request_memory: the server-wide memory budget of requests in flight ("4GiB",
+            "512MiB"): each request is admitted by its planned peak (docs/serving.md); one over
             the whole budget gets 413, one over what is left 429. ``None``: half of the memory
             available when the server starts (after the model is loaded).
         max_prompt_kb: largest prompt text (all messages), in KiB of UTF-8, checked before
@@ -79,67 +70,86 @@ class ServerSettings:
             get 503).
     """
 
-    model_name: str = "longllava"
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: Annotated[str, Field(min_length=1)] | None = None
     root: Path | None = None
     api_key: str | None = None
     allow_remote: tuple[str, ...] = ()
-    max_body_mb: float = 32.0
-    max_image_mb: float = 20.0
-    max_images: int = 256
-    max_image_pixels: int = 40_000_000
-    max_tokens: int = 4096
-    default_max_tokens: int = 256
-    max_concurrent: int = 1
-    max_queue: int = 4
-    request_timeout: float = 300.0
-    remote_timeout: float = 10.0
-    max_redirects: int = 3
-    max_folder_entries: int = 10_000
-    client_adapter_options: tuple[str, ...] = DEFAULT_CLIENT_ADAPTER_OPTIONS
+    max_body_mb: Annotated[float, Positive] = 32.0
+    max_image_mb: Annotated[float, Positive] = 20.0
+    max_images: Annotated[int, Positive] = 256
+    max_image_pixels: Annotated[int, Positive] = 40_000_000
+    max_tokens: Annotated[int, Positive] = 4096
+    default_max_tokens: Annotated[int, Positive] = 256
+    max_concurrent: Annotated[int, Positive] = 1
+    max_queue: Annotated[int, NonNegative] = 4
+    request_timeout: Annotated[float, Positive] = 300.0
+    remote_timeout: Annotated[float, Positive] = 10.0
+    max_redirects: Annotated[int, NonNegative] = 3
+    max_folder_entries: Annotated[int, Positive] = 10_000
+    client_adapter_options: tuple[str, ...] | None = None
     max_request_memory: str | None = None
-    max_prompt_kb: float | None = None
+    max_prompt_kb: Annotated[float, Positive] | None = None
     isolate_decoding: bool = True
-    decode_timeout: float = 30.0
-    decode_memory_mb: int = 2048
-    header_timeout: float = 10.0
-    keep_alive_timeout: float = 5.0
-    body_timeout: float = 60.0
-    max_connections: int = 256
+    decode_timeout: Annotated[float, Positive] = 30.0
+    decode_memory_mb: Annotated[int, Positive] = 2048
+    header_timeout: Annotated[float, Positive] = 10.0
+    keep_alive_timeout: Annotated[float, Positive] = 5.0
+    body_timeout: Annotated[float, Positive] = 60.0
+    max_connections: Annotated[int, Positive] = 256
 
-    def __post_init__(self) -> None:
-        if not self.model_name.strip():
-            raise ConfigError(f"the model name must not be empty ({option_hint('model_name', 'NAME')})")
-        if self.root is not None:
-            given = Path(self.root).expanduser()
-            if not given.is_dir():
-                raise ConfigError(f"{given}: the server root must be an existing folder ({option_hint('root', 'DIR')})")
-            # Resolved once: every client path is compared with the real folder, symlinks followed.
-            object.__setattr__(self, "root", given.resolve(strict=True))
-        if self.api_key is not None and not self.api_key.strip():
-            object.__setattr__(self, "api_key", None)
-        object.__setattr__(self, "allow_remote", tuple(self.allow_remote))
-        object.__setattr__(self, "client_adapter_options", tuple(self.client_adapter_options))
-        positive = {
-            "max_body_mb": self.max_body_mb, "max_image_mb": self.max_image_mb,
-            "max_images": self.max_images, "max_image_pixels": self.max_image_pixels,
-            "max_tokens": self.max_tokens, "default_max_tokens": self.default_max_tokens,
-            "max_concurrent": self.max_concurrent, "request_timeout": self.request_timeout,
-            "remote_timeout": self.remote_timeout, "max_folder_entries": self.max_folder_entries,
-            "decode_timeout": self.decode_timeout, "decode_memory_mb": self.decode_memory_mb,
-            "header_timeout": self.header_timeout, "keep_alive_timeout": self.keep_alive_timeout,
-            "body_timeout": self.body_timeout, "max_connections": self.max_connections,
-            "max_prompt_kb": self.max_prompt_kb if self.max_prompt_kb is not None else 1,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value} ({option_hint(name, 'N')})")
-        for name, value in {"max_queue": self.max_queue, "max_redirects": self.max_redirects}.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be 0 or more, got {value} ({option_hint(name, 'N')})")
-        if self.max_request_memory is not None:
-            _memory_bytes(self.max_request_memory)  # a malformed size fails here, before the model loads
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # one ConfigError, each problem with the option that sets it
+            lines = []
+            for line in problems(exc, type(self)):
+                name = line.split(":", 1)[0].split(".")[0]
+                hint = option_hint(name, "DIR" if name == "root" else "NAME" if name == "model_name" else "N")
+                lines.append(f"{line} ({hint})" if name in type(self).model_fields else line)
+            raise ConfigError("invalid server settings: " + "; ".join(lines)) from None
+
+    @field_validator("model_name")
+    @classmethod
+    def _named(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError("the model name must not be empty")
+        return name
+
+    @field_validator("root")
+    @classmethod
+    def _real_root(cls, root: Path | None) -> Path | None:
+        if root is None:
+            return None
+        given = Path(root).expanduser()
+        if not given.is_dir():
+            raise ValueError(f"{given}: the server root must be an existing folder")
+        # Resolved once: every client path is compared with the real folder, symlinks followed.
+        return given.resolve(strict=True)
+
+    @field_validator("max_request_memory")
+    @classmethod
+    def _memory(cls, size: str | None) -> str | None:
+        if size is not None:
+            _memory_bytes(size)  # a malformed size fails here, before the model loads
+        return size
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, key: str | None) -> str | None:
+        return key if key is not None and key.strip() else None
+
+    @model_validator(mode="after")
+    def _token_defaults(self) -> ServerSettings:
         if self.default_max_tokens > self.max_tokens:
-            raise ConfigError(f"default_max_tokens ({self.default_max_tokens}) is above max_tokens ({self.max_tokens})")
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) is above max_tokens ({self.max_tokens})")
+        return self
+
+    def with_model_name(self, default: str) -> ServerSettings:
+        """These settings, with ``default`` as the model name when none was set."""
+        return self if self.model_name is not None else self.model_copy(update={"model_name": default})
 
     @property
     def max_body_bytes(self) -> int:
@@ -161,9 +171,6 @@ class ServerSettings:
 
 
 def _memory_bytes(text: str) -> int:
-    from ..planner import parse_memory  # the planner's sizes: 4GB, 512MB (GB = GiB)
+    from ..units import parse_size  # the SDK's one size rule: 4GiB, 512MiB (GB = 10^9)
 
-    try:
-        return parse_memory(text)
-    except ConfigError as exc:
-        raise ConfigError(f"max_request_memory: {exc} ({option_hint('max_request_memory', 'SIZE')})") from None
+    return parse_size(text, default_unit="gib", what="max_request_memory", example="4GiB or 512MiB")

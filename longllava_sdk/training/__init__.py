@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["finetune", "plan_finetune", "run_finetune", "FinetunePlan", "FinetuneResult"]
+__all__ = ["finetune", "plan_finetune", "run_finetune", "FinetuneArgs", "FinetunePlan", "FinetuneResult"]
 
 
 def __getattr__(name: str) -> Any:  # the trainer imports torch / transformers: load on first use

@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import torch
 from transformers.trainer_callback import TrainerCallback
 
+from ..checkpoint import replace_directory, sync_directory
 from ..errors import ConfigError, TrainingError, option_hint
 
 logger = logging.getLogger(__name__)
@@ -278,14 +279,7 @@ def staged_export(target: str | os.PathLike[str], *, is_main: bool = True) -> It
     yield staging
     _barrier()
     if is_main:
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-        _fsync_dir(target.parent)
+        replace_directory(staging, target)
     _barrier()
 
 
@@ -316,21 +310,8 @@ def staged_checkpoint(run_dir: str | os.PathLike[str], step: int, *, is_main: bo
             if final.exists():  # damaged: never the newest complete checkpoint, safe to drop first
                 shutil.rmtree(final)
             os.replace(staging, final)
-        _fsync_dir(run_dir)
+        sync_directory(run_dir)
     _barrier()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

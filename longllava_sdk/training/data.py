@@ -47,10 +47,11 @@ from ..adapters import allowed_root
 from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
 from ..media import Media
-from ..plugin_manager import available_adapters, claiming_adapter, get_head_class, resolve_adapter
+from ..registry import available_adapters, claiming_adapter, get_head_class, resolve_adapter
 from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
 from ..recipes import PromptTemplates, Recipe
+from ..root_jail import OutsideRoot, confine_to, real_root
 
 __all__ = [
     "SOURCE_KEYS",
@@ -382,25 +383,20 @@ def resolve_data_path(value: str | os.PathLike[str], root: str | os.PathLike[str
         raise InputError(text, "URLs and virtual file systems are not allowed in training data; use local files")
     if "\x00" in text:
         raise InputError(repr(text), "a path cannot contain a NUL character")
+    root_real = real_root(root)
+    candidate = Path(text).expanduser()
     try:
-        real_root = Path(os.path.realpath(root))
-        candidate = Path(text).expanduser()
-        joined = Path(os.path.abspath(candidate if candidate.is_absolute() else real_root / candidate))
-        real = Path(os.path.realpath(joined))
+        real = confine_to(candidate, root_real)
         exists = real.exists()
+    except OutsideRoot as out:
+        how = "absolute path" if candidate.is_absolute() else "path"
+        via = " through a symlink" if out.through_symlink else ""
+        raise InputError(text, f"{how} leaves the data root {root_real}{via}") from None
     except (OSError, ValueError) as exc:  # a name too long for the filesystem, an unusable string
         raise InputError(text[:200], f"unusable path: {exc}") from None
-    if not _inside(real, real_root):
-        how = "absolute path" if candidate.is_absolute() else "path"
-        via = " through a symlink" if _inside(joined, real_root) else ""
-        raise InputError(text, f"{how} leaves the data root {real_root}{via}")
     if not exists:
         raise InputError(text, f"file not found (looked for {real})")
     return real
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 # ------------------------------------------------------------------------------------------
@@ -447,7 +443,7 @@ class MediaLoader:
     def adapter_name(self, source: MediaSource, paths: list[Path]) -> str:
         """The adapter for ``source``: the row's, else the first adapter of the key's kind that claims it.
 
-        When none claims it, :func:`~longllava_sdk.plugin_manager.resolve_adapter` asks each
+        When none claims it, :func:`~longllava_sdk.registry.resolve_adapter` asks each
         adapter of the kind to read it and raises, adapter by adapter, why it cannot.
         """
         if source.adapter:

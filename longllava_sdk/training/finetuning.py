@@ -16,8 +16,9 @@
 * the :class:`FinetuneResult` is the report: metrics, folders, and one evaluation sample as
   ``Pipeline`` arguments (the CLI turns it into a runnable snippet).
 
-:func:`finetune` is both steps with one signature; the ``longllava-sdk finetune`` command is
-that function.
+:func:`finetune` is both steps; its options are one :class:`FinetuneArgs` (the fields may also
+be passed as keyword arguments). The ``longllava-sdk finetune`` command is that function, its
+flags ``FinetuneArgs``' fields.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ import torch
 from transformers import TrainerCallback
 
 from ..errors import ConfigError, TrainingError, option_hint
+from ..options import reject_unknown, take_options
 from ..heads import TaskHead
 from ..model_folders import TRAINING_INFO_NAME, create_model, export_merged, load_model, save_model
 from ..modeling.task_model import TaskModel
-from ..plugin_manager import get_head_class, get_plugin_manager
+from ..contracts import check_head, check_labels
+from ..plugin_manager import get_plugin_manager
+from ..registry import get_head_class
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import HeadSettings, Recipe, load_recipe
 from .checkpointing import check_output_dir, prepare_output_dir, staged_export
@@ -48,7 +52,7 @@ from .trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_argume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune"]
+__all__ = ["FinetuneArgs", "FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune"]
 
 BASE_MODEL_DIR = "base-model"
 
@@ -134,34 +138,85 @@ class FinetuneResult:
 # -- plan ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FinetuneArgs:
+    """What to train and how: the options of :func:`finetune` and ``longllava-sdk finetune``.
+
+    Attributes:
+        domain: a registered domain (medical, remote_sensing, video, or a plugin's) or a recipe .yaml file.
+        model: base model directory (safetensors); default: a new randomly initialised --preset model.
+        data: training data (LLaVA JSON/JSONL or a CSV/JSONL manifest) instead of the recipe's sample data.
+        output: run directory (default runs/<domain>-<stage>-<lora|full>); must be empty unless --resume/--overwrite.
+        stage: align, sft-single, sft-multi, text-sft or domain (default: the recipe's, domain).
+        head: task head: generate, multilabel, classify or a plugin's head (default: the recipe's).
+        full: full fine-tuning instead of LoRA.
+        deepspeed: DeepSpeed preset (zero2, zero3, zero3-offload) or a DeepSpeed JSON file; launch with torchrun.
+        resume: continue the run in --output from its newest complete checkpoint.
+        overwrite: delete the previous run in --output and start again.
+        epochs: number of epochs (default: the recipe's).
+        lr: peak learning rate (default: the recipe's, else the stage's; cosine schedule with 3 percent warm-up).
+        batch_size: per-device batch size (default: the recipe's).
+        max_steps: stop after this many optimizer steps (overrides --epochs).
+        save_steps: checkpoint every N steps (default: 4 checkpoints per run).
+        logging_steps: log the loss every N steps (default: about 20 log lines per run).
+        report_to: logging integrations for the HF Trainer (none, tensorboard, wandb, ...).
+        router_aux_loss_coef: add the MoE load-balancing loss with this weight (ignored for single-expert models).
+        merge: after LoRA, also write a standalone merged model (what Pipeline loads).
+        preset: model preset for a new model when --model is not given (tiny runs on CPU).
+        adapter_options: options for the input adapters, KEY=VALUE (typed by each adapter's declared
+            options; override the recipe's), e.g. allow_non_parallel=true.
+    """
+
+    domain: str | None = None
+    model: str | None = None
+    data: str | None = None
+    output: str | None = None
+    stage: str | None = None
+    head: str | None = None
+    full: bool = False
+    deepspeed: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    epochs: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    max_steps: int | None = None
+    save_steps: int | None = None
+    logging_steps: int | None = None
+    report_to: str | None = None
+    router_aux_loss_coef: float | None = None
+    merge: bool = True
+    preset: str = "tiny"
+    adapter_options: dict[str, Any] | None = None
+
+
+def finetune_args(args: FinetuneArgs | str | os.PathLike[str] | Recipe | None, fields: dict[str, Any]) -> FinetuneArgs:
+    """``args`` (an object, or just the domain) with ``fields`` (FinetuneArgs' names) applied; ``fields`` is emptied."""
+    if args is None or isinstance(args, FinetuneArgs):
+        return take_options(fields, FinetuneArgs, args)
+    return take_options(fields, FinetuneArgs, FinetuneArgs(domain=args))  # type: ignore[arg-type]
+
+
 def plan_finetune(
-    domain: str | os.PathLike[str] | Recipe | None = None,
+    args: FinetuneArgs | str | os.PathLike[str] | Recipe | None = None,
+    /,
     *,
-    model: str | os.PathLike[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
-    output: str | os.PathLike[str] | None = None,
-    stage: str | None = None,
-    head: str | None = None,
-    full: bool = False,
-    deepspeed: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    epochs: float | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    save_steps: int | None = None,
-    logging_steps: int | None = None,
-    report_to: str | None = None,
-    router_aux_loss_coef: float | None = None,
-    merge: bool = True,
-    preset: str = "tiny",
-    adapter_options: dict[str, Any] | None = None,
     exit_on_sigterm: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
     training_args: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> FinetunePlan:
-    """Decide and validate a run (arguments as :func:`finetune`); writes nothing."""
+    """Decide and validate a run (arguments as :func:`finetune`); writes nothing.
+
+    ``args`` is a :class:`FinetuneArgs`, or the domain; its fields may also be given as keyword
+    arguments (``plan_finetune("medical", max_steps=10)``). ``exit_on_sigterm``, ``callbacks``
+    (extra ``TrainerCallback`` objects) and ``training_args`` (extra ``TrainingArguments``
+    values) are for Python callers.
+    """
+    a = finetune_args(args, fields)
+    reject_unknown(fields, "plan_finetune")
+    domain, model, data, output, stage, head = a.domain, a.model, a.data, a.output, a.stage, a.head
+    batch_size, lr, preset = a.batch_size, a.lr, a.preset
     if domain is None:
         if data is None:
             raise ConfigError(f"nothing to train on: pass {option_hint('domain', 'NAME')} (a registered domain or a "
@@ -177,7 +232,7 @@ def plan_finetune(
     if head_cls.problem_type != "generate":
         if not labels and data is not None:
             labels = sorted({label for row in read_rows(data, recipe=recipe) for label in (row.labels or [])})
-        problems = head_cls.check_labels(labels)
+        problems = check_labels(head_cls, labels)
         if problems:
             raise ConfigError(f"the {head_cls.name} head cannot use the labels of recipe {recipe.name!r} "
                               f"({labels or 'none, and the data rows name none'}): {'; '.join(problems)}")
@@ -186,7 +241,8 @@ def plan_finetune(
                               f"train; use {option_hint('stage', 'domain')} or unfreeze the head in the recipe")
         if recipe.training.packing:
             raise ConfigError(f"a {head_cls.name} head reads one sample per row: set training.packing: false")
-    use_lora = stage_obj.uses_lora(bool(full) or recipe.finetune == "full")
+        check_head(head_cls, labels)  # a plugin head that breaks its contract fails here, before any work
+    use_lora = stage_obj.uses_lora(bool(a.full) or recipe.finetune == "full")
     training = recipe.training
     learning_rate = float(next(v for v in (lr, training.learning_rate, stage_obj.learning_rate) if v is not None))
     output_dir = Path(output) if output is not None else \
@@ -209,18 +265,18 @@ def plan_finetune(
     task_head = head_cls(config.text_config.hidden_size, labels)
     prepared = prepare_datasets(processor, recipe, data_path=data, head=task_head,
                                 max_length=min(training.max_length, config.max_context),
-                                adapter_options=adapter_options)
+                                adapter_options=a.adapter_options)
     plan = FinetunePlan(
         recipe=recipe, stage=stage_obj, head=task_head, lora=use_lora, output_dir=output_dir, resume_from=None,
         model_dir=model_dir, preset=preset, processor=processor, data=prepared, learning_rate=learning_rate,
-        epochs=float(epochs if epochs is not None else training.epochs),
-        options=dict(deepspeed=deepspeed, resume=resume, overwrite=overwrite, max_steps=max_steps,
-                     save_steps=save_steps, logging_steps=logging_steps, report_to=report_to,
-                     output_router_logits=router_aux_loss_coef is not None and router_aux_loss_coef > 0,
-                     router_aux_loss_coef=router_aux_loss_coef, merge=merge, exit_on_sigterm=exit_on_sigterm,
+        epochs=float(a.epochs if a.epochs is not None else training.epochs),
+        options=dict(deepspeed=a.deepspeed, resume=a.resume, overwrite=a.overwrite, max_steps=a.max_steps,
+                     save_steps=a.save_steps, logging_steps=a.logging_steps, report_to=a.report_to,
+                     output_router_logits=a.router_aux_loss_coef is not None and a.router_aux_loss_coef > 0,
+                     router_aux_loss_coef=a.router_aux_loss_coef, merge=a.merge, exit_on_sigterm=exit_on_sigterm,
                      callbacks=list(callbacks), training_args=dict(training_args or {})),
     )
-    plan.resume_from = check_output_dir(output_dir, resume=resume, overwrite=overwrite, run_info=plan.run_info)
+    plan.resume_from = check_output_dir(output_dir, resume=a.resume, overwrite=a.overwrite, run_info=plan.run_info)
     return plan
 
 
@@ -239,7 +295,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     from .checkpointing import latest_complete_checkpoint
     from .collator import PackedCollator, TrainingCollator
     from .distributed import prepare_distributed, prepare_model_for_distributed
-    from .lora import LoraOptions, apply_lora
+    from .lora import apply_lora
     from .stages import apply_stage_freezing
 
     opts = plan.options
@@ -269,7 +325,8 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
         if not is_main and opts["resume"]:
             resume_from = latest_complete_checkpoint(output_dir)
     model, _ = load_model(base_dir, dtype=dtype)
-    get_plugin_manager().hook.longllava_model_loaded(model=model, config=model.config)
+    get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+                                      model=model, config=model.config)
     if resume_from is not None and is_main:
         logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
 
@@ -295,7 +352,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     task_head = type(plan.head).from_config(plan.head.config_dict())
     task_head.to(dtype)
     if plan.lora:
-        backbone, _ = apply_lora(model, LoraOptions.from_settings(recipe.lora), train_projector=plan.stage.projector,
+        backbone, _ = apply_lora(model, recipe.lora, train_projector=plan.stage.projector,
                                  train_vision=plan.stage.vision, problem_type=task_head.problem_type)
         for param in task_head.parameters():
             param.requires_grad_(plan.stage.head)
@@ -314,8 +371,9 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
                                     max_steps=opts["max_steps"], save_steps=opts["save_steps"],
                                     logging_steps=opts["logging_steps"], report_to=opts["report_to"],
                                     extra=extra_args, steps_per_epoch=steps_per_epoch)
-    plugin_callbacks = [cb for batch in get_plugin_manager().hook.longllava_trainer_callbacks(
-        training_args=args, recipe=recipe) for cb in (batch or [])]
+    plugin_callbacks = [cb for batch in get_plugin_manager().call_checked(
+        "longllava_trainer_callbacks", returns="a list of transformers.TrainerCallback objects (or classes)",
+        check=_is_callback_list, training_args=args, recipe=recipe) for cb in batch]
     info = {**plan.run_info, "base_model": str(base_dir.resolve()), "labels": list(task_head.labels)}
     trainer = LongLLaVATrainer(task_model, args, processor=processor, train_dataset=train_dataset,
                                eval_dataset=eval_dataset, data_collator=collator,
@@ -361,66 +419,22 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
                           generates=task_head.generates)
 
 
-def finetune(
-    domain: str | None = None,
-    *,
-    model: str | None = None,
-    data: str | None = None,
-    output: str | None = None,
-    stage: str | None = None,
-    head: str | None = None,
-    full: bool = False,
-    deepspeed: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    epochs: float | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    save_steps: int | None = None,
-    report_to: str | None = None,
-    router_aux_loss_coef: float | None = None,
-    merge: bool = True,
-    preset: str = "tiny",
-    adapter_options: dict[str, Any] | None = None,
-) -> FinetuneResult:
+def finetune(args: FinetuneArgs | str | None = None, /, **fields: Any) -> FinetuneResult:
     """Fine-tune LongLLaVA (LoRA by default) on a domain recipe or your own data, evaluate and export it.
 
     With only --domain (e.g. `longllava-sdk finetune --domain medical`) this builds a new
     tiny model, trains LoRA on the recipe's bundled sample data, evaluates the task head,
     saves everything under runs/<domain>-<stage>-lora/ (adapter/ and the merged model in merged/)
     and prints how to run the result. Everything is validated (model, data rows and their
-    media, output folder) before the output folder is created.
+    media, output folder) before the output folder is created. A recipe .yaml is also a
+    valid --config file (`finetune --config recipe.yaml` trains that recipe).
 
     Args:
-        domain: a registered domain (medical, remote_sensing, video, or a plugin's) or a recipe .yaml file.
-        model: base model directory (safetensors); default: a new randomly initialised --preset model.
-        data: training data (LLaVA JSON/JSONL or a CSV/JSONL manifest) instead of the recipe's sample data.
-        output: run directory (default runs/<domain>-<stage>-<lora|full>); must be empty unless --resume/--overwrite.
-        stage: align, sft-single, sft-multi, text-sft or domain (default: the recipe's, domain).
-        head: task head: generate, multilabel, classify or a plugin's head (default: the recipe's).
-        full: full fine-tuning instead of LoRA.
-        deepspeed: DeepSpeed preset (zero2, zero3, zero3-offload) or a DeepSpeed JSON file; launch with torchrun.
-        resume: continue the run in --output from its newest complete checkpoint.
-        overwrite: delete the previous run in --output and start again.
-        epochs: number of epochs (default: the recipe's).
-        lr: peak learning rate (default: the recipe's, else the stage's; cosine schedule with 3 percent warm-up).
-        batch_size: per-device batch size (default: the recipe's).
-        max_steps: stop after this many optimizer steps (overrides --epochs).
-        save_steps: checkpoint every N steps (default: 4 checkpoints per run).
-        report_to: logging integrations for the HF Trainer (none, tensorboard, wandb, ...).
-        router_aux_loss_coef: add the MoE load-balancing loss with this weight (ignored for single-expert models).
-        merge: after LoRA, also write a standalone merged model (what Pipeline loads).
-        preset: model preset for a new model when --model is not given (tiny runs on CPU).
-        adapter_options: options for the input adapters, KEY=VALUE (typed by each adapter's declared
-            options; override the recipe's), e.g. allow_non_parallel=true.
+        args: what to train and how (:class:`FinetuneArgs`; its fields are the command's flags),
+            or just the domain; fields may also be given as keyword arguments, with
+            :func:`plan_finetune`'s Python-only ones (``callbacks``, ``exit_on_sigterm``, ``training_args``).
     """
-    plan = plan_finetune(domain, model=model, data=data, output=output, stage=stage, head=head, full=full,
-                         deepspeed=deepspeed, resume=resume, overwrite=overwrite, epochs=epochs, lr=lr,
-                         batch_size=batch_size, max_steps=max_steps, save_steps=save_steps, report_to=report_to,
-                         router_aux_loss_coef=router_aux_loss_coef, merge=merge, preset=preset,
-                         adapter_options=adapter_options)
-    return run_finetune(plan)
+    return run_finetune(plan_finetune(args, **fields))
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -433,7 +447,7 @@ def usage_example(dataset: Any, recipe: Recipe) -> dict[str, Any]:
     volume / tiled source becomes ``video=`` / ``volume=`` / ``tiled=``; other mixes are not
     expressible as keyword arguments and give a text-only example.
     """
-    from ..plugin_manager import available_adapters
+    from ..registry import available_adapters
 
     try:
         row = dataset.rows[0]
@@ -470,3 +484,10 @@ def usage_example(dataset: Any, recipe: Recipe) -> dict[str, Any]:
 
 def _step_of(checkpoint: Path) -> str:
     return checkpoint.name.rsplit("-", 1)[-1]
+
+
+def _is_callback_list(value: Any) -> bool:
+    from transformers import TrainerCallback
+
+    return isinstance(value, list) and all(
+        isinstance(cb, TrainerCallback) or isinstance(cb, type) and issubclass(cb, TrainerCallback) for cb in value)

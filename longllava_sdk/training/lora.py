@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import ConfigError, TrainingError
 from ..model_folders import merge_lora  # re-exported: the one implementation
 from ..modeling.task_model import unwrap_longllava  # re-exported
-from ..recipes import FORBIDDEN_LORA_TARGETS, JAMBA_LORA_TARGET_MODULES, JAMBA_LORA_TARGET_PARAMETERS
+from ..recipes import JAMBA_LORA_TARGET_MODULES, JAMBA_LORA_TARGET_PARAMETERS, LoraSettings, forbidden_lora_target
 
 logger = logging.getLogger(__name__)
 
@@ -64,35 +64,8 @@ DEFAULT_TARGET_PARAMETERS: tuple[str, ...] = tuple(JAMBA_LORA_TARGET_PARAMETERS)
 LLM_LAYER_PREFIX = r"language_model\.model\.layers\.\d+\."
 
 
-@dataclass
-class LoraOptions:
-    """LoRA hyper-parameters (mirrors :class:`~longllava_sdk.recipes.LoraSettings`).
-
-    Attributes:
-        r: rank.
-        alpha: scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: dropout on the adapter input. peft's ``ParamWrapper`` (fused MoE experts)
-            allows none, so when expert parameters are targeted the dropout is 0.
-        target_modules: module-name suffixes (matched inside the language model only).
-        target_parameters: parameter-name suffixes (fused MoE expert weights).
-        init_lora_weights: peft's initialisation (``True``: A random, B zero, so the
-            adapted model starts exactly as the base model).
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    target_parameters: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_PARAMETERS))
-    init_lora_weights: bool | str = True
-
-    @classmethod
-    def from_settings(cls, settings: Any | None) -> "LoraOptions":
-        """From a recipe's ``LoraSettings`` (or anything with the same attributes); defaults for ``None``."""
-        if settings is None:
-            return cls()
-        return cls(r=int(settings.r), alpha=int(settings.alpha), dropout=float(settings.dropout),
-                   target_modules=list(settings.target_modules), target_parameters=list(settings.target_parameters))
+#: The LoRA settings type is the recipes' (one type for recipes, the trainer and this module).
+LoraOptions = LoraSettings
 
 
 @dataclass
@@ -125,12 +98,11 @@ class LoraReport:
                 f"{full}; trainable {self.trainable_parameters:,} of {self.total_parameters:,} parameters")
 
 
-def _check_targets(targets: Iterable[str], kind: str) -> None:
+def _check_targets(targets: Iterable[str]) -> None:
     for target in targets:
-        leaf = target.rsplit(".", 1)[-1]
-        for bad in (target, leaf):
-            if bad in FORBIDDEN_LORA_TARGETS:
-                raise ConfigError(f"LoRA {kind} {target!r} cannot be used on LongLLaVA: {FORBIDDEN_LORA_TARGETS[bad]}")
+        problem = forbidden_lora_target(target)
+        if problem:
+            raise ConfigError(problem)
 
 
 def target_module_regex(target_modules: Sequence[str]) -> str:
@@ -157,8 +129,7 @@ def build_lora_config(model: nn.Module, options: LoraOptions, full_modules: Sequ
     """
     from peft import LoraConfig
 
-    _check_targets(options.target_modules, "target module")
-    _check_targets(options.target_parameters, "target parameter")
+    _check_targets([*options.target_modules, *options.target_parameters])
     if not options.target_modules and not options.target_parameters:
         raise ConfigError("LoRA needs at least one target module or target parameter")
     parameters = [t for t in options.target_parameters if _has_expert_parameters(model, [t])]
@@ -212,7 +183,9 @@ def apply_lora(model: nn.Module, options: LoraOptions | None = None, *, train_pr
     config = build_lora_config(model, options, full)
     unreachable = unreachable_parameters(model, problem_type)
     expected = _expected_targets(model, options)
-    wrapped = get_plugin_manager().hook.longllava_apply_lora(model=model, lora_config=config)
+    wrapped = get_plugin_manager().call_checked(
+        "longllava_apply_lora", returns="the model (a torch.nn.Module) with LoRA applied, or None",
+        check=lambda m: isinstance(m, torch.nn.Module), firstresult=True, model=model, lora_config=config)
     by_plugin = wrapped is not None
     if wrapped is None:
         from peft import get_peft_model

@@ -30,79 +30,16 @@ LLM's ``lm_head`` when a classification head replaces it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..recipes import COMPONENTS, STAGES, Stage  # the one stage table (recipes name stages)
 
-COMPONENTS: tuple[str, ...] = ("vision", "projector", "llm", "head")
 #: parameter-name prefix of each model component (on the unwrapped LongLLaVA model).
 COMPONENT_PREFIXES: dict[str, str] = {"vision": "vision_tower.", "projector": "projector.", "llm": "language_model."}
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A named training stage.
-
-    Attributes:
-        name: ``align``, ``sft-single``, ``sft-multi``, ``text-sft`` or ``domain``.
-        description: one line for listings and logs.
-        vision, projector, llm, head: whether each component trains.
-        finetune: default method for the LLM (``lora`` or ``full``); irrelevant when the
-            LLM is frozen (only the projector trains in ``align``, in full).
-        learning_rate: default peak learning rate when the recipe sets none: the official
-            scripts' values for the paper's stages (``Align.sh`` 1e-4; ``SingleImageSFT.sh`` /
-            ``MultiImageSFT.sh`` 1e-5), 2e-4 for the SDK's LoRA ``domain`` stage. Tiny-model
-            recipes set their own, explicitly (see docs/training.md).
-        epochs: default number of epochs.
-    """
-
-    name: str
-    description: str
-    vision: bool
-    projector: bool
-    llm: bool
-    head: bool
-    finetune: str
-    learning_rate: float
-    epochs: float = 1.0
-
-    def trainable(self) -> dict[str, bool]:
-        """``{component: trains}`` for the four components."""
-        return {c: bool(getattr(self, c)) for c in COMPONENTS}
-
-    def with_freeze(self, freeze: Mapping[str, bool] | None) -> "Stage":
-        """A copy where ``freeze[component] = True`` freezes and ``False`` unfreezes a component."""
-        if not freeze:
-            return self
-        unknown = sorted(set(freeze) - set(COMPONENTS))
-        if unknown:
-            raise ConfigError(f"stage {self.name}: unknown component(s) {unknown} in freeze; known: {COMPONENTS}")
-        return replace(self, **{k: not bool(v) for k, v in freeze.items()})
-
-    def uses_lora(self, full: bool) -> bool:
-        """Whether the LLM is adapted through LoRA: only when it trains and ``full`` is not asked."""
-        return self.llm and not full
-
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        Stage("align", "single-image alignment: train the projector only", vision=False, projector=True,
-              llm=False, head=False, finetune="full", learning_rate=1e-4),
-        Stage("sft-single", "single-image instruction tuning: LLM + projector", vision=False, projector=True,
-              llm=True, head=False, finetune="full", learning_rate=1e-5),
-        Stage("sft-multi", "multi-image / video instruction tuning: LLM + projector", vision=False,
-              projector=True, llm=True, head=False, finetune="full", learning_rate=1e-5),
-        Stage("text-sft", "pure-text instruction tuning: LLM only", vision=False, projector=False, llm=True,
-              head=False, finetune="full", learning_rate=1e-5),
-        Stage("domain", "domain fine-tuning: LLM (LoRA) + projector + task head", vision=False, projector=True,
-              llm=True, head=True, finetune="lora", learning_rate=2e-4, epochs=3.0),
-    )
-}
 
 
 def get_stage(name: str | Stage) -> Stage:

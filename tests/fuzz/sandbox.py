@@ -39,7 +39,7 @@ OUTCOMES = ("ok", "typed", "internal", "untyped", "hang", "memory", "crash", "es
 ACCEPTABLE = ("ok", "typed")
 PRELOAD = [
     "numpy", "PIL.Image", "pydicom", "nibabel", "rasterio", "av",
-    "longllava_sdk.adapters", "longllava_sdk.tiff_layout",
+    "longllava_sdk.adapters", "longllava_plugins.tiff_layout",
     "longllava_plugins.dicom", "longllava_plugins.nifti", "longllava_plugins.geotiff",
     "longllava_plugins.video", "longllava_plugins.images", "longllava_sdk.training.data",
 ]
@@ -245,7 +245,7 @@ def _execute(job: dict[str, Any]) -> tuple[int, list[str]]:
     kind = job["kind"]
     if kind == "adapter":
         from longllava_sdk.adapters import allowed_root
-        from longllava_sdk.plugin_manager import available_adapters
+        from longllava_sdk.registry import available_adapters
 
         adapter = available_adapters()[job["adapter"]](**job.get("options", {}))
         with allowed_root(job.get("root")):

@@ -41,7 +41,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError
+from longllava_sdk.errors import ConfigError
 
 #: Named presets: name -> (width, level) in Hounsfield units.
 PRESETS: dict[str, tuple[float, float]] = {

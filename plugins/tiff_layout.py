@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import check_limit, format_bytes
-from .errors import AdapterError
+from longllava_sdk.adapters import check_limit, format_bytes
+from longllava_sdk.errors import AdapterError
 
 SIGNATURES = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}
 #: Field type -> (struct code, size) for the integer types the layout tags may use.
