@@ -346,14 +346,16 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--skip-decoding", action="store_true", help="leave out the two decoding measurements")
+    parser.add_argument("--skip-load", action="store_true", help="only the two decoding measurements")
+    parser.add_argument("--images", type=int, default=24, help="36-MP images in the large request")
     args = parser.parse_args()
-    rows = run(args.requests, args.concurrency, args.max_tokens)
+    rows = [] if args.skip_load else run(args.requests, args.concurrency, args.max_tokens)
     decoding: dict[str, Any] = {}
     if not args.skip_decoding:
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             model = _make_model(Path(tmp))
             decoding["sandbox"] = sandbox_overhead(model)
-            decoding["large_images"] = many_large_images(model)
+            decoding["large_images"] = many_large_images(model, args.images)
     if args.json:
         print(json.dumps({"runs": rows, **decoding}, indent=2))
     else:

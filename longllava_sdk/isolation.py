@@ -36,7 +36,8 @@ from . import errors
 from .errors import ConfigError, DecodeLimitError
 
 #: Modules the fork server imports once; children inherit them already imported.
-PRELOAD = ("longllava_sdk.isolation", "longllava_sdk.pipeline", "numpy", "PIL.Image")
+PRELOAD = ("longllava_sdk.isolation", "longllava_sdk.pipeline", "longllava_sdk.isolation_preload", "numpy",
+           "PIL.Image")
 #: How often the parent checks ``should_stop`` while it waits.
 POLL_S = 0.05
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (1, ("plugin_manager", "registry")),
     (2, ("recipes", "data_import")),
     (3, ("modeling", "processing")),
-    (4, ("model_folders", "convert_official", "quantization", "planner")),
+    (4, ("model_folders", "convert_official", "quantization", "planner", "isolation_preload")),
     (5, ("pipeline",)),
     (6, ("training", "evaluation", "serving")),
     (7, ("cli", "__main__")),
