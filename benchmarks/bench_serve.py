@@ -355,7 +355,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             model = _make_model(Path(tmp))
             decoding["sandbox"] = sandbox_overhead(model)
-            decoding["large_images"] = many_large_images(model, args.images)
+            if args.images:
+                decoding["large_images"] = many_large_images(model, args.images)
     if args.json:
         print(json.dumps({"runs": rows, **decoding}, indent=2))
     else:
@@ -382,6 +383,7 @@ def main() -> int:
             print(f"sandboxed decoding, one 64x48 data-URL PNG per request (median of {box['repeats']}): "
                   f"isolated {box['isolated_ms']} ms, in process {box['in_process_ms']} ms, "
                   f"overhead {box['overhead_ms']} ms per request")
+        if "large_images" in decoding:
             big = decoding["large_images"]
             print(f"{big['images']} data-URL PNGs of {big['pixels']} ({big['png_mb']} MB each) in one request: "
                   f"HTTP {big['status']} in {big['wall_s']} s; server + workers RSS idle {big['idle_rss_mb']} MB, "
