@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from longllava_sdk import Pipeline
-from longllava_sdk.errors import ConfigError, DecodeLimitError, InputError
+from longllava_sdk.errors import AdapterError, ConfigError, DecodeLimitError, InputError
 from longllava_sdk.isolation import DecodeLimits, run_isolated
 from longllava_sdk.serving import ServerSettings, create_app
 from serving_fixtures import DOMAINS, data_url, make_root, png_bytes, running_server, user
@@ -50,7 +50,7 @@ def root(tmp_path_factory):
 
     Image.new("RGB", (1400, 700), (30, 120, 60)).save(root / "images/wide.png")
     (root / "clips/tracks.mp4").write_bytes(_repeat_track(Path(DOMAINS / "video/data/clips/bikes_1.mp4").read_bytes(),
-                                                          900))
+                                                          990))
     return root
 
 
@@ -87,7 +87,8 @@ def _png(size, colour=(120, 60, 200)) -> bytes:
 
 def _repeat_track(mp4: bytes, times: int) -> bytes:
     """``mp4`` with the first track box of its ``moov`` repeated ``times`` more times (FFmpeg's
-    open grows quadratically with the tracks: ~16 s for 900 on the project's machine)."""
+    open grows quadratically with the tracks: 990 take 1.3 s on the project's machine when it
+    is quiet, 16 s under load; 1000 or more are refused at once)."""
     def boxes(start: int, end: int):
         at = start
         while at + 8 <= end:
@@ -211,9 +212,9 @@ def test_an_extreme_aspect_ratio_png_ends_bounded(pipe):
 
 
 def test_a_decoder_that_runs_past_its_budget_is_killed_and_the_slot_returned(pipe, root):
-    """An MP4 whose track box is repeated 900 times keeps FFmpeg's open busy for many seconds
-    inside one C call; its worker is killed at decode_timeout and the server answers again."""
-    with serving(pipe, root=root, decode_timeout=2, max_queue=0) as server:
+    """An MP4 whose track box is repeated 990 times keeps FFmpeg's open busy inside one C call
+    (over a second); its worker is killed at decode_timeout and the server answers again."""
+    with serving(pipe, root=root, decode_timeout=0.25, max_queue=0) as server:
         started = time.monotonic()
         response = post(server, "What happens?", {"type": "video", "video": {"path": "clips/tracks.mp4"}})
         assert response.status_code == 422, response.text
@@ -331,3 +332,19 @@ def test_connections_that_never_finish_their_headers_are_closed_and_capped(pipe)
             sock.close()
         assert closed == len(sockets)
         plain_request_works(server)
+
+
+def test_training_data_can_decode_in_worker_processes(tmp_path):
+    from longllava_sdk.training.data import MediaLoader, MediaSource
+
+    root = DOMAINS / "medical/data"
+    sources = [MediaSource("pathology/ihc_01.png", key="image"), MediaSource("ct/series_01", key="volume")]
+    here, there = MediaLoader(root), MediaLoader(root, isolate_decoding=DecodeLimits(timeout_s=120))
+    for source in sources:
+        a, b = here.load(source), there.load(source)
+        assert (a.kind, len(a.images), a.metadata) == (b.kind, len(b.images), b.metadata)
+        assert [image.tobytes() for image in a.images] == [image.tobytes() for image in b.images]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(AdapterError) as caught:  # the worker's typed error, rebuilt here
+        MediaLoader(tmp_path, isolate_decoding=True).load(MediaSource("broken.png", key="image"))
+    assert caught.value.path.endswith("broken.png")
