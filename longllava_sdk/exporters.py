@@ -5,7 +5,7 @@ systems read: a radiology answer about a DICOM series as a DICOM Structured Repo
 study (``dicom-sr``), a remote-sensing answer with GeoChat boxes about a GeoTIFF scene as
 GeoJSON polygons on a map (``geojson``). It is registered through the
 ``longllava_register_exporters`` hook, built-ins exactly like third-party ones; the engine
-(:func:`export_answer`) chooses one by its :attr:`Exporter.name` only.
+(:func:`longllava_sdk.export.export_answer`) chooses one by its :attr:`Exporter.name` only.
 
 What the engine does around :meth:`Exporter.export`, whatever the exporter:
 
@@ -24,19 +24,12 @@ neither torch nor the model.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
-from .atomic import sync_directory
-from .errors import ConfigError, InputError, option_hint, unknown_name_error
-
-__all__ = ["ExportOption", "ExportResult", "Exporter", "get_exporter", "list_exporters", "export_answer",
-           "check_export_target"]
+__all__ = ["ExportOption", "ExportResult", "Exporter"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +79,8 @@ class Exporter(ABC):
             -> ``--series DIR``).
         source_help: one line for that flag's ``--help``.
         suffixes: the output file suffixes accepted (lower case, with the dot).
-        options: further options by name (each a flag of ``export NAME``).
+        options: further options by name (each a flag of ``export NAME``); an option named
+            ``model`` receives the model folder under ``infer --export`` (the model that answered).
     """
 
     name: ClassVar[str]
@@ -98,9 +92,10 @@ class Exporter(ABC):
     options: ClassVar[dict[str, ExportOption]] = {}
 
     def check_source(self, source: Path) -> None:
-        """Cheap checks of ``source`` before a model runs (``infer --export``); raise :class:`InputError`.
+        """Cheap checks of ``source`` before a model runs (``infer --export``).
 
         The default accepts anything that exists; :meth:`export` checks the content anyway.
+        Raises ``longllava_sdk.errors.InputError``.
         """
 
     @abstractmethod
@@ -115,90 +110,5 @@ class Exporter(ABC):
             **options: values of :attr:`options` (defaults filled in).
 
         Raises:
-            InputError: the source or the answer cannot be exported (naming which and why).
+            longllava_sdk.errors.InputError: the source or the answer cannot be exported (naming which and why).
         """
-
-
-def list_exporters() -> dict[str, type[Exporter]]:
-    """Installed exporters by name, built-ins included."""
-    from .registry import available_exporters
-
-    return available_exporters()
-
-
-def get_exporter(name: str) -> type[Exporter]:
-    """The installed exporter called ``name``; the error lists the installed ones (and the closest)."""
-    found = list_exporters()
-    if name not in found:
-        raise unknown_name_error("exporter", name, found, listing="installed exporters",
-                                 hint="(a plugin adds more through longllava_register_exporters)")
-    return found[name]
-
-
-def check_export_target(exporter: type[Exporter], output: str | os.PathLike[str], *,
-                        overwrite: bool = False, flag: str = "output") -> Path:
-    """The absolute output path, checked before any work: suffix, not a folder, absent unless ``overwrite``."""
-    target = Path(os.path.abspath(os.fspath(output)))
-    if target.suffix.lower() not in exporter.suffixes:
-        raise ConfigError(f"{target}: {exporter.name} writes {' / '.join(exporter.suffixes)} files; give "
-                          f"{option_hint(flag, 'FILE')} one of these suffixes")
-    if target.is_dir():
-        raise InputError(target, f"is a folder; {option_hint(flag, 'FILE')} names the file to write")
-    if target.exists() and not overwrite:
-        raise InputError(target, f"already exists; pass {option_hint('overwrite')} to replace it")
-    return target
-
-
-def _resolve_options(exporter: type[Exporter], options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(exporter.options))
-    if unknown:
-        raise ConfigError(f"exporter {exporter.name!r} takes no option(s) {unknown}; its options: "
-                          f"{sorted(exporter.options) or 'none'}")
-    return {name: options.get(name, spec.default) for name, spec in exporter.options.items()}
-
-
-@contextlib.contextmanager
-def _atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary path next to ``target``, renamed onto it when the block succeeds (removed otherwise)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial" + target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; an export is an ordinary shared file
-        if target.exists() and not overwrite:  # appeared while we were writing
-            raise InputError(target, f"already exists; pass {option_hint('overwrite')} to replace it")
-        os.replace(temporary, target)
-        sync_directory(target.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def export_answer(name: str, source: str | os.PathLike[str], answer: str, output: str | os.PathLike[str], *,
-                  overwrite: bool = False, **options: Any) -> ExportResult:
-    """Export ``answer`` about ``source`` with the exporter ``name``, written atomically to ``output``.
-
-    Raises:
-        RegistryLookupError: no exporter of that name (the closest one suggested).
-        ConfigError: a wrong output suffix or an option the exporter does not take.
-        InputError: the output exists (without ``overwrite``) or is a folder; the source is
-            missing or cannot be exported; the answer holds nothing the format can carry.
-    """
-    exporter_cls = get_exporter(name)
-    target = check_export_target(exporter_cls, output, overwrite=overwrite)
-    values = _resolve_options(exporter_cls, options)
-    source_path = Path(os.path.abspath(os.fspath(source)))
-    if not source_path.exists():
-        raise InputError(source_path, f"not found (the {exporter_cls.source_option} to export against)")
-    if not isinstance(answer, str) or not answer.strip():
-        raise InputError(None, "the answer to export is empty")
-    exporter = exporter_cls()
-    exporter.check_source(source_path)
-    with _atomic_file(target, overwrite) as temporary:
-        result = exporter.export(source_path, answer, temporary, **values)
-    result.output = target
-    return result

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +110,12 @@ def _signed_area(ring: list[list[float]]) -> float:
 
 def box_feature(box: GeoBox, index: int, width: int, height: int, transform: Any, crs: Any) -> dict[str, Any]:
     """One GeoJSON Feature (Polygon in EPSG:4326, RFC 7946) for ``box`` on a raster of that geometry."""
+    from rasterio.transform import xy
     from rasterio.warp import transform as warp
 
     pixels = box_pixel_ring(box, width, height)
-    xs, ys = zip(*(transform * point for point in pixels))
+    # offset="ul": a pixel coordinate (col, row) is a point on the grid lines, not a pixel centre
+    xs, ys = xy(transform, [row for _, row in pixels], [col for col, _ in pixels], offset="ul")
     lons, lats = warp(crs, "EPSG:4326", list(xs), list(ys))
     ring = [[round(lon, PRECISION), round(lat, PRECISION)] for lon, lat in zip(lons, lats)]
     ring[-1] = ring[0]  # rounding must not open the ring
@@ -170,8 +171,6 @@ class GeoJsonExporter(Exporter):
         with open(output, "w", encoding="utf-8") as handle:
             json.dump(collection, handle, ensure_ascii=False, indent=1)
             handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
         return ExportResult(exporter=self.name, output=output,
                             summary=f"{len(features)} polygon(s) in EPSG:4326 from {source.name} ({crs.to_string()})",
                             details={"features": len(features), "source_crs": crs.to_string()})

@@ -19,9 +19,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("errors", "options", "media", "hookspecs", "config", "adapters", "heads", "contracts", "units", "validation", "root_jail",
          "checkpoint", "highres", "context_limit", "processing.protocol", "processing.tokenizer", "importers", "manifest",
-         "deidentify", "atomic", "chance")),
+         "deidentify", "atomic", "chance", "exporters")),
     (1, ("plugin_manager", "registry")),
-    (2, ("recipes", "data_import")),
+    (2, ("recipes", "data_import", "export")),
     (3, ("modeling", "processing")),
     (4, ("model_folders", "convert_official", "quantization", "planner")),
     (5, ("pipeline",)),

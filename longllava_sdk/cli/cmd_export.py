@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from ..exporters import Exporter, ExportResult, export_answer
+from ..export import export_answer
+from ..exporters import Exporter, ExportResult
 
 
 def present_export(result: ExportResult) -> int:
