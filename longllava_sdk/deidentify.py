@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import local_files
 from .atomic import atomic_directory
 from .errors import DatasetError, InputError, option_hint
 
@@ -127,12 +128,17 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
     report = DeidentifyReport(output=target)
     problems: list[str] = []
     with atomic_directory(target, overwrite=overwrite) as staging:
+        seen: set[str] = set()
         for path in files:
             shown = path.name if path == source else path.relative_to(source).as_posix()
             problem = _check_file(path, source)
             if problem is not None:
                 problems.append(f"{shown}: {problem}")
                 continue
+            real = os.path.realpath(path)
+            if real in seen:  # a link to a file of the source already read: one instance, written once
+                continue
+            seen.add(real)
             if not _is_dicom(path):
                 report.skipped.append(shown)
                 continue
@@ -196,7 +202,7 @@ def _check_file(path: Path, source: Path) -> str | None:
 
 def _is_dicom(path: Path) -> bool:
     """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble."""
-    with open(path, "rb") as handle:
+    with local_files.open_regular(path, what="DICOM file") as handle:  # a FIFO is refused, never blocks
         header = handle.read(132)
     return len(header) == 132 and header[128:] == b"DICM"
 

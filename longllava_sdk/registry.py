@@ -23,6 +23,7 @@ from .errors import (
     unknown_name_error,
     unknown_name_message,
 )
+from .local_files import refuse_special
 from .plugin_manager import BLOCK_ENV, LongLLaVAPluginManager, get_plugin_manager, warn_plugin
 
 if TYPE_CHECKING:  # the base classes import torch / PIL: loaded only when a look-up needs them
@@ -154,6 +155,8 @@ def resolve_adapter(source: SourceLike, adapter: str | None = None, *, kind: str
         ConfigError: options the adapter does not declare or cannot parse.
     """
     where = _describe_source(source)
+    for path in (source if isinstance(source, (list, tuple)) else [source]):
+        refuse_special(path)  # a FIFO, socket or device: no adapter is asked (opening one could block)
     adapters = available_adapters()
     if adapter is not None:
         if adapter not in adapters:

@@ -33,6 +33,7 @@ def copy_series(tmp_path: Path, names=("series_01", "series_02")) -> Path:
     from pydicom.data import get_testdata_file
 
     shutil.copy(get_testdata_file("DICOMDIR", download=False), src / "DICOMDIR")  # records name the source files
+    (src / "latest.dcm").symlink_to(first)  # a link to an instance already in the folder: read once
     return src
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from longllava_sdk.cli import main
 from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
-from trainer_fixtures import write_colour_dataset, write_micro_model
+from trainer_fixtures import assert_auto_files, write_colour_dataset, write_micro_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +83,8 @@ def test_merge_writes_a_standalone_model_equal_to_the_run_export(classify_run, c
     assert "Pipeline.from_pretrained" in capsys.readouterr().out
     assert {"model.safetensors", "config.json", "tokenizer.json", "head_config.json", "head.safetensors"} <= \
         {p.name for p in merged.iterdir()}
+    assert_auto_files(merged)  # loads with transformers' Auto classes (trust_remote_code=True) without the SDK import
+    assert_auto_files(out / "merged")
     image = square_image("blue", seed=3)
     a = Pipeline.from_pretrained(out / "model", device="cpu").classify("What colour is the square?", images=[image])
     b = Pipeline.from_pretrained(merged, device="cpu").classify("What colour is the square?", images=[image])
@@ -121,6 +123,7 @@ def test_the_run_folder_is_what_hf_and_llama_factory_users_look_for(classify_run
     assert config["model_dir"] == "model" and config["run"]["head"] == "classify"
     assert config["schedule"]["learning_rate"] == 1e-3 and config["schedule"]["batch_size"] == 2
     assert config["recipe"]["training"]["batch_size"] == 2 and config["options"]["max_steps"] is None
+    assert config["arguments"]["domain"] == str(recipe) and config["arguments"]["force_schedule"] is False
     assert {"torch", "transformers", "peft"} <= set(config["versions"])
     assert len(config["data"]["train"]["sha256"]) == 64 and config["data"]["train"]["rows"] == 6
     # one name for the model; the old LoRA name is a relative link to it
@@ -144,6 +147,7 @@ def test_full_finetune_generate_head_and_overwrite(tmp_path, capsys):
     assert "stage domain, full, head generate, 2 steps" in printed
     assert not (out / "adapter").exists() and not (out / "stale.txt").exists()
     assert (out / "model" / "model.safetensors").is_file()
+    assert_auto_files(out / "model")
     namespace: dict = {}
     exec(snippet_from(printed), namespace)  # noqa: S102
     assert capsys.readouterr().out.strip() != ""  # the generated answer (random weights: any text)

@@ -223,7 +223,7 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
     """The jsonargparse parser of ``func``'s flags (see the module docstring for the mapping).
 
     ``parser.objects`` maps each parameter object parameter to (its class, its field names);
-    ``parser.flags`` lists the flags.
+    ``parser.flags`` lists the flags, ``parser.keys`` the options' names (the config file's keys).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -235,6 +235,7 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
                              "later flags override it. --print-config writes one.")
     objects: dict[str, tuple[type, list[str]]] = {}
     flags = ["--help", "--config", "--print-config"]
+    keys: list[str] = []
     hints = typing.get_type_hints(inspect.unwrap(getattr(func, "function", func)))
     for pname, param in inspect.signature(func).parameters.items():
         if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
@@ -252,13 +253,16 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
                                      field_docs.get(fname), positional=False, required=fdefault is dataclasses.MISSING)
                 names.append(fname)
             objects[pname] = (cls, names)
+            keys += names
             continue
         no_default = param.default is inspect.Parameter.empty
+        keys.append(pname)
         flags += _add_option(parser, pname, annotation, None if no_default else param.default, param_docs.get(pname),
                              positional=no_default and param.kind is not param.KEYWORD_ONLY,
                              required=no_default and param.kind is param.KEYWORD_ONLY)
     parser.objects = objects
     parser.flags = flags
+    parser.keys = keys
     return parser
 
 
@@ -276,6 +280,9 @@ def _one_line(message: str, parser: Any) -> str:
         names = [name.strip() for name in required.group(1).split(",")]
         message = "missing " + ", ".join(
             flag if (flag := "--" + name.replace("_", "-")) in parser.flags else name.upper() for name in names)
+    key = re.match(r"Option '(\w+)' is not accepted", message)  # a key of a --config file
+    if key:
+        message = unknown_name_message("option in the config file", key.group(1), parser.keys, listing="options")
     unknown = re.match(r"unrecognized arguments: (.*)", message, re.IGNORECASE)
     if unknown:
         hints = []
@@ -367,17 +374,26 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+class _Lines(logging.Formatter):
+    """Bare messages; a WARNING as ``warning: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
+
+
 def _show_sdk_info_logs() -> None:
     """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
 
-    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
-    loggers keep their own levels. Records still propagate (an application's or pytest's root
-    handlers see them); the root logger has no handler of its own in a CLI process.
+    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr (warnings, such as
+    the ones adapters record about a source, as ``warning: ...``, one line each): other
+    libraries' loggers keep their own levels. Records still propagate (an application's or
+    pytest's root handlers see them); the root logger has no handler of its own in a CLI process.
     """
     sdk = logging.getLogger("longllava_sdk")
     if not any(isinstance(h, _CurrentStderrHandler) for h in sdk.handlers):
         handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_Lines("%(message)s"))
         sdk.addHandler(handler)
     if sdk.level == logging.NOTSET or sdk.level > logging.INFO:
         sdk.setLevel(logging.INFO)

@@ -10,6 +10,7 @@ the same way, with nothing else to write.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -23,8 +24,13 @@ def present_export(result: ExportResult) -> int:
     return 0
 
 
+@functools.cache
 def exporter_command(exporter: type[Exporter]) -> Callable[..., Any]:
-    """The function behind ``longllava-sdk export <exporter.name>`` (its signature is the flags)."""
+    """The function behind ``longllava-sdk export <exporter.name>`` (its signature is the flags).
+
+    One function per exporter class for the process (cached), so the command is the same
+    object however often the commands are listed.
+    """
     source = exporter.source_option
 
     def run(**kwargs: Any) -> int:

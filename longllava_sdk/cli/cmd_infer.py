@@ -23,7 +23,7 @@ def infer(
     adapter: str | None = None,
     adapter_options: dict[str, Any] | None = None,
     max_images: int | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     load: LoadOptions | None = None,
     stream: bool = True,
     export: str | None = None,
@@ -45,7 +45,8 @@ def infer(
             options (see `longllava-sdk plugins --adapter NAME`), e.g. allow_non_parallel=true.
         max_images: image budget per source (default: 128 frames for a video, the paper's setting;
             what fits the context for other sources).
-        max_new_tokens: generation length limit.
+        max_new_tokens: generation length limit (default 256; a model with a task head
+            answers with labels and ignores it, and says so).
         load: device, dtype and int8 quantization of the model (--device, --dtype, --quantize).
         stream: print pieces as they are generated.
         export: also write the answer with this exporter (`longllava-sdk export --help` lists them):
@@ -67,9 +68,12 @@ def infer(
         if export is not None:
             raise ConfigError(f"{option_hint('export', export)} writes a text answer; this model answers with its "
                               "task head's labels")
+        unused = ", --max-new-tokens does not apply (nothing is generated)" if max_new_tokens is not None else ""
+        print(f"task head {pipe.head.name!r} answers: --prompt is the head's input prompt{unused}", file=sys.stderr)
         print(json.dumps(pipe.classify(prompt, images=image, high_res=high_res, **media), indent=2))
         return
-    result = pipe(prompt, images=image, high_res=high_res, max_new_tokens=max_new_tokens, stream=stream, **media)
+    result = pipe(prompt, images=image, high_res=high_res, max_new_tokens=max_new_tokens or 256, stream=stream,
+                  **media)
     if isinstance(result, str):
         print(result)
         answer = result

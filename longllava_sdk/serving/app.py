@@ -2,8 +2,8 @@
 
 Routes (docs/serving.md):
 
-* ``GET /health``: ``{"status": "ok"}``, open without the API key (for load balancers; it
-  says nothing about the model).
+* ``GET /health``: ``{"status": "ready"}`` (200), or ``loading`` (503) while the model loads;
+  open without the API key (for load balancers).
 * ``GET /v1/models``, ``GET /v1/models/{id}``: the one model served.
 * ``POST /v1/chat/completions``: chat with text and media parts; ``stream: true`` answers
   with server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -46,6 +47,8 @@ from .schemas import ChatCompletionRequest, ClassifyRequest
 from .security import APIKeyMiddleware, RootJail
 from .settings import ServerSettings
 
+logger = logging.getLogger("longllava_sdk.serving")
+
 Body = TypeVar("Body", bound=BaseModel)
 #: Status for a request whose client went away before its answer (nginx's convention);
 #: nobody receives it, it only shows in access logs.
@@ -67,8 +70,17 @@ class Server:
         created: when the server started (the model's ``created``).
     """
 
-    def __init__(self, pipeline: Pipeline, settings: ServerSettings) -> None:
-        self.pipeline = pipeline
+    def __init__(self, pipeline: Pipeline | None, settings: ServerSettings, *,
+                 load: Callable[[], Pipeline] | None = None, address: Callable[[], str | None] | None = None,
+                 on_load_error: Callable[[BaseException], None] | None = None) -> None:
+        if pipeline is None and load is None:
+            raise ValueError("give the server a pipeline or a function that loads one")
+        self._pipeline = pipeline
+        self._load = load
+        self._address = address
+        self._on_load_error = on_load_error
+        #: the exception that ended the model's load (the server then shuts down)
+        self.load_error: BaseException | None = None
         self.settings = settings
         self.engine = GenerationEngine(settings)
         policy = RemotePolicy(settings.allow_remote)
@@ -76,6 +88,46 @@ class Server:
                                  max_redirects=settings.max_redirects) if policy.enabled else None)
         self.reader = ContentReader(settings, RootJail(settings.root, settings.max_folder_entries), fetcher)
         self.created = int(time.time())
+
+    # -- model life --------------------------------------------------------------------------------
+    @property
+    def pipeline(self) -> Pipeline:
+        """The model; a request that comes while it is still loading gets 503 (``model_loading``)."""
+        if self._pipeline is None:
+            raise APIError(503, "the model is still loading; retry when GET /health says ready", type="server_error",
+                           code="model_loading", headers={"Retry-After": "5"})
+        return self._pipeline
+
+    @property
+    def status(self) -> str:
+        """``loading`` until the model is loaded, then ``ready`` (``failed`` if the load failed)."""
+        if self.load_error is not None:
+            return "failed"
+        return "loading" if self._pipeline is None else "ready"
+
+    async def start(self) -> None:
+        """Load the model (when given a loader) while the server already answers, then log the ready line.
+
+        The load runs in a thread, so ``/health`` answers ``loading`` meanwhile. The line
+        ``ready: http://HOST:PORT (model NAME, N parameters)`` is logged once the model is
+        loaded and the socket is bound (``address`` says where, ``None`` until bound).
+        """
+        if self._pipeline is None:
+            assert self._load is not None
+            try:
+                self._pipeline = await asyncio.to_thread(self._load)
+            except BaseException as exc:  # noqa: BLE001 - reported to the operator, then the server stops
+                self.load_error = exc
+                if self._on_load_error is not None:
+                    self._on_load_error(exc)
+                return
+        url = None
+        if self._address is not None:
+            while (url := self._address()) is None:
+                await asyncio.sleep(0.02)
+        parameters = sum(p.numel() for p in self._pipeline.model.parameters())
+        logger.info("ready: %s(model %s, %s parameters)", f"{url} " if url else "", self.settings.model_name,
+                    f"{parameters:,}")
 
     # -- helpers ----------------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
@@ -178,13 +230,24 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
+def extension(done: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's extension field of a response (docs/serving.md): ``{"longllava": {"media_warnings": [...]}}``.
+
+    ``media_warnings``: one line per warning an input adapter recorded about the request's
+    media (a gap between CT slices, skipped files, masked bands...); empty when none.
+    """
+    return {"longllava": {"media_warnings": list(done.get("media_warnings") or ())}}
+
+
 def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 # -- routes ----------------------------------------------------------------------------------------
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """``{"status": "ready"}`` (200) once the model answers; ``loading`` / ``failed`` with 503 before."""
+    status = request.app.state.server.status
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 async def list_models(request: Request) -> Response:
@@ -240,6 +303,7 @@ async def chat_completions(request: Request) -> Response:
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
                                  "logprobs": None, "finish_reason": data["finish_reason"]}],
                     "usage": data["usage"],
+                    **extension(data),
                 })
     finally:
         gone.cancel()  # while streaming, Starlette's own listener takes over the receive channel
@@ -264,7 +328,7 @@ async def _stream(job: Job, model: str, created: int, include_usage: bool) -> As
             if kind == "delta":
                 yield _sse(chunk({"content": data}))
             elif kind == "done":
-                yield _sse(chunk({}, data["finish_reason"]))
+                yield _sse({**chunk({}, data["finish_reason"]), **extension(data)})
                 if include_usage:
                     yield _sse({"id": job.id, "object": "chat.completion.chunk", "created": created, "model": model,
                                 "choices": [], "usage": data["usage"]})
@@ -302,7 +366,8 @@ async def classify(request: Request) -> Response:
                 raise event[1]
             if event[0] == "done":
                 return JSONResponse({"id": job.id, "object": "classification", "created": int(time.time()),
-                                     "model": server.settings.model_name, "result": event[1]["result"]})
+                                     "model": server.settings.model_name, "result": event[1]["result"],
+                                     **extension(event[1])})
     finally:
         gone.cancel()
         job.cancel()
@@ -328,17 +393,30 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
                                    type="server_error", code="internal_error"), status_code=500)
 
 
-def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Starlette:
+def create_app(pipeline: Pipeline | None, settings: ServerSettings | None = None, *,
+               load: Callable[[], Pipeline] | None = None, address: Callable[[], str | None] | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> Starlette:
     """The ASGI app serving ``pipeline`` under ``settings`` (run it with uvicorn, or test it in-process).
 
     ``app.state.server`` is the :class:`Server` (its ``engine.records`` tell how each request
     ended). The engine's workers stop at the app's shutdown.
+
+    Args:
+        pipeline: the model, already loaded; or ``None`` and ``load``: a function that loads it,
+            called in a thread at the app's startup, so the server listens (``/health`` says
+            ``loading``, other routes 503) while the model loads.
+        address: where the server listens (``http://HOST:PORT``; ``None`` until its socket is
+            bound), for the ``ready:`` line.
+        on_load_error: called with the exception when ``load`` fails (``serve`` stops uvicorn).
     """
-    server = Server(pipeline, (settings or ServerSettings()).with_model_name("longllava"))
+    server = Server(pipeline, (settings or ServerSettings()).with_model_name("longllava"), load=load, address=address,
+                    on_load_error=on_load_error)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        starting = asyncio.create_task(server.start())
         yield
+        starting.cancel()
         server.engine.shutdown()
 
     app = Starlette(

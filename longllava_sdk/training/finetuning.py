@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -270,7 +270,7 @@ def plan_finetune(
         if data is None:
             raise ConfigError(f"nothing to train on: pass {option_hint('domain', 'NAME')} (a registered domain or a "
                               f"recipe .yaml) or {option_hint('data', 'FILE')}")
-        recipe = Recipe(name="custom", stage=stage or "domain", head=HeadSettings(type=head or "generate"))
+        recipe = Recipe(name="custom", stage=get_stage(stage or "domain").name, head=HeadSettings(type=head or "generate"))
     else:
         recipe = load_recipe(domain)
     if batch_size is not None:
@@ -324,7 +324,7 @@ def plan_finetune(
                      output_router_logits=a.router_aux_loss_coef is not None and a.router_aux_loss_coef > 0,
                      router_aux_loss_coef=a.router_aux_loss_coef, merge=a.merge, exit_on_sigterm=exit_on_sigterm,
                      callbacks=list(callbacks), training_args=dict(training_args or {}),
-                     force_schedule=a.force_schedule, schedule_changes=[]),
+                     force_schedule=a.force_schedule, schedule_changes=[], arguments=asdict(a)),
     )
     plan.resume_from = check_output_dir(output_dir, resume=a.resume, overwrite=a.overwrite, run_info=plan.run_info)
     if plan.resume_from is not None:
@@ -383,7 +383,7 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
         if not is_main and opts["resume"]:
             resume_from = latest_complete_checkpoint(output_dir)
     model, _ = load_model(base_dir, dtype=dtype)
-    get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+    get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                       model=model, config=model.config)
     if resume_from is not None and is_main:
         logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
@@ -542,7 +542,7 @@ def write_run_config(plan: FinetunePlan, resume_from: Path | None = None) -> Pat
     schedule changes it was allowed (``--force-schedule``); the schedule each checkpoint was
     trained under stays in that checkpoint (``longllava_training.json``).
     """
-    options = {k: v for k, v in plan.options.items() if k not in ("callbacks", "schedule_changes")}
+    options = {k: v for k, v in plan.options.items() if k not in ("callbacks", "schedule_changes", "arguments")}
     eval_rows = plan.data.eval.rows if plan.data.eval is not None else None
     config = {
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -554,7 +554,8 @@ def write_run_config(plan: FinetunePlan, resume_from: Path | None = None) -> Pat
         "learning_rate": plan.learning_rate,
         "epochs": plan.epochs,
         "schedule": plan.schedule,
-        "options": options,
+        "arguments": plan.options.get("arguments"),  # the FinetuneArgs as given (flags / fields)
+        "options": options,                          # as resolved for the run
         "recipe": plan.recipe.to_dict(),
         "data": {"train": _data_record(plan.data.data_path, len(plan.data.train)),
                  "eval_rows": None if eval_rows is None else len(eval_rows),

@@ -77,7 +77,7 @@ def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(PRELOAD + [__name__])
+        _CONTEXT.set_forkserver_preload(PRELOAD + [__name__, __name__.rsplit(".", 1)[0] + ".hostile"])
     return _CONTEXT
 
 
