@@ -4,12 +4,13 @@ Everything runs in one process on the same inputs, one case after the other:
 
 1. **scan forward, no grad** (batch 1, N = 16, with D, z gate, delta bias and softplus),
    8192 tokens x 512 channels (the tiny mixer width) and 2048 tokens x 8192 channels (the 9B
-   width): transformers' ``mamba_selective_scan`` torch loop (obtained un-patched), the SDK's
-   chunked torch path and the SDK's numba kernels;
+   width): transformers' ``mamba_selective_scan`` torch loop, the SDK's chunked torch path and
+   the SDK's numba kernels;
 2. **scan forward + backward** at the tiny model's mixer shape (1024 tokens x 128 channels),
    the same three;
-3. **tiny Jamba LM forward + backward** (preset ``tiny``) at 256 / 512 / 1024 tokens:
-   transformers' fallback vs. the model with the SDK's kernels installed.
+3. **tiny Jamba LM forward + backward** (preset ``tiny``) at 256 / 512 / 1024 tokens: one
+   ``JambaForCausalLM`` with transformers' own mixers (its fallback) vs. the same model with the
+   SDK's ``LongLLaVAMambaMixer`` swapped in (``swap_mamba_mixers``, as LongLLaVA models get them).
 
 Each case prints the time, the ratio against transformers' loop and GFLOP/s. The FLOP count
 is nominal and the same for every implementation (docs/selective_scan.md): per batch row,
@@ -39,13 +40,12 @@ from pathlib import Path
 import torch
 
 try:
-    from longllava_sdk.modeling import mamba_kernels
+    import longllava_sdk  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from longllava_sdk.modeling import mamba_kernels
 
-from longllava_sdk.modeling import selective_scan_cpu
-from longllava_sdk.modeling.selective_scan import selective_scan, selective_scan_backend
+from longllava_sdk.modeling.kernels import scan_numba
+from longllava_sdk.modeling.kernels.interface import selective_scan, selective_scan_backend
 
 DEFAULT_LENGTHS = (256, 512, 1024)
 #: (tokens, channels) of the forward cases
@@ -108,15 +108,10 @@ def mixer_like_inputs(length: int, dim: int, seed: int = 0) -> dict[str, torch.T
 
 
 def _transformers_loop():
-    """transformers' own ``mamba_selective_scan`` (un-patched: the SDK's kernels uninstalled)."""
+    """transformers' own ``mamba_selective_scan`` (the SDK never replaces it)."""
     from transformers.models.jamba import modeling_jamba
 
-    was_installed = mamba_kernels.mamba_kernels_installed()
-    mamba_kernels.uninstall_mamba_kernels()
-    fn = modeling_jamba.mamba_selective_scan
-    if was_installed:
-        mamba_kernels.install_mamba_kernels()
-    return fn
+    return modeling_jamba.mamba_selective_scan
 
 
 def _scan_callables(x: dict[str, torch.Tensor]):
@@ -219,7 +214,7 @@ def _forward_backward_seconds(model, ids: torch.Tensor, repeats: int, warmup: bo
 
 def lm_flops(model, config, ids: torch.Tensor) -> int:
     """Nominal forward+backward FLOPs of the LM: 3 x (matmul FLOPs of the forward, counted by
-    torch's FlopCounterMode with the SDK's kernels installed, + the scan FLOPs of its Mamba
+    torch's FlopCounterMode with the SDK's mixers, + the scan FLOPs of its Mamba
     layers)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -240,42 +235,42 @@ def run_lm(lengths=DEFAULT_LENGTHS, include_reference: bool = True, reference_ma
     when skipped), ``speedup``, ``max_logit_diff``, ``gflop`` and ``ours_gflops``.
     """
     from transformers import JambaForCausalLM
+    from transformers.models.jamba.modeling_jamba import JambaMambaMixer
+
+    from longllava_sdk.modeling.mamba_mixer import swap_mamba_mixers
 
     config = tiny_text_config()
     torch.manual_seed(seed)
     model = JambaForCausalLM(config).train()
-    was_installed = mamba_kernels.mamba_kernels_installed()
-    rows = []
-    try:
-        # One short pass through each path first, so one-time set-up costs are not timed.
-        warm_ids = torch.randint(3, config.vocab_size, (batch_size, 32),
-                                 generator=torch.Generator().manual_seed(seed))
-        for install in (True, False) if include_reference else (True,):
-            if install:
-                mamba_kernels.install_mamba_kernels()
-            else:
-                mamba_kernels.uninstall_mamba_kernels()
-            _forward_backward_seconds(model, warm_ids, 1, warmup=False)
-        for length in lengths:
-            ids = torch.randint(3, config.vocab_size, (batch_size, length),
-                                generator=torch.Generator().manual_seed(seed + length))
-            mamba_kernels.install_mamba_kernels()
-            flops = lm_flops(model, config, ids)
-            ours_s, ours_logits = _forward_backward_seconds(model, ids, repeats, warmup=True)
-            row = {"tokens": length, "batch_size": batch_size, "ours_s": ours_s,
-                   "reference_s": None, "speedup": None, "max_logit_diff": None,
-                   "gflop": flops / 1e9, "ours_gflops": flops / ours_s / 1e9, "reference_gflops": None}
-            if include_reference and (reference_max_tokens is None or length <= reference_max_tokens):
-                mamba_kernels.uninstall_mamba_kernels()
-                ref_s, ref_logits = _forward_backward_seconds(model, ids, 1, warmup=False)
-                row.update(reference_s=ref_s, speedup=ref_s / ours_s, reference_gflops=flops / ref_s / 1e9,
-                           max_logit_diff=float((ref_logits - ours_logits).abs().max()))
-            rows.append(row)
-    finally:
-        if was_installed:
-            mamba_kernels.install_mamba_kernels()
+
+    def use(sdk: bool) -> None:
+        """The same parameters under the SDK's mixers or transformers' own."""
+        if sdk:
+            swap_mamba_mixers(model)
         else:
-            mamba_kernels.uninstall_mamba_kernels()
+            swap_mamba_mixers(model, JambaMambaMixer)
+
+    rows = []
+    # One short pass through each path first, so one-time set-up costs are not timed.
+    warm_ids = torch.randint(3, config.vocab_size, (batch_size, 32), generator=torch.Generator().manual_seed(seed))
+    for sdk in (True, False) if include_reference else (True,):
+        use(sdk)
+        _forward_backward_seconds(model, warm_ids, 1, warmup=False)
+    for length in lengths:
+        ids = torch.randint(3, config.vocab_size, (batch_size, length),
+                            generator=torch.Generator().manual_seed(seed + length))
+        use(True)
+        flops = lm_flops(model, config, ids)
+        ours_s, ours_logits = _forward_backward_seconds(model, ids, repeats, warmup=True)
+        row = {"tokens": length, "batch_size": batch_size, "ours_s": ours_s,
+               "reference_s": None, "speedup": None, "max_logit_diff": None,
+               "gflop": flops / 1e9, "ours_gflops": flops / ours_s / 1e9, "reference_gflops": None}
+        if include_reference and (reference_max_tokens is None or length <= reference_max_tokens):
+            use(False)
+            ref_s, ref_logits = _forward_backward_seconds(model, ids, 1, warmup=False)
+            row.update(reference_s=ref_s, speedup=ref_s / ours_s, reference_gflops=flops / ref_s / 1e9,
+                       max_logit_diff=float((ref_logits - ours_logits).abs().max()))
+        rows.append(row)
     return rows
 
 
@@ -362,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=1 if args.quick else 3,
             batch_size=args.batch_size,
         )
-    print(f"{_machine()}; torch {torch.__version__}, numba {selective_scan_cpu.numba_version()}, "
+    print(f"{_machine()}; torch {torch.__version__}, numba {scan_numba.numba_version()}, "
           f"{torch.get_num_threads()} thread(s); CPU scan backend: {selective_scan_backend()}")
     if args.json:
         print(json.dumps(result, indent=2))

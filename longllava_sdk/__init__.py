@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "build_tokenizer": ".processing",
     "TaskHead": ".heads",
     "get_plugin_manager": ".plugin_manager",
+    "LoadOptions": ".options",
 }
 
 __all__ = ["LongLLaVAError", "hookimpl", "register_auto_classes", *_LAZY]

@@ -10,30 +10,44 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError, option_hint
+from . import local_files
+# The folder swap lives in .atomic (no torch); these names stay importable from here.
+from .atomic import atomic_directory, replace_directory, sync_directory  # noqa: F401
+from .errors import CheckpointError, LongLLaVAError, UnsafeCheckpointError, option_hint
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def model_file_names(directory: str | os.PathLike[str]) -> list[str]:
+    """Names of the regular files of a model folder (its sub-folders aside), each ``lstat``-ed.
+
+    transformers, tokenizers and safetensors open a model folder's files by path, so the folder
+    is checked before any of them does: a FIFO, socket or device among its files (where
+    ``open()`` would block or never end) is a :class:`CheckpointError` naming it
+    (:func:`longllava_sdk.local_files.regular_files`).
+    """
+    try:
+        return [p.name for p in local_files.regular_files(directory, skip_hidden=False, what="model file")]
+    except LongLLaVAError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def check_weights_safe(directory: str | os.PathLike[str], allow_pickle: bool = False) -> bool:
     """Check ``directory`` holds loadable weights; return ``True`` if they are safetensors.
 
     Raises:
-        CheckpointError: no directory or no weight files at all.
+        CheckpointError: no directory, no weight files at all, or a FIFO, socket or device
+            among its files (see :func:`model_file_names`).
         UnsafeCheckpointError: only pickle weight files and ``allow_pickle`` is false.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")
-    names = [p.name for p in directory.iterdir() if p.is_file()]
+    names = model_file_names(directory)
     if any(n.endswith(".safetensors") for n in names):
         return True
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
@@ -88,56 +102,3 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         except AttributeError as exc:
             raise CheckpointError(f"unknown dtype {dtype!r}") from exc
     return dtype
-
-
-@contextmanager
-def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``target`` only if the block succeeds.
-
-    A non-empty ``target`` is refused unless ``overwrite`` is true; then it is replaced only
-    after the new content is complete.
-    """
-    target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise CheckpointError(f"{target}: output exists and is not empty (pass {option_hint('overwrite')} to "
-                              "replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replace_directory(staging, target)
-
-
-def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Put the complete folder ``staging`` at ``target`` (same file system), replacing an existing
-    ``target`` only now that the new content is whole; the parent folder is synced.
-
-    The one swap behind :func:`atomic_directory` and the trainer's staged exports.
-    """
-    staging, target = Path(staging), Path(target)
-    if target.exists():
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, trash)
-        os.replace(staging, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-    sync_directory(target.parent)
-
-
-def sync_directory(directory: str | os.PathLike[str]) -> None:
-    """``fsync`` a folder so that renames in it survive a crash (best effort: not every file
-    system allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

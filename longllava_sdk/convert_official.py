@@ -42,8 +42,8 @@ from safetensors.torch import save_file
 
 from .checkpoint import PICKLE_SUFFIXES, atomic_directory, check_weights_safe
 from .config import PRESETS, LongLLaVAConfig
-from .options import DTYPES
 from .errors import CheckpointError, ConfigError, option_hint
+from .options import DTYPES
 from .units import parse_size
 
 OFFICIAL_MODEL_TYPE = "llava_jamba"

@@ -99,8 +99,9 @@ def import_dataset(format: str, source: str, *, output: str, media_root: str | N
     Every row is checked (required fields, value ranges, <image> markers against the media,
     media files that exist and are regular files); good rows are written, bad rows are
     reported with their row number (the 1-based record of a JSON / JSONL file, the line of a
-    CSV with the header as line 1) and the reason. The manifest is written atomically.
-    `longllava-sdk data formats` lists the formats and where each looks up its media.
+    CSV with the header as line 1) and the reason. The manifest is written atomically; nothing
+    is written when no row is good (or, with --strict, when any row is bad). `longllava-sdk
+    data formats` lists the formats and where each looks up its media.
 
     Args:
         format: the dataset format (llava, llamafactory, m3d-vqa, m3d-cap, ct-rate, videochatgpt, geochat, or a plugin's).
@@ -109,11 +110,6 @@ def import_dataset(format: str, source: str, *, output: str, media_root: str | N
         media_root: the folder media paths are looked up in (default: the format's, see `data formats`).
         overwrite: replace an existing output manifest.
         strict: write nothing when any row is bad (the report still lists them all).
-
-    Raises:
-        ConfigError: unknown format, an output name that is not .jsonl, a media root outside the output's folder.
-        InputError: the source is not a readable regular file, the output exists (without --overwrite).
-        DatasetError: no good row at all, or a bad row with --strict (nothing is written).
     """
     importer = get_importer(format)()
     source_path = Path(os.path.abspath(source))

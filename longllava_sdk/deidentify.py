@@ -21,7 +21,8 @@ plus the profile's removals dicognito leaves to the caller:
 Pixel data are not touched. A file whose ``BurnedInAnnotation`` is ``YES`` cannot be
 de-identified from its header and stops the run (nothing is written); so does a file pydicom
 cannot read as DICOM unless it is simply not DICOM (no ``DICM`` preamble), which is skipped
-and counted. Output files are named by their new UIDs (``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``)
+and counted, as is a DICOMDIR (its records point at the source file names; make a new one for
+the output if a viewer needs it). Output files are named by their new UIDs (``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``)
 because source file and folder names often hold patient names.
 
 Safety: the source is only read (the output may not lie inside it, nor it inside the output);
@@ -33,20 +34,21 @@ replaced, removed or added, never a value and never a source name.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from . import local_files
+from .atomic import atomic_directory
 from .errors import DatasetError, InputError, option_hint
 
 __all__ = ["DeidentifyReport", "deidentify", "REMOVED_KEYWORDS", "REPORT_NAME"]
 
 REPORT_NAME = "deidentify_report.json"
+#: Media Storage Directory Storage (a DICOMDIR): skipped, its references would name the source files.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: Largest DICOM file read (bytes); a larger one stops the run before it is read.
 MAX_FILE_BYTES = 4 << 30
 #: PS3.15 Table E.1-1 attributes with action X (remove) that dicognito keeps: free text,
@@ -73,7 +75,7 @@ class DeidentifyReport:
         output: the output folder.
         files: per output file (relative path): ``{"replaced": [...], "removed": [...], "added": [...]}`` keywords.
         tags: per tag keyword: ``{"replaced": n, "removed": n, "added": n}`` over all files.
-        skipped: source files that are not DICOM (not copied), relative to the source.
+        skipped: source files not copied (not DICOM, or a DICOMDIR), relative to the source.
     """
 
     output: Path
@@ -86,11 +88,11 @@ class DeidentifyReport:
         changed = sum(sum(counts.values()) for counts in self.tags.values())
         return (f"de-identified {len(self.files)} DICOM file(s) into {self.output} (Basic Application Level "
                 f"Confidentiality Profile): {changed} element change(s) over {len(self.tags)} tag(s); "
-                f"{len(self.skipped)} non-DICOM file(s) skipped; report: {self.output / REPORT_NAME}")
+                f"{len(self.skipped)} non-DICOM / DICOMDIR file(s) skipped; report: {self.output / REPORT_NAME}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": [f"DCM {code} {meaning}" for code, meaning in METHOD_CODES], "files": self.files,
-                "tags": self.tags, "skipped_non_dicom": len(self.skipped)}
+                "tags": self.tags, "skipped": len(self.skipped)}
 
 
 def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | None = None) -> DeidentifyReport:
@@ -107,10 +109,6 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
         output: the folder to write (must not be inside SRC); it appears complete or not at all.
         overwrite: replace a non-empty output folder.
         seed: make the replacement values reproducible across runs (keep it secret: it links the new ids to the old).
-
-    Raises:
-        InputError: SRC missing, output inside SRC (or SRC inside it), a non-empty output without --overwrite.
-        DatasetError: a file that cannot be de-identified (unreadable DICOM, burned-in annotation, too large); nothing is written.
     """
     import pydicom
     from dicognito.anonymizer import Anonymizer
@@ -129,14 +127,18 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
     anonymizer = Anonymizer(seed=seed)
     report = DeidentifyReport(output=target)
     problems: list[str] = []
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _staging(target, overwrite) as staging:
+    with atomic_directory(target, overwrite=overwrite) as staging:
+        seen: set[str] = set()
         for path in files:
             shown = path.name if path == source else path.relative_to(source).as_posix()
             problem = _check_file(path, source)
             if problem is not None:
                 problems.append(f"{shown}: {problem}")
                 continue
+            real = os.path.realpath(path)
+            if real in seen:  # a link to a file of the source already read: one instance, written once
+                continue
+            seen.add(real)
             if not _is_dicom(path):
                 report.skipped.append(shown)
                 continue
@@ -149,9 +151,21 @@ def deidentify(src: str, *, output: str, overwrite: bool = False, seed: str | No
                 problems.append(f"{shown}: BurnedInAnnotation is YES; text in the pixels cannot be removed from the "
                                 "header (blank it with a pixel tool first)")
                 continue
+            sop_class = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID", "")
+            if str(sop_class) == DICOMDIR_SOP_CLASS:
+                report.skipped.append(shown)  # its file references name the source files: regenerate one
+                continue
+            missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not dataset.get(k)]
+            if missing:
+                problems.append(f"{shown}: no {', '.join(missing)}; not an image instance the SDK can file")
+                continue
             before = _elements(dataset)
-            anonymizer.anonymize(dataset)
-            _basic_profile_removals(dataset)
+            try:
+                anonymizer.anonymize(dataset)
+                _basic_profile_removals(dataset)
+            except Exception as exc:  # noqa: BLE001 - a malformed element dicognito cannot rewrite
+                problems.append(f"{shown}: cannot de-identify ({type(exc).__name__}: {exc})")
+                continue
             changes = _diff(before, _elements(dataset))
             relative = Path(str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
                             f"{dataset.SOPInstanceUID}.dcm")
@@ -188,7 +202,7 @@ def _check_file(path: Path, source: Path) -> str | None:
 
 def _is_dicom(path: Path) -> bool:
     """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble."""
-    with open(path, "rb") as handle:
+    with local_files.open_regular(path, what="DICOM file") as handle:  # a FIFO is refused, never blocks
         header = handle.read(132)
     return len(header) == 132 and header[128:] == b"DICM"
 
@@ -228,23 +242,3 @@ def _basic_profile_removals(dataset: Any) -> None:
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
         codes.append(item)
     dataset.DeidentificationMethodCodeSequence = codes
-
-
-@contextlib.contextmanager
-def _staging(target: Path, overwrite: bool) -> Iterator[Path]:
-    """A staging folder beside ``target``, renamed onto it only if the block succeeds."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            if not overwrite and (not target.is_dir() or any(target.iterdir())):
-                raise InputError(target, f"appeared while writing; pass {option_hint('overwrite')} to replace it")
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -139,6 +139,11 @@ class OutsideRootError(AdapterError):
     :func:`longllava_sdk.adapters.allowed_root`."""
 
 
+class SpecialFileError(AdapterError):
+    """A path names a FIFO, socket, device (or a folder) where a regular file is read; see
+    :mod:`longllava_sdk.local_files`. Raised before any byte is read, so it never blocks."""
+
+
 class UnsupportedSourceError(AdapterError):
     """No installed adapter claims the source, or the named adapter does not exist."""
 

@@ -29,6 +29,7 @@ without them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import stat
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
+from . import local_files
 from .errors import InputError
 
 __all__ = [
@@ -59,6 +61,9 @@ IMAGE_MARKER = "<image>"
 #: Manifest keys that hold media, in the order their ``<image>`` markers are matched
 #: (the same order ``longllava_sdk.training.data.SOURCE_KEYS`` reads them back in).
 MEDIA_KEYS: tuple[str, ...] = ("image", "video", "volume", "tiled")
+#: Largest ``.json`` document parsed whole (its Python objects take several times its size);
+#: ``.jsonl`` and ``.csv`` files are streamed and have no limit.
+MAX_JSON_BYTES = 1 << 30
 #: Roles of a manifest conversation (LLaVA ``from`` values).
 ROLES: tuple[str, ...] = ("system", "human", "gpt")
 
@@ -214,57 +219,103 @@ def required_text(record: dict[str, Any], key: str) -> str:
     return value.strip()
 
 
-def json_records(path: Path) -> list[tuple[int, Any]]:
+def json_records(path: Path) -> Iterator[tuple[int, Any]]:
     """``(1-based record number, record)`` of a ``.json`` list or a ``.jsonl`` file.
 
-    A JSONL line that is not valid JSON becomes a record holding a :class:`RowProblem`
-    (the importer yields it as is); blank JSONL lines are not records.
+    A ``.jsonl`` file is streamed line by line (any size); a blank line is not a record and a
+    line that is not valid JSON is a record holding a :class:`RowProblem` (the importer yields
+    it as is). A ``.json`` document is parsed whole, so it may be at most
+    :data:`MAX_JSON_BYTES` (Python objects take several times the file's size).
 
     Raises:
-        InputError: unreadable file, a ``.json`` that is not valid JSON or not a list.
+        InputError: unreadable file, a ``.json`` over the size limit, not valid JSON or not a list.
     """
-    text = _read_text(path)
     if path.suffix.lower() == ".jsonl":
-        records: list[tuple[int, Any]] = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            number = len(records) + 1
-            try:
-                records.append((number, json.loads(line)))
-            except (json.JSONDecodeError, RecursionError) as exc:
-                records.append((number, RowProblem(number, f"not valid JSON: {getattr(exc, 'msg', exc)}")))
-        return records
-    data = _json_document(path, text)
+        return _jsonl_records(path)
+    data = json_document(path)
     if not isinstance(data, list):
         raise InputError(path, f"expected a JSON list of records, got {type(data).__name__}")
-    return [(index, record) for index, record in enumerate(data, start=1)]
+    return iter(enumerate(data, start=1))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    number = 0
+    with _open_text(path) as handle:
+        for line in _lines(path, handle):
+            if not line.strip():
+                continue
+            number += 1
+            try:
+                yield number, json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                yield number, RowProblem(number, f"not valid JSON: {getattr(exc, 'msg', exc)}")
 
 
 def json_document(path: Path) -> Any:
-    """The parsed JSON document of ``path`` (:class:`InputError` naming the file if it is not JSON)."""
-    return _json_document(path, _read_text(path))
+    """The parsed JSON document of ``path``, at most :data:`MAX_JSON_BYTES` (:class:`InputError` naming the file)."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise InputError(path, f"{size:,} bytes of JSON is over the {MAX_JSON_BYTES:,}-byte limit of a document "
+                               "parsed whole; convert it to JSON Lines (one record per line, read streaming), "
+                               "e.g. `jq -c '.[]' data.json > data.jsonl`")
+    with _open_text(path) as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not valid JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(path, f"not UTF-8 text: {exc}") from exc
+        except RecursionError:
+            raise InputError(path, "JSON nested too deeply to be a dataset file") from None
 
 
 def csv_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line number, record)`` of a CSV with a header row; the header is line 1.
+    """``(line number, record)`` of a CSV with a header row (streamed); the header is line 1.
 
     Numbers count records as a spreadsheet shows them (a quoted cell spanning several
     physical lines is still one row). Cells are stripped; a record with more cells than the
-    header yields a ``None`` key (the importer reports it).
+    header has a ``None`` key (:func:`converted` reports it).
 
     Raises:
-        InputError: unreadable file, no header, or header without the ``required`` columns.
+        InputError: unreadable file, no header, a header without the ``required`` columns, or
+            a line the CSV reader cannot parse (a cell over the reader's field limit).
     """
-    text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    header = [name.strip() for name in (reader.fieldnames or [])]
-    missing = [name for name in required if name not in header]
-    if not header or missing:
-        raise InputError(path, f"CSV header lacks the column(s) {missing or list(required)}; it has {header}")
-    reader.fieldnames = header
-    for number, record in enumerate(reader, start=2):
-        yield number, {k: (v.strip() if isinstance(v, str) else v) for k, v in record.items()}
+    with _open_text(path) as handle:
+        reader = csv.DictReader(_lines(path, handle))
+        try:
+            header = [name.strip() for name in (reader.fieldnames or [])]
+        except csv.Error as exc:
+            raise InputError(path, f"unreadable CSV header: {exc}") from exc
+        missing = [name for name in required if name not in header]
+        if not header or missing:
+            raise InputError(path, f"CSV header lacks the column(s) {missing or list(required)}; it has {header}")
+        reader.fieldnames = header
+        number = 1
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InputError(path, f"line {number + 1}: unreadable CSV ({exc})") from exc
+            number += 1
+            yield number, {k: (v.strip() if isinstance(v, str) else v) for k, v in record.items()}
+
+
+def _open_text(path: Path) -> Any:
+    try:  # a regular file only: a FIFO named as the dataset file is refused, never blocks
+        raw = local_files.open_regular(path, what="dataset file")
+    except InputError as exc:
+        raise InputError(path, f"cannot read the dataset file: {exc.problem}") from None
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def _lines(path: Path, handle: Any) -> Iterator[str]:
+    """The handle's lines; a decoding error becomes an :class:`InputError` naming the file."""
+    try:
+        yield from handle
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text: {exc}") from exc
 
 
 def converted(records: Iterable[tuple[int, Any]], convert: Callable[[Any, int], ImportedRow]
@@ -286,22 +337,6 @@ def converted(records: Iterable[tuple[int, Any]], convert: Callable[[Any, int], 
             yield convert(record, number)
         except RowIssue as issue:
             yield RowProblem(number, str(issue))
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the dataset file: {exc}") from exc
-
-
-def _json_document(path: Path, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON: {exc}") from exc
-    except RecursionError:
-        raise InputError(path, "JSON nested too deeply to be a dataset file") from None
 
 
 def count_markers(turns: Iterable[tuple[str, str]], marker: str = IMAGE_MARKER) -> int:

@@ -6,7 +6,7 @@ A model folder is what ``Pipeline.from_pretrained`` loads and what training writ
     tokenizer*.json, preprocessor_config.json, longllava_processor.json, processor_config.json,
     chat_template.jinja                     the processor (AutoProcessor loads it too)
     head_config.json + head.safetensors     the task head, when one was trained
-    longllava_training.json                 how the folder was made (base model, adapter...)
+    longllava_training.json                 how the folder was made (base model, adapter, random_init...)
 
 A LoRA run also writes an *adapter* folder (peft's ``adapter_config.json`` +
 ``adapter_model.safetensors``); :func:`merge_adapter` folds it into its base model and writes
@@ -43,7 +43,7 @@ __all__ = [
     "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "TRAINING_INFO_NAME", "STATE_WEIGHTS_NAME",
     "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME",
     "create_model", "save_model", "load_model", "save_head", "read_head_config", "load_head",
-    "read_training_info", "resolve_base_model", "merge_lora", "export_merged", "merge_adapter",
+    "read_training_info", "random_init_of", "RANDOM_INIT_KEY", "resolve_base_model", "merge_lora", "export_merged", "merge_adapter",
 ]
 
 HEAD_CONFIG_NAME = "head_config.json"
@@ -62,7 +62,7 @@ def create_model(preset: str = "tiny", seed: int = 0
                  ) -> tuple[LongLLaVAForConditionalGeneration, LongLLaVAProcessor]:
     """A randomly initialised model of ``preset`` and a processor with the local tokenizer."""
     from .config import LongLLaVAConfig
-    from .modeling.mamba_kernels import announce_kernels
+    from .modeling.kernels import announce_kernels
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
@@ -115,7 +115,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
         CheckpointError: no such folder, no weights; UnsafeCheckpointError: pickle weights
             without ``allow_pickle``.
     """
-    from .modeling.mamba_kernels import announce_kernels
+    from .modeling.kernels import announce_kernels
     from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
     from .processing.processor import LongLLaVAProcessor
 
@@ -225,6 +225,19 @@ def check_weights_match_config(path: str | os.PathLike[str], config: "LongLLaVAC
         raise CheckpointError(f"{Path(path) / 'config.json'}: describes a model of {needed:,} parameters but the "
                               f"weight files hold {stored:,} values; the config and the weights do not belong "
                               "together")
+
+
+#: Key of ``longllava_training.json`` saying the weights started from a random initialisation
+#: (``"tiny preset, seed 0"``): written by ``init-model`` and by fine-tunes of a new preset model,
+#: carried into every model made from such a folder, so reports can say "a random-weight demo".
+RANDOM_INIT_KEY = "random_init"
+
+
+def random_init_of(directory: str | os.PathLike[str]) -> str | None:
+    """How a model folder's weights were randomly initialised (``"tiny preset, seed 0"``), or
+    ``None`` for weights that came from a real checkpoint (or a folder that does not say)."""
+    value = read_training_info(directory).get(RANDOM_INIT_KEY)
+    return str(value) if value else None
 
 
 def read_training_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -385,4 +398,6 @@ def merge_adapter(adapter_dir: str | os.PathLike[str], output: str | os.PathLike
     if (adapter / "tokenizer_config.json").is_file():
         processor = LongLLaVAProcessor.from_pretrained(adapter, config=model.config)
     info = {"adapter": str(adapter.resolve()), "base_model": str(base_dir.resolve())}
+    if random_init_of(base_dir):
+        info[RANDOM_INIT_KEY] = random_init_of(base_dir)
     return export_merged(peft_model, processor, output, head_from=adapter, info=info, overwrite=overwrite)

@@ -47,8 +47,8 @@ import torch
 from .config import LongLLaVAConfig
 from .context_limit import max_images_for
 from .errors import ConfigError
-from .options import LoadOptions, reject_unknown, take_options
 from .modeling.chunked_prefill import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, effective_chunk
+from .options import LoadOptions, reject_unknown, take_options
 from .quantization import skipped_module
 from .units import GiB, MiB, parse_size
 

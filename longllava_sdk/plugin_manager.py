@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Literal
 import pluggy
 
 from . import hookspecs
+from .contracts import describe_owner
 from .errors import ConfigError, LongLLaVAError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -237,7 +238,7 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         unmarked = _unmarked_hook_functions(plugin, set(record.hooks))
         if unmarked:
             warn_plugin(f"plugin {plugin_name!r} defines {', '.join(unmarked)} without @hookimpl; "
-                  "the SDK ignores these functions (decorate them with longllava_sdk.hookimpl)")
+                        "the SDK ignores these functions (decorate them with longllava_sdk.hookimpl)")
         return registered
 
     def _describe_violation(self, plugin_name: str, exc: pluggy.PluginValidationError) -> str:
@@ -327,30 +328,7 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         answer. ``None`` results are dropped. Hooks with wrapper implementations are called
         normally (attributed to ``"*"``) so that the wrappers run.
         """
-        caller = getattr(self.hook, hook_name, None)
-        if caller is None or not caller.has_spec():
-            raise PluginError(f"unknown hook {hook_name!r}; known hooks: {', '.join(hook_names())}")
-        missing = set(caller.spec.argnames) - set(kwargs)
-        if missing or set(kwargs) - set(caller.spec.argnames):
-            raise TypeError(f"hook {hook_name} takes {caller.spec.argnames}, got {sorted(kwargs)}")
-        impls = caller.get_hookimpls()
-        if any(impl.wrapper or impl.hookwrapper for impl in impls):
-            result = caller(**kwargs)
-            return [("*", r) for r in (result if isinstance(result, list) else [result]) if r is not None]
-        answers = []
-        for impl in reversed(impls):  # pluggy's call order: last registered / tryfirst first
-            try:
-                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-            except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the rest
-                record = self._record_for(impl.plugin_name)
-                message = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
-                if record is not None:
-                    record.error, record.details = message, "".join(traceback.format_exception(exc)).rstrip()
-                warn_plugin(f"longllava_sdk plugin {impl.plugin_name!r}: {message}; its answer is skipped")
-                continue
-            if result is not None:
-                answers.append((impl.plugin_name, result))
-        return answers
+        return self._answers(hook_name, kwargs, strict=None)
 
     def call_checked(self, hook_name: str, *, returns: str, check: Callable[[Any], bool],
                      firstresult: bool = False, **kwargs: Any) -> list[Any] | Any:
@@ -362,38 +340,57 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         engine uses any answer. Returns the answers in pluggy's call order (``None`` dropped),
         or with ``firstresult`` the first non-``None`` one (``None`` when there is none).
         """
-        from .contracts import describe_owner
+        answers = [answer for _, answer in self._answers(hook_name, kwargs, strict=(returns, check),
+                                                         first=firstresult)]
+        return (answers[0] if answers else None) if firstresult else answers
 
-        caller = getattr(self.hook, hook_name)
+    def _answers(self, hook_name: str, kwargs: dict[str, Any], strict: tuple[str, Callable[[Any], bool]] | None,
+                 first: bool = False) -> list[tuple[str, Any]]:
+        """The one loop over a hook's implementations: isolated (``strict=None``: a failure is
+        warned about and skipped) or held to a contract (``strict=(returns, check)``)."""
+        caller = getattr(self.hook, hook_name, None)
+        if caller is None or not caller.has_spec():
+            raise PluginError(f"unknown hook {hook_name!r}; known hooks: {', '.join(hook_names())}")
+        if set(caller.spec.argnames) != set(kwargs):
+            raise TypeError(f"hook {hook_name} takes {caller.spec.argnames}, got {sorted(kwargs)}")
         impls = caller.get_hookimpls()
-        if any(impl.wrapper or impl.hookwrapper for impl in impls):
-            result = caller(**kwargs)  # wrappers see every answer; checked together
-            answers = [result] if firstresult else [r for r in (result or []) if r is not None]
-            bad = [a for a in answers if a is not None and not check(a)]
-            if bad:
-                raise PluginError(f"{hook_name} (wrapped) returned {bad[0]!r}; it must return {returns}")
-            return answers[0] if firstresult else answers
+        if any(impl.wrapper or impl.hookwrapper for impl in impls):  # wrappers see every answer
+            result = caller(**kwargs)
+            results = [result] if first or not isinstance(result, list) else result
+            answers = [("*", r) for r in results if r is not None]
+            if strict is not None and not all(strict[1](r) for _, r in answers):
+                raise PluginError(f"{hook_name} (wrapped) returned {answers!r}; it must return {strict[0]}")
+            return answers
         answers = []
         for impl in reversed(impls):  # pluggy's call order: last registered / tryfirst first
             function = impl.function
-            who = (f"{describe_owner(function)} (plugin {impl.plugin_name!r}): "
-                   f"{function.__module__}.{function.__qualname__}")
-            see = f"(see docs/plugin_hooks.md#{hook_name})"
+
+            def blame(problem: str) -> PluginError:
+                return PluginError(f"{describe_owner(function)} (plugin {impl.plugin_name!r}): {function.__module__}."
+                                   f"{function.__qualname__} {problem} (see docs/plugin_hooks.md#{hook_name})")
+
             try:
                 result = function(*(kwargs[arg] for arg in impl.argnames))
-            except LongLLaVAError:
+            except LongLLaVAError if strict is not None else ():  # the SDK's own errors pass unchanged
                 raise
-            except Exception as exc:  # noqa: BLE001 - attributed to the plugin, then stopped
-                raise PluginError(f"{who} raised {type(exc).__name__}: {exc} {see}") from exc
-            if result is None and firstresult:
+            except Exception as exc:  # noqa: BLE001 - attributed to the plugin
+                if strict is not None:
+                    raise blame(f"raised {type(exc).__name__}: {exc}") from exc
+                record = self._record_for(impl.plugin_name)
+                message = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
+                if record is not None:
+                    record.error, record.details = message, "".join(traceback.format_exception(exc)).rstrip()
+                warn_plugin(f"longllava_sdk plugin {impl.plugin_name!r}: {message}; its answer is skipped")
                 continue
-            if not check(result):
+            if result is None and (strict is None or first):
+                continue
+            if strict is not None and not strict[1](result):
                 shown = "None" if result is None else f"a {type(result).__module__}.{type(result).__qualname__}"
-                raise PluginError(f"{who} returned {shown}; {hook_name} must return {returns} {see}")
-            if firstresult:
-                return result
-            answers.append(result)
-        return None if firstresult else answers
+                raise blame(f"returned {shown}; {hook_name} must return {strict[0]}")
+            answers.append((impl.plugin_name, result))
+            if first:
+                break
+        return answers
 
     def describe_plugin(self, name: str) -> str:
         """``plugin 'x' (distribution pkg 1.0)`` or ``plugin 'x' (programmatic)``: who to blame in messages."""

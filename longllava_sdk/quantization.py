@@ -2,7 +2,7 @@
 
 ::
 
-    pipe = Pipeline.from_pretrained("runs/ct/merged", quantize="int8")     # or: infer --quantize int8
+    pipe = Pipeline.from_pretrained("runs/ct/model", quantize="int8")     # or: infer --quantize int8
 
 What is quantized follows the released models' evaluation setup (the paper evaluates
 LongLLaVA in Int8; the official loader uses ``BitsAndBytesConfig(load_in_8bit=True,

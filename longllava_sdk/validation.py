@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
-__all__ = ["Model", "problems", "validate", "format_problems"]
+__all__ = ["Model", "describe_error", "problems", "validate", "format_problems"]
 
 
 class Model(BaseModel):
@@ -56,7 +56,8 @@ def _allowed_fields(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list
     return None
 
 
-def _message(error: Any, model: type[BaseModel] | None) -> str:
+def describe_error(error: Any, model: type[BaseModel] | None = None) -> str:
+    """One pydantic error (an item of ``ValidationError.errors()``) in the SDK's words, without its path."""
     kind, given, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     got = f", got {_describe_input(given)}"
     if kind == "extra_forbidden":
@@ -98,7 +99,7 @@ def problems(exc: ValidationError, model: type[BaseModel] | None = None, prefix:
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
         where = ".".join(([prefix] if prefix else []) + loc)
-        lines.append(f"{where}: {_message(error, model)}" if where else _message(error, model))
+        lines.append(f"{where}: {describe_error(error, model)}" if where else describe_error(error, model))
     return list(dict.fromkeys(lines))
 
 

@@ -74,6 +74,22 @@ def running_server(app: Any) -> Iterator[RunningServer]:
         sock.close()
 
 
+def wait_ready(url: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll ``GET url/health`` until it says ``ready``; returns that body."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{url}/health")
+        if response.json()["status"] == "ready":
+            assert response.status_code == 200
+            return response.json()
+        assert response.status_code == 503 and response.json()["status"] == "loading", response.text
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} still loading after {timeout} s")
+        time.sleep(0.1)
+
+
 def make_root(base: Path) -> Path:
     """A server root with real sample files (copies), plus traps pointing outside it.
 

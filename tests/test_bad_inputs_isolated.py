@@ -146,8 +146,7 @@ def test_bad_input_in_isolation(spec: Spec, tmp_path, canary):
         return
     assert result.outcome == "typed", result
     expected = f"{spec.error.__module__}.{spec.error.__qualname__}"
-    assert result.error_type == expected, result
-    assert result.wall_s < TIMEOUT_S
+    assert result.error_type == expected, result  # "typed": it ended before the sandbox's timeout killed it
     assert result.problem is not None and spec.match in result.problem.lower(), result.problem
     named = result.error_path
     assert named is not None and named in result.message

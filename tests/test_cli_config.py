@@ -28,7 +28,8 @@ def _argv(tmp_path: Path) -> dict[str, list[str]]:
         "info": ["info", "--preset", "a13b", "--json-output"],
         "init-model": ["init-model", "out", "--seed", "3", "--overwrite"],
         "infer": ["infer", "--model", "m", "--prompt", "p", "--image", "a.png", "b.png", "--adapter-option",
-                  "window=lung", "--adapter-option", "allow_non_parallel=true", "--dtype", "bf16", "--no-stream"],
+                  "window=lung", "--adapter-option", "allow_non_parallel=true", "--dtype", "bf16", "--no-stream",
+                  "--export", "geojson", "--export-path", "o.geojson"],
         "convert-official": ["convert-official", "src", "dst", "--dtype", "bfloat16", "--allow-pickle"],
         "plugins": ["plugins", "--json", "--adapter", "dicom"],
         "finetune": ["finetune", "--domain", "medical", "--lr", "0.001", "--max-steps", "3", "--no-merge",
@@ -46,6 +47,10 @@ def _argv(tmp_path: Path) -> dict[str, list[str]]:
         "data formats": ["data", "formats", "--json"],
         "data import": ["data", "import", "llava", "src.json", "--output", "o.jsonl", "--strict"],
         "data deidentify": ["data", "deidentify", "in", "--output", "out", "--seed", "s"],
+        "export dicom-sr": ["export", "dicom-sr", "--series", "ct", "--answer", "a", "--output", "o.dcm",
+                            "--model", "m", "--series-number", "12", "--overwrite"],
+        "export geojson": ["export", "geojson", "--raster", "s.tif", "--answer", "a {<0><0><9><9>}", "--output",
+                           "o.geojson"],
     }
 
 
@@ -114,8 +119,8 @@ def test_one_dtype_vocabulary():
 @pytest.mark.parametrize("argv, expected", [
     (["finetune", "--domian", "medical"], "did you mean --domain?"),
     (["finetune", "--max-step", "3"], "did you mean --max-steps?"),
-    (["finetun", "--domain", "medical"], "did you mean finetune?"),
-    (["eval", "nia", "--model", "m"], "did you mean niah?"),
+    (["finetun", "--domain", "medical"], "did you mean 'finetune'?"),
+    (["eval", "nia", "--model", "m"], "did you mean 'niah'?"),
     (["plan", "--images", "many"], "--images: expected int"),
     (["infer", "--model", "m"], "missing --prompt"),
 ])
@@ -123,6 +128,14 @@ def test_bad_command_lines_are_one_line_with_status_2(argv, expected, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_misspelt_key_in_a_config_file_gets_did_you_mean(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("domian: medical\n")
+    assert main(["finetune", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "'domian' (did you mean 'domain'?)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_values_of_parameter_objects_speak_cli(capsys):
@@ -149,3 +162,59 @@ def test_help_and_listings_do_not_import_torch(argv):
     assert done.stdout.strip().splitlines()[-1] == "HEAVY", done.stdout[-500:]
     if argv == ["plugins", "--json"]:
         assert json.loads(done.stdout.rsplit("HEAVY", 1)[0])
+
+
+def test_import_longllava_sdk_is_light_and_registers_with_transformers_when_it_is_loaded():
+    light = ("import sys, longllava_sdk; "
+             "print(sorted(m for m in ('torch', 'transformers', 'numba') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+    # transformers first, then the SDK: the Auto classes know the model at once
+    auto = ("import transformers, longllava_sdk; from transformers import AutoConfig; "
+            "print(type(AutoConfig.for_model('longllava')).__name__)")
+    done = subprocess.run([sys.executable, "-c", auto], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "LongLLaVAConfig", done.stderr[-2000:]
+
+
+def test_a_closed_pipe_ends_quietly_with_141():
+    """`longllava-sdk data formats | head -0`: the reader is gone before the first line."""
+    proc = subprocess.Popen([sys.executable, "-m", "longllava_sdk", "data", "formats"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def _documented_command_lines() -> list[tuple[str, str]]:
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.strip().removeprefix("$ ")
+                if line.startswith("longllava-sdk "):
+                    line = re.split(r" #| \| | > | && ", line)[0].strip().removesuffix(" &")  # & backgrounds
+                    found.append((path.name, shlex.join(shlex.split(line)[1:])))  # quoted words stay one
+    return found
+
+
+def test_every_documented_command_line_parses():
+    """A flag renamed in the code but not in README.md / docs/ fails here."""
+    import shlex
+
+    from longllava_sdk.errors import ConfigError
+
+    lines = _documented_command_lines()
+    assert len(lines) > 15
+    for name, line in lines:
+        try:
+            parse_command(shlex.split(line))
+        except SystemExit:
+            pass
+        except ConfigError:
+            pass  # a value checked against this machine (a --root that does not exist here)
+        except Exception as exc:  # noqa: BLE001 - the message names the line
+            pytest.fail(f"{name}: longllava-sdk {line}: {exc}")

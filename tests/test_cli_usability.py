@@ -113,7 +113,7 @@ def test_finetune_that_fails_before_training_leaves_nothing_and_reruns_cleanly(t
     plan = plan_finetune(str(recipe), model=str(base), output=str(out), max_steps=1)
     prepare_output_dir(out, run_info=plan.run_info)  # what a killed run leaves
     assert main(argv) == 0, capsys.readouterr().err
-    assert (out / "merged" / "model.safetensors").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
 
 
 def test_resume_logs_the_checkpoint_it_picks(tmp_path, capsys, caplog):
@@ -124,7 +124,7 @@ def test_resume_logs_the_checkpoint_it_picks(tmp_path, capsys, caplog):
     assert main([*common, "--max-steps", "2"]) == 0
     capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="longllava_sdk"):
-        assert main([*common, "--max-steps", "3", "--resume"]) == 0
+        assert main([*common, "--max-steps", "3", "--resume", "--force-schedule"]) == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"resuming from {out / 'checkpoint-2'} (step 2)" in m for m in messages), messages
 

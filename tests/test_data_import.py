@@ -414,11 +414,18 @@ def test_data_formats_lists_every_format_with_its_media_lookup(capsys):
 def test_data_import_refuses_unknown_formats_overwrites_and_outside_media(tmp_path, capsys):
     from longllava_sdk.cli import main
 
+    import warnings
+
     source = write_ct_rate(tmp_path, bad_rows=False)
     manifest = tmp_path / "m.jsonl"
     assert main(["data", "import", "ct_rate", str(source), "--output", str(manifest)]) == 1
     assert "did you mean 'ct-rate'" in capsys.readouterr().err
-    assert main(["data", "import", "ct-rate", str(source), "--output", str(manifest)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["data", "import", "ct-rate", str(source), "--output", str(manifest)]) == 0
+    assert not caught, [str(w.message) for w in caught]  # a quiet console
+    out = capsys.readouterr().out
+    assert "ct-rate: imported 3 row(s)" in out and "0 bad row(s)" in out and f"finetune --data {manifest}" in out
     first = manifest.read_bytes()
     assert main(["data", "import", "ct-rate", str(source), "--output", str(manifest)]) == 1
     assert "--overwrite" in capsys.readouterr().err
@@ -452,17 +459,60 @@ def test_a_failed_import_leaves_the_existing_manifest_and_no_litter(tmp_path):
 
 
 def test_data_listing_modules_do_not_import_torch():
+    """The data commands' modules and the importers load with torch unavailable.
+
+    ``import longllava_sdk`` itself registers the model with transformers (torch); the child
+    process stands the package in without running its ``__init__`` and makes ``import torch``
+    fail, then imports every module ``data formats`` / ``data import`` / ``data deidentify`` use.
+    """
     import subprocess
     import sys
 
-    code = ("import sys, longllava_sdk.data_import, longllava_sdk.importers, longllava_sdk.deidentify, "
-            "longllava_sdk.manifest\n"
-            "import longllava_plugins.import_ct_rate, longllava_plugins.import_m3d_vqa, longllava_plugins.npy\n"
-            "print('torch' in sys.modules)")
-    # the package __init__ may import torch; the modules themselves must not
-    names = ["longllava_sdk/data_import.py", "longllava_sdk/importers.py", "longllava_sdk/manifest.py",
-             "longllava_sdk/deidentify.py", *[f"plugins/{n}.py" for n in IMPORTERS[:8]]]
-    for name in names:
-        text = (REPO / name).read_text()
-        assert "import torch" not in text and "from torch" not in text, name
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+    code = f"""
+import importlib.abc, sys, types
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, NoTorch())
+package = types.ModuleType("longllava_sdk")
+package.__path__ = [{str(REPO / "longllava_sdk")!r}]
+sys.modules["longllava_sdk"] = package
+from longllava_sdk import hookspecs
+package.hookimpl = hookspecs.hookimpl
+import longllava_sdk.data_import, longllava_sdk.deidentify, longllava_sdk.cli.cmd_data
+for name in {list(IMPORTERS[:8])!r}:
+    __import__("longllava_plugins." + name)
+assert "torch" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_jsonl_is_streamed_and_whole_file_problems_name_the_file(tmp_path, monkeypatch):
+    from longllava_sdk import importers
+
+    root = tmp_path / "d"
+    root.mkdir()
+    shutil.copy(PATCHES[0], root / "a.png")
+    good = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]}
+    source = root / "data.jsonl"
+    source.write_text(json.dumps(good) + "\n\n{not json\n" + json.dumps({**good, "id": "x"}) + "\n[1, 2]\n")
+    report = run_import("llava", source, root / "m.jsonl")
+    bad = problems_by_row(report)
+    assert report.imported == 2 and sorted(bad) == [2, 4]  # records, blank lines not counted
+    assert "not valid JSON" in bad[2] and "must be a JSON object" in bad[4]
+    assert [r.id for r in read_back(root / "m.jsonl")] == ["data-1", "x"]
+
+    as_json = root / "data.json"
+    as_json.write_text(json.dumps([good] * 3))
+    monkeypatch.setattr(importers, "MAX_JSON_BYTES", 100)
+    with pytest.raises(InputError, match="convert it to JSON Lines"):
+        run_import("llava", as_json, root / "n.jsonl")
+    latin = root / "reports.csv"
+    latin.write_bytes("VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n"
+                      "train_1_a_1.nii.gz,caf\xe9,b,c,d\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        run_import("ct-rate", latin, root / "o.jsonl", media_root=str(root))
+    assert sorted(p.name for p in root.iterdir()) == ["a.png", "data.json", "data.jsonl", "m.jsonl", "reports.csv"]

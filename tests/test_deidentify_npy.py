@@ -30,6 +30,10 @@ def copy_series(tmp_path: Path, names=("series_01", "series_02")) -> Path:
     dataset.add_new(0x60000022, "LO", "overlay says John Doe")
     dataset.save_as(first)
     (src / "DOE_JOHN" / "notes.txt").write_text("patient John Doe")
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("DICOMDIR", download=False), src / "DICOMDIR")  # records name the source files
+    (src / "latest.dcm").symlink_to(first)  # a link to an instance already in the folder: read once
     return src
 
 
@@ -78,7 +82,7 @@ def test_deidentify_replaces_consistently_keeps_pixels_and_never_writes_into_src
         np.testing.assert_array_equal(new.pixel_array, original.pixel_array)
 
     report = json.loads((out / "deidentify_report.json").read_text())
-    assert report["skipped_non_dicom"] == 1 and len(report["files"]) == 8
+    assert report["skipped"] == 2 and len(report["files"]) == 8  # the note and the DICOMDIR
     assert report["tags"]["PatientName"]["replaced"] == 8 and report["tags"]["ImageComments"]["removed"] == 8
     assert "DOE" not in json.dumps(report) and "Demo" not in json.dumps(report)  # no values, no source names
     assert not any("DOE" in p.as_posix() for p in out.rglob("*"))

@@ -102,11 +102,11 @@ def test_pool_reads_its_sources_with_adapter_options():
     """A CT haystack in the lung window differs from the same series in the bone window; the run says which."""
     import numpy as np
 
-    from longllava_sdk.evaluation.niah import open_pool
+    from longllava_sdk.evaluation.niah import HaystackOptions, open_pool
 
     ct = str(DOMAINS / "medical" / "data" / "ct" / "series_01")
-    lung = open_pool([ct], "video", 16, 48, {"window": "lung"})
-    bone = open_pool([ct], "video", 16, 48, {"window": "bone"})
+    lung = open_pool(HaystackOptions(haystack=[ct], images_per_source=16, adapter_options={"window": "lung"}), 48)
+    bone = open_pool(HaystackOptions(haystack=[ct], images_per_source=16, adapter_options={"window": "bone"}), 48)
     assert lung.describe()["sources"][0]["options"] == {"window": "lung"}
     assert bone.describe()["sources"][0]["options"] == {"window": "bone"}
     assert lung.size == bone.size == 4

@@ -115,3 +115,42 @@ def test_scores_go_through_the_head(heads):
     assert item_score(classify, 0, 1) == 0.0
     multilabel = heads["multilabel"](8, ["x", "y"])
     assert item_score(multilabel, [1, 0], [1.0, 1.0]) == 0.5  # one of two decisions right
+
+
+def test_chance_baselines_are_the_scores_of_input_blind_predictors(heads):
+    """Balanced k classes: random accuracy 1/k; majority = the most common class's rate."""
+    from longllava_sdk.chance import chance_baselines
+    from longllava_sdk.evaluation.predict import score
+
+    head = heads["classify"](16, ["a", "b", "c", "d"])
+    balanced = [0, 1, 2, 3] * 25
+    chance = chance_baselines(lambda p, t: score(head, p, t), balanced)
+    assert chance["accuracy"]["majority"] == pytest.approx(0.25)
+    assert chance["accuracy"]["random"] == pytest.approx(0.25, abs=0.03)
+    assert chance["macro_f1"]["majority"] == pytest.approx(2 * 0.25 / 1.25 / 4)  # one class right, recall 1
+    skewed = [0] * 80 + [1] * 20
+    chance = chance_baselines(lambda p, t: score(head, p, t), skewed)
+    assert chance["accuracy"]["majority"] == pytest.approx(0.8)
+    assert chance["accuracy"]["random"] == pytest.approx(0.8 ** 2 + 0.2 ** 2, abs=0.03)
+    assert not any("/" in key for key in chance)  # per-label scores and counts get no baseline
+    assert chance == chance_baselines(lambda p, t: score(head, p, t), skewed)  # deterministic
+
+    multilabel = heads["multilabel"](16, ["x", "y"])
+    rows = [[1, 0]] * 6 + [[0, 1]] * 3 + [[1, 1]]
+    chance = chance_baselines(lambda p, t: score(multilabel, p, t), rows)
+    assert chance["subset_accuracy"]["majority"] == pytest.approx(0.6)
+    generate = heads["generate"](16, [])
+    chance = chance_baselines(lambda p, t: score(generate, p, t), ["yes"] * 3 + ["no"])
+    assert chance["accuracy"]["majority"] == pytest.approx(0.75)
+
+
+def test_metrics_table_shows_the_chance_columns_and_the_demo_note():
+    from longllava_sdk.evaluation.tables import metrics_table, random_weights_note
+
+    table = metrics_table({"accuracy": 0.5, "loss": 1.2}, chance={"accuracy": {"majority": 0.6667, "random": 0.5556}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "value", "chance:", "majority", "chance:", "random"]
+    assert lines[2].split() == ["accuracy", "0.5", "0.6667", "0.5556"] and lines[3].split() == ["loss", "1.2", "-", "-"]
+    assert random_weights_note(None) is None
+    assert "holds random weights (tiny preset, seed 0), never trained" in random_weights_note("tiny preset, seed 0")
+    assert "trained 4 steps on 9 rows" in random_weights_note("tiny preset, seed 0", 4, 9)

@@ -116,6 +116,10 @@ def test_data_mode_matches_the_trainers_evaluate_for_a_classify_head(head_checkp
     expected = {k[len("eval_"):]: v for k, v in trainer.evaluate(prepared.eval).items()}
     for key, value in report.metrics.items():
         assert expected[key] == pytest.approx(value), key
+    # the chance baselines, computed from the same targets by both, and printed next to each metric
+    assert report.extra["chance"] == {k[len("eval_"):]: v for k, v in trainer.last_chance.items()}
+    assert set(report.extra["chance"]["accuracy"]) == {"majority", "random"}
+    assert "chance: majority" in report.table and "note:" not in report.table  # nothing says it is random
 
 
 def test_data_mode_reports_per_label_scores_for_a_multilabel_head(head_checkpoints, tmp_path):
@@ -129,6 +133,28 @@ def test_data_mode_reports_per_label_scores_for_a_multilabel_head(head_checkpoin
     assert {"macro_precision", "macro_recall", "macro_f1"} <= set(report.metrics)
     assert {g["split"] for g in report.groups["split"]} == {"train", "eval"} and len(report.records) == 12
     assert all(len(record["prediction"]) == 4 for record in report.records)
+    subset = report.extra["chance"]["subset_accuracy"]
+    assert 0 < subset["random"] <= subset["majority"] <= 1  # the most common label set, over 12 rows
+
+
+def test_a_random_weight_model_is_called_a_demo(head_checkpoints, tmp_path, capsys):
+    """init-model records its random weights; eval data says so next to chance-level scores."""
+    import shutil
+
+    from longllava_sdk.cli import main
+    from longllava_sdk.evaluation import evaluate_data
+    from longllava_sdk.model_folders import random_init_of
+
+    assert main(["init-model", str(tmp_path / "fresh"), "--seed", "3"]) == 0
+    assert random_init_of(tmp_path / "fresh") == "tiny preset, seed 3"
+    folder = shutil.copytree(head_checkpoints["classify"], tmp_path / "demo")
+    (folder / "longllava_training.json").write_text(json.dumps({"random_init": "tiny preset, seed 0"}))
+    report = evaluate_data(model=str(folder), domain="remote_sensing", output=str(tmp_path / "eval"), device="cpu",
+                           progress=False)
+    assert report.table.rstrip().endswith("expected to score near the chance baseline; fine-tune a pretrained model "
+                                          "(model=DIR) for meaningful scores")
+    assert "holds random weights (tiny preset, seed 0), never trained" in report.table
+    assert json.loads(report.report_path.read_text())["random_init"] == "tiny preset, seed 0"
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tiny_checkpoint, tmp_path, monkeypatch):

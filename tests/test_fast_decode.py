@@ -1,8 +1,9 @@
 """The SDK's fast Mamba decode step computes what transformers' mixer computes.
 
-The step reads the mixer's weights and the cache's states itself (longllava_sdk/modeling/
-mamba_decode.py); if transformers changes the mixer's arithmetic or weight layout, the
-comparison with its own forward below fails on that version.
+The step reads the mixer's weights and the cache's states itself
+(``LongLLaVAMambaMixer.decode_step`` in longllava_sdk/modeling/mamba_mixer.py); if transformers
+changes the mixer's arithmetic or weight layout, the comparison with its own forward below
+fails on that version.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import pytest
 import torch
 from transformers.models.jamba.modeling_jamba import JambaMambaMixer
 
-from longllava_sdk.modeling import cache_access, mamba_decode
-from longllava_sdk.modeling.mamba_decode import fast_decode_enabled, set_fast_decode
+from longllava_sdk.modeling import cache_access
+from longllava_sdk.modeling.mamba_mixer import LongLLaVAMambaMixer, fast_decode_enabled, set_fast_decode
 
 pytestmark = pytest.mark.compat
 
@@ -46,9 +47,9 @@ def test_mixer_step_equals_transformers_mixer(model, tiny_config):
         ours_cache, theirs_cache = copy.deepcopy(prefilled), copy.deepcopy(prefilled)
         mixer = mixers[layer]
         with torch.no_grad():
-            theirs = mamba_decode._original_forward(mixer, hidden, **{cache_access.MIXER_CACHE_ARGUMENT: theirs_cache})
-            ours = mamba_decode.mixer_decode_step(mixer, hidden, cache_access.conv_state(ours_cache, layer),
-                                                  cache_access.recurrent_state(ours_cache, layer))
+            # transformers' own forward on the same parameters (the base class's method)
+            theirs = JambaMambaMixer.forward(mixer, hidden, **{cache_access.MIXER_CACHE_ARGUMENT: theirs_cache})
+            ours = mixer.decode_step(hidden, ours_cache)
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(cache_access.recurrent_state(ours_cache, layer),
                                    cache_access.recurrent_state(theirs_cache, layer), rtol=1e-5, atol=1e-6)
@@ -64,8 +65,8 @@ def test_greedy_generation_is_the_same_with_and_without_the_fast_step(model, tin
     mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
     pixels = torch.randn(1, 3, 336, 336)
     steps = []
-    original = mamba_decode.mixer_decode_step
-    monkeypatch.setattr(mamba_decode, "mixer_decode_step", lambda *a: steps.append(1) or original(*a))
+    original = LongLLaVAMambaMixer.decode_step
+    monkeypatch.setattr(LongLLaVAMambaMixer, "decode_step", lambda *a: steps.append(1) or original(*a))
     kwargs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=12, min_new_tokens=12,
                   do_sample=False)
     with torch.no_grad():

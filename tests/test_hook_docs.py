@@ -104,7 +104,7 @@ def test_adapter_and_head_examples_work(tmp_path):
     import torch
     from PIL import Image
 
-    (adapter_example,) = _example_plugins("longllava_register_adapters", tmp_path)
+    adapter_example, tiled_example = _example_plugins("longllava_register_adapters", tmp_path)
     for index, color in enumerate(["red", "green", "blue"]):
         Image.new("RGB", (20, 10), color).save(tmp_path / f"img{index}.png")
     listing = tmp_path / "scans.txt"
@@ -112,6 +112,26 @@ def test_adapter_and_head_examples_work(tmp_path):
     media = adapter_example.ImageListAdapter().load(listing, max_images=2)
     assert media.kind == "images" and [m["file"] for m in media.metadata] == ["img0.png", "img2.png"]
     assert media.images[1].getpixel((0, 0)) == (0, 0, 255)
+
+    # the tiled example: global view + tiles row-major, a dropped tile placed by its row/col,
+    # reported in info["warnings"]; confine keeps it inside the allowed root
+    from longllava_sdk.adapters import allowed_root
+    from longllava_sdk.errors import OutsideRootError
+
+    scene = tmp_path / "scene.tiles"
+    scene.mkdir()
+    Image.new("RGB", (30, 30), "white").save(scene / "overview.png")
+    for row, col in [(0, 0), (0, 1), (1, 1)]:
+        Image.new("RGB", (8, 8), (row * 100, col * 100, 0)).save(scene / f"r{row}_c{col}.png")
+    tiled = tiled_example.TileFolderAdapter().load(scene)
+    assert tiled.kind == "tiled" and tiled.grid == (2, 2) and len(tiled.images) == 4
+    assert [(m["row"], m["col"]) for m in tiled.metadata[1:]] == [(0, 0), (0, 1), (1, 1)]
+    assert tiled.info["warnings"] == ["1 tile(s) missing"]
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8), "black").save(outside)
+    (scene / "r1_c0.png").symlink_to(outside)
+    with allowed_root(scene), pytest.raises(OutsideRootError):
+        tiled_example.TileFolderAdapter().load(scene)
 
     (head_example,) = _example_plugins("longllava_register_heads", tmp_path)
     head = head_example.MultiLabelHead(hidden_size=6, labels=["a", "b", "c"])
@@ -139,3 +159,78 @@ def test_hook_markers_are_the_public_ones():
 
     assert longllava_sdk.hookimpl is hookspecs.hookimpl
     assert hookspecs.hookimpl.project_name == hookspecs.hookspec.project_name == "longllava_sdk"
+
+
+# -- contracts: every hook's default, every base-class member, the example plugin against them --
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_says_what_happens_without_an_implementation(hook):
+    assert "**Default:**" in _sections()[hook], f"section {hook}: say what the SDK does when no plugin implements it"
+
+
+def _contract_rows(section: str) -> dict[str, list[str]]:
+    """``member name -> [arguments, returns, default]`` from a section's contract table."""
+    rows = {}
+    for line in _sections()[section].splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        match = re.match(r"`(\w+)", cells[0]) if len(cells) == 4 else None
+        if match:
+            rows[match.group(1)] = cells[1:]
+    return rows
+
+
+def _public_members(cls: type) -> set[str]:
+    names = {n for n in vars(cls) if not n.startswith("_")} | set(getattr(cls, "__annotations__", {}))
+    return names | {"__init__"}
+
+
+@pytest.mark.parametrize(("section", "base"), [("InputAdapter", "longllava_sdk.adapters:InputAdapter"),
+                                               ("TaskHead", "longllava_sdk.heads:TaskHead")])
+def test_every_base_class_member_has_a_documented_contract(section, base):
+    import importlib
+
+    module, _, name = base.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    rows = _contract_rows(section)
+    missing = sorted(_public_members(cls) - set(rows))
+    assert not missing, f"docs/plugin_hooks.md '## {section}' has no contract row for {missing}"
+    for member, (arguments, returns, default) in rows.items():
+        assert arguments and returns and default, f"{section}.{member}: arguments, returns and default are all due"
+
+
+def test_the_example_plugin_follows_the_documented_contracts():
+    """docs/examples/longllava-example-plugin against the contract tables: only documented
+    members overridden, with the base's arguments; its heads pass the run-time contract check."""
+    import importlib
+    import sys
+
+    from longllava_sdk.adapters import InputAdapter
+    from longllava_sdk.contracts import check_head
+    from longllava_sdk.heads import TaskHead
+
+    src = REPO / "docs" / "examples" / "longllava-example-plugin" / "src"
+    sys.path.insert(0, str(src))
+    try:
+        plugin = importlib.import_module("longllava_example_plugin")
+        classes = [*plugin.longllava_register_adapters(), *plugin.longllava_register_heads()]
+        assert classes, "the example plugin registers nothing"
+        for cls in classes:
+            base, section = (InputAdapter, "InputAdapter") if issubclass(cls, InputAdapter) else (TaskHead, "TaskHead")
+            documented = set(_contract_rows(section))
+            for member in _public_members(base) & set(vars(cls)):
+                assert member in documented, f"{cls.__name__}.{member} is not in the {section} contract"
+                mine, theirs = getattr(cls, member), getattr(base, member, None)
+                if callable(mine) and callable(theirs) and member != "__init__":
+                    expected = [p for p in inspect.signature(theirs).parameters if p != "self"]
+                    given = [p for p in inspect.signature(mine).parameters if p != "self"]
+                    assert given[:len(expected)] == expected, f"{cls.__name__}.{member}{given}: the contract is {expected}"
+            assert isinstance(cls.name, str) and cls.name
+            if issubclass(cls, InputAdapter):
+                assert isinstance(cls.kind, str) and isinstance(cls.extensions, tuple)
+                assert set(cls.client_options) <= set(cls.options())
+            else:
+                check_head(cls, ["mild", "severe"] if cls.problem_type != "regression" else ["severity"])
+    finally:
+        sys.path.remove(str(src))
+        for name in [m for m in sys.modules if m.startswith("longllava_example_plugin")]:
+            del sys.modules[name]

@@ -1,39 +1,39 @@
-"""transformers' Jamba mixer really runs the SDK's Mamba kernels.
+"""The SDK's Mamba mixer really runs the SDK's kernels, on each of its paths.
 
-The SDK plugs in by replacing module attributes of ``transformers.models.jamba.modeling_jamba``
-(see ``longllava_sdk/modeling/mamba_kernels.py``). If a transformers upgrade stops looking
-those names up at call time, the model silently falls back to transformers' sequential scan
-(~50x slower training) and loses packed-sample boundaries: these tests fail instead.
+``LongLLaVAMambaMixer`` (longllava_sdk/modeling/mamba_mixer.py) calls the kernel interface
+(longllava_sdk/modeling/kernels/interface.py), which picks an implementation per call. These
+tests count the calls at both levels inside real forwards, a packed forward and decoding, so a
+path that silently bypasses the SDK's scan (~50x slower training, no packed-sample
+boundaries) fails here.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 
 import pytest
 import torch
 
-from longllava_sdk.modeling import mamba_kernels
+from longllava_sdk.modeling import mamba_mixer
+from longllava_sdk.modeling.kernels import interface
 
 pytestmark = pytest.mark.compat
 
-JAMBA = importlib.import_module("transformers.models.jamba.modeling_jamba")
+_MIXER_CALLS = ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update")
+_IMPLEMENTATIONS = ("causal_conv1d_torch",)
 
 
 class _Calls:
-    """Counting wrappers placed where the mixer looks its functions up (and inside the SDK)."""
+    """Counting wrappers where the mixer looks its kernels up, and on the implementations behind them."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.counts: dict[str, int] = {}
-        for name in mamba_kernels._PATCHED_NAMES:
-            dispatcher = getattr(JAMBA, name)
-            # the SDK is what the mixer will find under that name...
-            assert dispatcher is mamba_kernels._replacements[name], name
-            monkeypatch.setattr(JAMBA, name, self._counting(name, dispatcher))
-        # ...and the SDK's own implementations are what the dispatchers run on this CPU
-        for name in ("selective_scan", "causal_conv1d_torch"):
-            monkeypatch.setattr(mamba_kernels, name, self._counting(name, getattr(mamba_kernels, name)))
+        for name in _MIXER_CALLS:
+            monkeypatch.setattr(mamba_mixer, name, self._counting(name, getattr(mamba_mixer, name)))
+        for name in _IMPLEMENTATIONS:
+            monkeypatch.setattr(interface, name, self._counting(name, getattr(interface, name)))
+        numba_scan = interface.scan_numba.selective_scan_numba
+        monkeypatch.setattr(interface.scan_numba, "selective_scan_numba", self._counting("numba", numba_scan))
 
     def _counting(self, name, func):
         @functools.wraps(func)
@@ -54,22 +54,24 @@ def test_forward_runs_the_sdk_scan_in_every_mamba_layer(tiny_model, monkeypatch)
     with torch.no_grad():
         tiny_model(input_ids=ids)
     layers = _mamba_layers(tiny_model)
-    assert calls.counts.get("mamba_selective_scan") == layers
-    assert calls.counts.get("selective_scan") == layers  # the SDK's chunked scan, not mamba-ssm / the loop
-    assert calls.counts.get("causal_conv1d_fn") == layers
-    assert "causal_conv1d_torch" not in calls.counts  # no boundaries: plain conv1d
+    assert calls.counts.get("selective_scan") == layers
+    assert calls.counts.get("numba") == layers  # the SDK's numba scan, not mamba-ssm / transformers' loop
+    assert calls.counts.get("causal_conv1d") == layers
+    assert calls.counts.get("causal_conv1d_torch") == layers
 
 
-def test_packed_forward_runs_the_boundary_aware_conv(tiny_model, monkeypatch):
-    calls = _Calls(monkeypatch)
+def test_packed_forward_passes_the_boundaries_to_the_kernels(tiny_model, monkeypatch):
+    seen = []
+    real = interface.causal_conv1d_torch
+    monkeypatch.setattr(interface, "causal_conv1d_torch",
+                        lambda *a, reset_mask=None, **k: seen.append(reset_mask) or real(*a, reset_mask=reset_mask, **k))
     ids = torch.randint(3, 500, (1, 40))
     reset = torch.zeros(1, 40, dtype=torch.bool)
     reset[0, [0, 19]] = True
     with torch.no_grad():
         tiny_model(input_ids=ids, reset_mask=reset)
-    layers = _mamba_layers(tiny_model)
-    assert calls.counts.get("causal_conv1d_torch") == layers
-    assert calls.counts.get("selective_scan") == layers
+    assert len(seen) == _mamba_layers(tiny_model)
+    assert all(mask is not None and torch.equal(mask, reset) for mask in seen)
 
 
 def test_decode_steps_run_the_sdk_single_step_kernels(tiny_model, monkeypatch):
@@ -78,9 +80,9 @@ def test_decode_steps_run_the_sdk_single_step_kernels(tiny_model, monkeypatch):
     with torch.no_grad():
         tiny_model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     layers = _mamba_layers(tiny_model)
-    assert calls.counts.get("mamba_selective_state_update") == 3 * layers  # steps after the prefill
+    assert calls.counts.get("selective_state_update") == 3 * layers  # steps after the prefill
     assert calls.counts.get("causal_conv1d_update") == 3 * layers
-    assert calls.counts.get("mamba_selective_scan") == layers  # the prefill
+    assert calls.counts.get("selective_scan") == layers  # the prefill
 
 
 def test_single_step_kernels_equal_transformers_reference():
@@ -93,7 +95,7 @@ def test_single_step_kernels_equal_transformers_reference():
     new = torch.randn(batch, channels, 1)
     weight, bias = torch.randn(channels, kernel), torch.randn(channels)
     ours_state = conv_state.clone()
-    ours = mamba_kernels.dispatch_causal_conv1d_update(new, ours_state, weight, bias, activation="silu")
+    ours = interface.causal_conv1d_update(new, ours_state, weight, bias, activation="silu")
     window = torch.cat([conv_state, new], dim=-1)
     expected = ACT2FN["silu"]((window[..., 1:] * weight).sum(-1) + bias).unsqueeze(-1)
     torch.testing.assert_close(ours, expected)
@@ -105,8 +107,7 @@ def test_single_step_kernels_equal_transformers_reference():
     B, C = torch.randn(batch, state_size), torch.randn(batch, state_size)
     D, dt_bias = torch.randn(channels), torch.randn(channels)
     ours_ssm = ssm.clone()
-    out = mamba_kernels.dispatch_selective_state_update(ours_ssm, x, dt, A, B, C, D, z=z, dt_bias=dt_bias,
-                                                        dt_softplus=True)
+    out = interface.selective_state_update(ours_ssm, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True)
     delta = torch.nn.functional.softplus(dt + dt_bias)
     state = ssm * torch.exp(delta[..., None] * A) + (delta * x)[..., None] * B[:, None, :]
     expected = ((state * C[:, None, :]).sum(-1) + x * D) * torch.nn.functional.silu(z)
@@ -114,8 +115,7 @@ def test_single_step_kernels_equal_transformers_reference():
     torch.testing.assert_close(ours_ssm, state)
 
 
-def test_kernel_report_names_the_cpu_paths(tiny_model):  # the model's construction installs the kernels
-    report = mamba_kernels.kernel_report("cpu")
-    assert report["installed"] == "yes"
+def test_kernel_report_names_the_cpu_paths():
+    report = interface.kernel_report("cpu")
     assert report["selective_scan"].startswith("SDK numba scan")  # numba is a dependency: the CPU default
     assert report["causal_conv1d"].startswith("torch conv1d")

@@ -17,7 +17,7 @@ from longllava_sdk import LongLLaVAConfig
 from longllava_sdk.context_limit import check_context, check_input_ids, max_images_for
 from longllava_sdk.errors import ConfigError, ProtocolError
 from longllava_sdk.modeling import cache_access
-from longllava_sdk.modeling.cache_continuation import continuation_attached
+from longllava_sdk.modeling.mamba_mixer import LongLLaVAMambaMixer
 from longllava_sdk.modeling.chunked_prefill import resolve_chunk_size
 from longllava_sdk.modeling.image_stream import IndexedImages, StreamedImages
 
@@ -78,8 +78,12 @@ def one_shot_logits(memory_model, batch):
         return memory_model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
 
 
-def test_the_model_carries_the_continuation_hooks(tiny_model):
-    assert continuation_attached(tiny_model)
+def test_the_models_mamba_layers_are_the_sdk_mixer(tiny_model):
+    from transformers.models.jamba.modeling_jamba import JambaMambaMixer
+
+    mixers = [m for m in tiny_model.modules() if isinstance(m, JambaMambaMixer)]
+    assert len(mixers) == tiny_model.config.text_config.layers_block_type.count("mamba")
+    assert all(type(m) is LongLLaVAMambaMixer for m in mixers)
 
 
 # 1: every token its own chunk; 37 / 100: boundaries inside image runs; PREFIX and
@@ -112,9 +116,7 @@ def _ssm_states(cache, config):
 
 def test_chunked_ssm_states_equal_and_need_the_continuation(memory_model, tiny_config, batch, one_shot_logits,
                                                              monkeypatch):
-    """What the continuation hooks fix: transformers' mixer alone restarts each chunk's scan from zero."""
-    from longllava_sdk.modeling import cache_continuation
-
+    """What the SDK mixer's continuation path fixes: transformers' mixer restarts each chunk's scan from zero."""
     ids, mask, pixels = batch
     cache = cache_access.new_hybrid_cache(tiny_config.text_config)
     with torch.no_grad():
@@ -122,7 +124,9 @@ def test_chunked_ssm_states_equal_and_need_the_continuation(memory_model, tiny_c
     reference = _ssm_states(cache, tiny_config)
     chunked = _ssm_states(memory_model.prefill(ids, mask, pixels, chunk_size=100).cache, tiny_config)
     assert (chunked - reference).abs().max() < 1e-4
-    monkeypatch.setattr(cache_continuation.cache_access, "recurrent_state", lambda cache, idx: None)
+    sequence_forward = LongLLaVAMambaMixer.sequence_forward
+    monkeypatch.setattr(LongLLaVAMambaMixer, "sequence_forward",  # drop the cached state, as transformers does
+                        lambda self, hidden, cache, mask, initial_state: sequence_forward(self, hidden, cache, mask, None))
     forgetful = memory_model.prefill(ids, mask, pixels, chunk_size=100, return_all_logits=True)
     monkeypatch.undo()
     assert (_ssm_states(forgetful.cache, tiny_config) - reference).abs().max() > 0.1 * reference.abs().max()

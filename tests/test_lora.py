@@ -178,3 +178,28 @@ def test_merged_model_matches_the_adapted_model(tmp_path):
     assert type(merged).__name__ == "LongLLaVAForConditionalGeneration"
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert torch.allclose(adapted, plain, atol=1e-4)
+
+
+def test_the_fast_decode_step_applies_an_unmerged_lora():
+    """A decode step through LoRA-wrapped Mamba projections equals the sequence path's step."""
+    from longllava_sdk.modeling import cache_access
+    from longllava_sdk.modeling.mamba_mixer import set_fast_decode
+    from longllava_sdk.training.lora import LoraOptions, apply_lora
+
+    model, _ = make_micro_model()
+    wrapped, _ = apply_lora(model, LoraOptions(r=4, alpha=8, dropout=0.0, target_modules=["in_proj", "out_proj"]))
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.add_(torch.randn_like(param) * 0.5)
+    inner = wrapped.base_model.model.eval()
+    ids = torch.randint(3, 200, (1, 10), generator=torch.Generator().manual_seed(0))
+    steps = {}
+    with torch.no_grad():
+        for fast in (True, False):
+            set_fast_decode(inner, fast)
+            cache = inner.prefill(ids[:, :9], chunk_size=9).cache
+            steps[fast] = inner(input_ids=ids[:, 9:], **{cache_access.JAMBA_CACHE_ARGUMENT: cache},
+                                use_cache=True).logits
+    set_fast_decode(inner, True)
+    torch.testing.assert_close(steps[True], steps[False], rtol=1e-4, atol=1e-5)

@@ -1,4 +1,7 @@
-"""The memory planner: its arithmetic, its CLI, and its 15% contract against measured peaks."""
+"""The memory planner: its arithmetic and its CLI (default suite); its 15% contract against
+measured peaks runs with ``-m slow`` and as ``longllava-sdk bench --suite planner``, where a
+miss is a printed figure: a measured peak varies with the machine's load, so it is never a
+default-suite assertion."""
 
 from __future__ import annotations
 
@@ -124,6 +127,29 @@ def _measure(case: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def test_tiny_plans_are_the_configs_arithmetic():
+    """The terms the measured-peak contract rests on, exactly (no measurement: deterministic)."""
+    from longllava_sdk.model_folders import meta_model
+
+    config = LongLLaVAConfig.from_preset("tiny")
+    text = config.text_config
+    runtime = 300 << 20
+    weights = sum(p.numel() for p in meta_model(config).parameters()) * 4  # fp32
+    attention_layers = sum(1 for i in range(text.num_hidden_layers)
+                           if i % text.attn_layer_period == text.attn_layer_offset)
+    kv_per_token = attention_layers * 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 4
+    for case in CASES:
+        case = case if isinstance(case, dict) else case.values[0]  # a pytest.param
+        result = plan_memory(config, images=case["images"], text_tokens=case["text"], device="cpu", gpu_memory="24GB",
+                             dtype="fp32", tag_tokens_per_image=1, runtime_bytes=runtime)
+        assert result.tokens == case["text"] + case["images"] * (config.tokens_per_image + 1)  # the worker's prompt
+        column = result.column("hybrid", case["mode"])
+        assert _line(column, "runtime") == runtime and _line(column, "weights") == weights
+        if case["mode"] == "one-shot":
+            assert _line(column, "KV cache") == kv_per_token * result.tokens
+        assert column.total >= runtime + weights + _line(column, "KV cache")
+
+
 CASES = [
     {"text": 8192, "images": 0, "mode": "one-shot"},
     {"text": 8192, "images": 0, "mode": "chunked"},
@@ -137,6 +163,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # a measured peak: a figure that varies with load (bench --suite planner prints it)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['mode']}-{c['images']}img-{c['text']}text")
 def test_predicted_peak_is_within_15_percent_of_the_measured_one(case):
     """The tiny preset, fp32 on CPU, in a fresh process: the planner's peak vs ``VmHWM``.

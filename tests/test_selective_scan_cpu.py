@@ -18,14 +18,15 @@ import pytest
 import torch
 
 from longllava_sdk.errors import ConfigError, InputError
-from longllava_sdk.modeling import mamba_kernels, selective_scan_cpu
-from longllava_sdk.modeling.selective_scan import BACKEND_ENV, selective_scan, selective_scan_backend
+from longllava_sdk.modeling.kernels import interface
+from longllava_sdk.modeling.kernels import scan_numba
+from longllava_sdk.modeling.kernels.interface import BACKEND_ENV, selective_scan, selective_scan_backend
 from test_selective_scan import (
     assert_close_scaled,
     check_against_reference,
     make_inputs,
     reference_scan,
-    restore_jamba,  # noqa: F401  (fixture)
+    tiny_jamba_config,
 )
 
 import numba  # noqa: E402,F401  (a dependency of the package: a missing numba must fail, not skip)
@@ -37,13 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 def numba_calls(monkeypatch):
     """Count the calls that reach the numba path."""
     calls = []
-    real = selective_scan_cpu.selective_scan_numba
+    real = scan_numba.selective_scan_numba
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(selective_scan_cpu, "selective_scan_numba", counting)
+    monkeypatch.setattr(scan_numba, "selective_scan_numba", counting)
     return calls
 
 
@@ -57,19 +58,18 @@ def auto_backend(monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def test_numba_is_the_default_on_cpu(numba_calls, auto_backend, restore_jamba):
+def test_numba_is_the_default_on_cpu(numba_calls, auto_backend):
     assert selective_scan_backend() == "numba-cpu"
     assert selective_scan_backend("cpu", torch.bfloat16) == "numba-cpu"
     inputs, reset, softplus = make_inputs(1, 4, 3, 20, seed=1, dtype=torch.float32)
     selective_scan(**inputs, delta_softplus=softplus, reset_mask=reset)
     assert numba_calls == [(1, 4, 20)]
-    # and through transformers' Jamba, as the mixer calls it
-    mamba_kernels.install_mamba_kernels()
-    from transformers.models.jamba import modeling_jamba
+    # and through the SDK's Mamba mixer
+    from longllava_sdk.modeling.mamba_mixer import LongLLaVAMambaMixer
 
-    modeling_jamba.mamba_selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
-                                        inputs["D"], inputs["z"], inputs["delta_bias"], True)
-    assert len(numba_calls) == 2
+    with torch.no_grad():
+        LongLLaVAMambaMixer(tiny_jamba_config(), layer_idx=0)(torch.randn(1, 20, 64))
+    assert numba_calls[1:] == [(1, 128, 20)]
 
 
 def test_float64_and_forced_torch_stay_on_the_torch_path(numba_calls, monkeypatch, auto_backend):
@@ -96,7 +96,7 @@ def test_float64_and_forced_torch_stay_on_the_torch_path(numba_calls, monkeypatc
 
 
 def test_falls_back_to_torch_when_numba_cannot_be_imported(numba_calls, monkeypatch, auto_backend):
-    monkeypatch.setattr(selective_scan_cpu, "_import_kernels",
+    monkeypatch.setattr(scan_numba, "_import_kernels",
                         lambda: (None, "numba cannot be imported (ModuleNotFoundError: test)"))
     assert selective_scan_backend() == "torch-chunked"
     inputs, reset, softplus = make_inputs(2, 5, 3, 70, seed=3, initial=True, resets=True)
@@ -114,11 +114,11 @@ def test_a_kernel_that_cannot_compile_falls_back_to_torch(numba_calls, monkeypat
     def broken_forward(*args, **kwargs):
         raise numba.core.errors.TypingError("simulated: no implementation of function")
 
-    monkeypatch.setattr(selective_scan_cpu, "_compiled", set())
-    monkeypatch.setattr(selective_scan_cpu, "_compile_failure", None)
-    monkeypatch.setattr(selective_scan_cpu, "_forward", broken_forward)
+    monkeypatch.setattr(scan_numba, "_compiled", set())
+    monkeypatch.setattr(scan_numba, "_compile_failure", None)
+    monkeypatch.setattr(scan_numba, "_forward", broken_forward)
     inputs, reset, softplus = make_inputs(2, 5, 3, 40, seed=4, initial=True, resets=True)
-    with caplog.at_level("WARNING", logger=selective_scan_cpu.__name__):
+    with caplog.at_level("WARNING", logger=scan_numba.__name__):
         check_against_reference(inputs, reset, softplus)  # auto: falls back, still correct
         check_against_reference(inputs, reset, softplus)
     failures = [r for r in caplog.records if "failed to compile" in r.getMessage()]
@@ -133,16 +133,16 @@ def test_a_kernel_that_cannot_compile_falls_back_to_torch(numba_calls, monkeypat
 def test_backend_names_for_cuda(monkeypatch, auto_backend):
     assert selective_scan_backend("cuda") == "torch-chunked"  # this module's path off the CPU
     assert selective_scan_backend("meta") == "torch-chunked"
-    monkeypatch.setattr(mamba_kernels, "_package_importable", lambda name: False)
-    assert mamba_kernels.kernel_report("cuda")["selective_scan"].startswith("SDK chunked scan")
-    monkeypatch.setattr(mamba_kernels, "_package_importable", lambda name: True)
-    assert mamba_kernels.kernel_report("cuda")["selective_scan"].startswith("mamba-ssm CUDA kernel")
+    monkeypatch.setattr(interface, "_package_importable", lambda name: False)
+    assert interface.kernel_report("cuda")["selective_scan"].startswith("SDK chunked scan")
+    monkeypatch.setattr(interface, "_package_importable", lambda name: True)
+    assert interface.kernel_report("cuda")["selective_scan"].startswith("mamba-ssm CUDA kernel")
 
 
 def test_non_cpu_tensors_are_not_numba_inputs():
-    reason = selective_scan_cpu.numba_unavailable_reason(torch.empty(2, device="meta"))
+    reason = scan_numba.numba_unavailable_reason(torch.empty(2, device="meta"))
     assert reason is not None and "meta" in reason
-    assert selective_scan_cpu.numba_unavailable_reason(torch.empty(2), None) is None
+    assert scan_numba.numba_unavailable_reason(torch.empty(2), None) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,21 +217,21 @@ def test_arbitrary_strides(auto_backend):
 def test_channel_blocks_and_threads(dim, threads, monkeypatch):
     """Channel counts that leave partial blocks, several blocks per thread, small blocks."""
     used = []
-    real_run = selective_scan_cpu._run
+    real_run = scan_numba._run
 
     def recording_run(kernel, n_threads, *args):
         used.append(n_threads)
         return real_run(kernel, n_threads, *args)
 
-    monkeypatch.setattr(selective_scan_cpu, "_run", recording_run)
-    monkeypatch.setattr(selective_scan_cpu, "MIN_WORK_PER_THREAD", 1)  # small problems, all threads
+    monkeypatch.setattr(scan_numba, "_run", recording_run)
+    monkeypatch.setattr(scan_numba, "MIN_WORK_PER_THREAD", 1)  # small problems, all threads
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         inputs, reset, softplus = make_inputs(3, dim, 5, 77, seed=dim, initial=True, resets=True)
         check_against_reference(inputs, reset, softplus, chunk_size=16, backend="numba")
-        monkeypatch.setattr(selective_scan_cpu, "FORWARD_WIDTH", 16)
-        monkeypatch.setattr(selective_scan_cpu, "BACKWARD_WIDTH", 16)
+        monkeypatch.setattr(scan_numba, "FORWARD_WIDTH", 16)
+        monkeypatch.setattr(scan_numba, "BACKWARD_WIDTH", 16)
         check_against_reference(inputs, reset, softplus, chunk_size=16, backend="numba")
         assert torch.get_num_threads() == threads  # numba's OpenMP start-up must not change it
     finally:
@@ -241,9 +241,9 @@ def test_channel_blocks_and_threads(dim, threads, monkeypatch):
 
 def test_small_problems_use_one_thread(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    assert selective_scan_cpu._threads(1000) == 1
-    assert selective_scan_cpu._threads(3 * selective_scan_cpu.MIN_WORK_PER_THREAD) == min(
-        3, selective_scan_cpu._numba_max_threads())
+    assert scan_numba._threads(1000) == 1
+    assert scan_numba._threads(3 * scan_numba.MIN_WORK_PER_THREAD) == min(
+        3, scan_numba._numba_max_threads())
 
 
 def test_gradient_from_only_one_output():
@@ -275,7 +275,7 @@ def test_only_some_inputs_require_grad():
 
 def test_each_kernel_compiles_once():
     """Every call hands the kernels the same argument types, so numba compiles each once."""
-    from longllava_sdk.modeling import selective_scan_numba as kernels
+    from longllava_sdk.modeling.kernels import scan_numba_kernels as kernels
 
     for dtype in (torch.float32, torch.bfloat16):
         for initial, resets, use_z in ((False, False, False), (True, True, True)):
@@ -298,7 +298,7 @@ def test_each_kernel_compiles_once():
 
 
 def test_vectorisable_exp_and_log1p_are_float32_accurate():
-    from longllava_sdk.modeling.selective_scan_numba import exp_f32, log1p_unit_f32
+    from longllava_sdk.modeling.kernels.scan_numba_kernels import exp_f32, log1p_unit_f32
 
     xs = np.concatenate([np.linspace(-87.0, 0.0, 1500), np.linspace(0.0, 80.0, 300),
                          -np.logspace(-8, 0, 100), [0.0, -1e-30]]).astype(np.float32)
@@ -312,7 +312,7 @@ def test_vectorisable_exp_and_log1p_are_float32_accurate():
 
 
 def test_jit_falls_back_to_no_cache_where_numba_cannot_cache():
-    from longllava_sdk.modeling.selective_scan_numba import jit
+    from longllava_sdk.modeling.kernels.scan_numba_kernels import jit
 
     namespace = {}
     exec(compile("def add_one(x):\n    return x + 1\n", "<generated>", "exec"), namespace)
@@ -325,7 +325,7 @@ def test_first_call_compiles_without_warnings_and_fills_the_cache(tmp_path):
     """A fresh process with an empty numba cache: nothing on stderr, kernels cached."""
     script = textwrap.dedent("""
         import torch
-        from longllava_sdk.modeling.selective_scan import selective_scan, selective_scan_backend
+        from longllava_sdk.modeling.kernels import selective_scan, selective_scan_backend
         assert selective_scan_backend() == "numba-cpu"
         g = torch.Generator().manual_seed(0)
         u, delta, z = (torch.randn(1, 8, 40, generator=g, requires_grad=True) for _ in range(3))
@@ -343,7 +343,7 @@ def test_first_call_compiles_without_warnings_and_fills_the_cache(tmp_path):
     assert done.stdout.startswith("ok"), done.stdout
     assert done.stderr == ""
     cached = {p.name.split("-")[0] for p in (tmp_path / "cache").rglob("*.nbi")}
-    assert {"selective_scan_numba.scan_forward", "selective_scan_numba.scan_backward"} <= cached
+    assert {"scan_numba_kernels.scan_forward", "scan_numba_kernels.scan_backward"} <= cached
 
 
 def test_inputs_are_not_modified():

@@ -64,10 +64,10 @@ def test_a_full_queue_answers_429_at_once_and_a_streaming_disconnect_cancels(pip
         reader = threading.Thread(target=_stream_until_first_piece, args=(server, started, done, received))
         reader.start()
         assert started.wait(30)
-        began = time.monotonic()
         with pytest.raises(openai.RateLimitError) as caught:
             server.client().chat.completions.create(model=MODEL, messages=[user("Me too.")], max_tokens=4)
-        assert time.monotonic() - began < 2.0  # refused at once, not after waiting for the worker
+        # refused at once, not after waiting for the worker: the first request still holds the slot
+        assert server.engine.active == 1 and not done.is_set()
         assert caught.value.status_code == 429 and caught.value.body["code"] == "server_busy"
         assert caught.value.response.headers["retry-after"] == "1"
         done.set()
@@ -119,7 +119,7 @@ def test_a_non_streaming_client_that_disconnects_cancels_its_generation(pipe):
                        json={"model": MODEL, "messages": [user("Go on.")], "max_tokens": 3000, "min_tokens": 3000})
         assert server.wait_idle(10)
         record = server.engine.records[-1]
-        assert record.outcome == "cancelled" and 0 < record.steps < 3000 and record.run_s < 8
+        assert record.outcome == "cancelled" and 0 < record.steps < 3000  # stopped long before its 3000 tokens
 
 
 def test_request_timeout_ends_a_long_generation_with_504(pipe):
@@ -169,14 +169,14 @@ def _png_declaring(width: int, height: int) -> bytes:
 def test_pixel_cap_is_checked_from_the_header_before_decoding(pipe, root):
     with serving(pipe, root=root, max_image_pixels=4000) as server:
         client = server.client()
-        began = time.monotonic()
+        # the 60000 x 60000 PNG carries one row of data: decoding it would fail as truncated, so
+        # "image_too_large" shows the header was checked first (3.6 gigapixels never decoded)
         for url in (data_url(_png_declaring(60_000, 60_000)), data_url(png_bytes((100, 100)))):
             with pytest.raises(openai.BadRequestError) as caught:
                 client.chat.completions.create(model=MODEL, messages=[user("x", {"type": "image_url",
                                                                                 "image_url": {"url": url}})],
                                                max_tokens=2)
             assert caught.value.body["code"] == "image_too_large"
-        assert time.monotonic() - began < 5  # 3.6 gigapixels were never decoded
         assert "4000" in caught.value.body["message"]
         for path in ("images/wide.png", "images"):  # the same check for server-side files and folders
             with pytest.raises(openai.BadRequestError) as caught:

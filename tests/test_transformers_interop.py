@@ -117,7 +117,7 @@ def test_plain_transformers_and_peft_load_a_lora_run_like_the_merged_model(lora_
     plain = torch.load(out, weights_only=True)
 
     # The HF-format chat built the same ids as the SDK's own conversation input.
-    merged, processor = load_model(run / "merged")
+    merged, processor = load_model(run / "model")
     sdk_inputs = processor(messages=[{"role": "user", "content": QUESTION,
                                       "media": [Image.new("RGB", (56, 56), (200, 30, 30))]}])
     assert torch.equal(plain["input_ids"], sdk_inputs["input_ids"])
@@ -152,7 +152,7 @@ def test_the_documented_snippet_runs(lora_run, tmp_path, monkeypatch, capsys):
     base, run = lora_run
     target = tmp_path / "runs" / "medical-domain-lora"
     shutil.copytree(base, target / "base-model")
-    for name in ("adapter", "merged"):
+    for name in ("adapter", "model"):
         shutil.copytree(run / name, target / name)
     square_image("red").save(tmp_path / "scan.png")
     monkeypatch.chdir(tmp_path)

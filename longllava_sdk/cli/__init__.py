@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import inspect
 import logging
 import os
@@ -54,7 +53,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import LongLLaVAError, cli_interface
+from ..errors import LongLLaVAError, cli_interface, did_you_mean, unknown_name_message
 from ..options import is_options_class, option_fields
 
 BUILTIN_PLUGIN = "longllava_sdk.cli"
@@ -102,11 +101,6 @@ def _group_help(prog: str, description: str, commands: dict[str, Callable[..., A
             f"takes --config FILE (YAML) and --print-config.")
 
 
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def _select(argv: list[str]) -> tuple[str, Callable[..., Any] | None, list[str], str | None]:
     """(prog, the command function, its arguments, help text to print instead) for ``argv``.
 
@@ -123,8 +117,7 @@ def _select(argv: list[str]) -> tuple[str, Callable[..., Any] | None, list[str],
             raise UsageError(f"{prog}: error: expected a {metavar.lower()} before {name} "
                              f"({', '.join(commands)}); see {prog} --help")
         if name not in commands:
-            raise UsageError(f"{prog}: error: unknown {metavar.lower()} {name!r}{_did_you_mean(name, commands)} "
-                             f"(see {prog} --help)")
+            raise UsageError(f"{prog}: error: {unknown_name_message(metavar.lower(), name, commands)}")
         func, argv, prog = commands[name], argv[1:], f"{prog} {name}"
         subcommands = getattr(func, "subcommands", None)
         if not subcommands:
@@ -230,7 +223,7 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
     """The jsonargparse parser of ``func``'s flags (see the module docstring for the mapping).
 
     ``parser.objects`` maps each parameter object parameter to (its class, its field names);
-    ``parser.flags`` lists the flags.
+    ``parser.flags`` lists the flags, ``parser.keys`` the options' names (the config file's keys).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -242,6 +235,7 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
                              "later flags override it. --print-config writes one.")
     objects: dict[str, tuple[type, list[str]]] = {}
     flags = ["--help", "--config", "--print-config"]
+    keys: list[str] = []
     hints = typing.get_type_hints(inspect.unwrap(getattr(func, "function", func)))
     for pname, param in inspect.signature(func).parameters.items():
         if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
@@ -259,13 +253,16 @@ def command_parser(func: Callable[..., Any], prog: str = PROG) -> Any:
                                      field_docs.get(fname), positional=False, required=fdefault is dataclasses.MISSING)
                 names.append(fname)
             objects[pname] = (cls, names)
+            keys += names
             continue
         no_default = param.default is inspect.Parameter.empty
+        keys.append(pname)
         flags += _add_option(parser, pname, annotation, None if no_default else param.default, param_docs.get(pname),
                              positional=no_default and param.kind is not param.KEYWORD_ONLY,
                              required=no_default and param.kind is param.KEYWORD_ONLY)
     parser.objects = objects
     parser.flags = flags
+    parser.keys = keys
     return parser
 
 
@@ -283,10 +280,16 @@ def _one_line(message: str, parser: Any) -> str:
         names = [name.strip() for name in required.group(1).split(",")]
         message = "missing " + ", ".join(
             flag if (flag := "--" + name.replace("_", "-")) in parser.flags else name.upper() for name in names)
+    key = re.match(r"Option '(\w+)' is not accepted", message)  # a key of a --config file
+    if key:
+        message = unknown_name_message("option in the config file", key.group(1), parser.keys, listing="options")
     unknown = re.match(r"unrecognized arguments: (.*)", message, re.IGNORECASE)
     if unknown:
-        hints = [f"{word}{_did_you_mean(word.split('=')[0], parser.flags)}" for word in unknown.group(1).split()
-                 if word.startswith("-")]
+        hints = []
+        for word in unknown.group(1).split():
+            if word.startswith("-"):
+                close = did_you_mean(word.split("=")[0], parser.flags)
+                hints.append(f"{word} (did you mean {close}?)" if close else word)
         message = "unrecognized arguments: " + ", ".join(hints or [unknown.group(1)])
     return message
 
@@ -371,17 +374,26 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+class _Lines(logging.Formatter):
+    """Bare messages; a WARNING as ``warning: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
+
+
 def _show_sdk_info_logs() -> None:
     """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
 
-    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
-    loggers keep their own levels. Records still propagate (an application's or pytest's root
-    handlers see them); the root logger has no handler of its own in a CLI process.
+    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr (warnings, such as
+    the ones adapters record about a source, as ``warning: ...``, one line each): other
+    libraries' loggers keep their own levels. Records still propagate (an application's or
+    pytest's root handlers see them); the root logger has no handler of its own in a CLI process.
     """
     sdk = logging.getLogger("longllava_sdk")
     if not any(isinstance(h, _CurrentStderrHandler) for h in sdk.handlers):
         handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_Lines("%(message)s"))
         sdk.addHandler(handler)
     if sdk.level == logging.NOTSET or sdk.level > logging.INFO:
         sdk.setLevel(logging.INFO)
@@ -400,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(text)
                 return 0 if args else 2  # args: the --help that asked for it
             result = func(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
         except UsageError as exc:
             print(exc, file=sys.stderr)
             return 2

@@ -19,6 +19,10 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "adapters-medical": ("bench_adapters_medical.py", []),
     "adapters-raster-video": ("bench_adapters_raster_video.py", []),
     "int8": ("bench_int8.py", []),
+    # `data import` rows/s and memory, JSONL streamed vs a JSON document, 10k / 100k rows; deidentify
+    "data-import": ("bench_data_import.py", []),
+    # the planner's predicted peak vs the measured one (VmHWM), 6 prefills in fresh processes
+    "planner": ("bench_planner.py", []),
     "learnability": ("learnability.py", []),
     # ~2 minutes: 20 SIGKILLs of a real finetune run, each followed by --resume
     "fault-injection": ("fault_injection.py", ["--kills", "20"]),
@@ -48,7 +52,7 @@ def bench(suite: list[str] | None = None) -> int:
     """Run benchmark suites and print their figures.
 
     Args:
-        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, serve, startup,
+        suite: suites to run (scan, adapters-medical, adapters-raster-video, int8, data-import, planner, serve, startup,
             efficiency-quick, efficiency, learnability, niah-learning, fault-injection); default: all
             but efficiency (tens of minutes), the two that train a model (up to 10 minutes each) and
             fault-injection (about 2 minutes of repeated SIGKILLs).

@@ -85,8 +85,7 @@ def kernel_paths() -> dict[str, dict[str, str]]:
     """Which selective-scan and causal-conv implementations run, on CPU and (if present) CUDA."""
     import torch
 
-    from ..modeling.mamba_kernels import install_mamba_kernels, kernel_report
+    from ..modeling.kernels import kernel_report
 
-    install_mamba_kernels()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return {device: {k: v for k, v in kernel_report(device).items() if k != "installed"} for device in devices}
+    return {device: kernel_report(device) for device in devices}

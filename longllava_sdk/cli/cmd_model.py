@@ -12,9 +12,11 @@ def init_model(output: str, preset: str = "tiny", seed: int = 0, overwrite: bool
         seed: random seed of the initialisation.
         overwrite: replace a non-empty output directory.
     """
-    from ..model_folders import create_model, save_model
+    from ..model_folders import RANDOM_INIT_KEY, create_model, save_model
 
     model, processor = create_model(preset, seed)
-    path = save_model(model, processor, output, overwrite=overwrite)
+    # recorded so that evaluation reports can say these are random weights (expect chance-level scores)
+    path = save_model(model, processor, output, overwrite=overwrite,
+                      info={RANDOM_INIT_KEY: f"{preset} preset, seed {seed}"})
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {preset} model ({n:,} parameters) to {path}")

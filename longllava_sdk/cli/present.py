@@ -22,18 +22,29 @@ def present_finetune(result: Any) -> int:
 
 
 def format_report(result: Any, wall_seconds: float) -> str:
-    """What was trained, the metrics, where the model is and a ``Pipeline`` snippet that runs it."""
+    """What was trained, the metrics (next to their chance baselines), where the model is and a
+    ``Pipeline`` snippet that runs it."""
+    from ..evaluation.tables import metrics_table, random_weights_note
+
     lines = [f"\nfinetune done: stage {result.stage}, {result.finetune}, head {result.head}, "
              f"{result.global_step} steps, {result.train_seconds:.0f}s training, {wall_seconds:.0f}s total"]
     shown = {k: v for k, v in result.metrics.items() if not k.startswith(("eval_runtime", "eval_samples", "epoch"))
              and "/" not in k}
-    lines.append(f"metrics on the {result.evaluated_on} set: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
-    lines.append(f"run folder: {Path(result.output_dir).resolve()}")
+    rows = result.metrics.get("eval_samples")
+    counted = f" ({int(rows)} rows)" if rows else ""
+    lines.append(f"metrics on the {result.evaluated_on} set{counted}, next to the chance baselines "
+                 "(always the most common answer / guessing from the answer distribution):")
+    lines.append(metrics_table(shown, chance=result.chance))
+    note = random_weights_note(result.random_init, result.global_step, result.trained_rows)
+    if note:
+        lines.append(note)
+    out = Path(result.output_dir).resolve()
+    lines.append(f"run folder: {out} (run.json, trainer_log.jsonl, training_loss.png, eval_metrics.json)")
     if result.adapter_dir is not None:
         lines.append(f"LoRA adapter (peft format): {Path(result.adapter_dir).resolve()}")
     if result.model_dir is None:
         lines.append(f"merge the adapter into a standalone model with:\n  longllava-sdk merge {result.adapter_dir} "
-                     f"{Path(result.output_dir) / 'merged'}")
+                     f"{Path(result.output_dir) / 'model'}")
         return "\n".join(lines)
     model_dir = Path(result.model_dir).resolve()
     lines.append(f"model (load with Pipeline): {model_dir}")

@@ -13,6 +13,10 @@ model folder's head decides the metrics --
 * any other head: its ``predict`` vs its ``encode_targets`` of the row's labels -- e.g. per
   label and macro precision / recall / F1 (multi-label), accuracy and a confusion matrix
   (single-label).
+
+Every scalar metric is shown next to its chance baselines (:mod:`longllava_sdk.chance`), and
+a model folder that records random initial weights (``init-model``, a fine-tune of a new
+preset model) gets a line saying it is a demo expected to score near chance.
 """
 
 from __future__ import annotations
@@ -21,17 +25,19 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ..options import LoadOptions, reject_unknown, take_options
+from ..chance import chance_baselines
 from ..errors import ConfigError
 from ..heads import TaskHead
+from ..model_folders import random_init_of, read_training_info
+from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import load_recipe
 from ..training.data import TrainingDataset, final_answer, prepare_datasets
 from ..training.trainer import split_for_generation
-from .predict import EvalCase, Predictor
+from .predict import EvalCase, Predictor, score
 from .runner import CaseSpec, EvalReport, confusion_matrix, default_output_dir, run_items, summarise
 from .store import RunStore, file_fingerprint, folder_fingerprint
-from .tables import metrics_table
+from .tables import metrics_table, random_weights_note
 
 __all__ = ["evaluate_data", "SPLITS"]
 
@@ -129,13 +135,21 @@ def evaluate_data(
     metrics, groups = summarise(predictor.head, records, {"split": ("split",)})
     labels = list(predictor.head.labels)
     confusion = confusion_matrix(metrics, labels)
+    chance = chance_baselines(functools.partial(score, predictor.head), [r["target"] for r in records])
     where = ", ".join(f"{len(d)} {name} rows" for d, name in chosen)
-    table = f"{predictor.head.name} head on {where} of {prepared.data_path.name}\n\n" + metrics_table(metrics, labels)
+    table = (f"{predictor.head.name} head on {where} of {prepared.data_path.name}, next to the chance baselines "
+             f"(always the most common answer / guessing from the answer distribution)\n\n"
+             + metrics_table(metrics, labels, chance=chance))
+    info = read_training_info(model)
+    note = random_weights_note(random_init_of(model), info.get("trained_steps"), info.get("trained_rows"))
+    if note:
+        table += "\n\n" + note
     report = EvalReport(mode="data", model=str(model), head=predictor.head.name, output_dir=store.directory,
                         metrics=metrics, groups=groups, records=records, scored=scored,
                         resumed=len(records) - scored, report_path=store.path("report.json"), table=table,
                         extra={"data": str(prepared.data_path), "domain": recipe.name if recipe else None,
-                               "arguments": arguments, "skipped": prepared.skipped,
+                               "arguments": arguments, "skipped": prepared.skipped, "chance": chance,
+                               "random_init": random_init_of(model),
                                **({"confusion": confusion} if confusion else {})})
     store.write_report(report.to_json())
     return report

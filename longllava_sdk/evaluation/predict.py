@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..options import LoadOptions
 from ..errors import ConfigError
 from ..heads import TaskHead
+from ..options import LoadOptions
 from ..pipeline import Pipeline
 from ..registry import get_head_class
 from ..processing.processor import EncodedSample

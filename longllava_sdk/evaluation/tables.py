@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-__all__ = ["grid_table", "metrics_table", "percent"]
+from ..errors import option_hint
+
+__all__ = ["grid_table", "metrics_table", "percent", "random_weights_note"]
 
 
 def percent(value: float | None) -> str:
@@ -55,11 +57,25 @@ def grid_table(cells: Sequence[dict[str, Any]], *, row_key: str, col_key: str, m
     return _render(table)
 
 
-def metrics_table(metrics: dict[str, float], labels: Sequence[str] = ()) -> str:
+def metrics_table(metrics: dict[str, float], labels: Sequence[str] = (),
+                  chance: dict[str, dict[str, float]] | None = None) -> str:
     """Scalar metrics one per line, then per-label scores (``<score>/<label>`` keys) as a label x
-    score table, then a confusion matrix (``confusion/<gold>/<pred>`` keys) when present."""
+    score table, then a confusion matrix (``confusion/<gold>/<pred>`` keys) when present.
+
+    ``chance`` (:func:`longllava_sdk.chance.chance_baselines`) adds two columns next to each
+    scalar metric: the score of always giving the most common answer, and of guessing from
+    the answer distribution (``-`` for metrics without a baseline, such as the loss).
+    """
     scalars = {k: v for k, v in metrics.items() if "/" not in k}
-    lines = [f"{key:<22} {value:.4g}" for key, value in scalars.items()]
+    if chance:
+        rows = [["metric", "value", "chance: majority", "chance: random"]]
+        for key, value in scalars.items():
+            base = chance.get(key) or {}
+            rows.append([key, f"{value:.4g}"] + [f"{base[b]:.4g}" if b in base else "-"
+                                                 for b in ("majority", "random")])
+        lines = _render(rows).splitlines()
+    else:
+        lines = [f"{key:<22} {value:.4g}" for key, value in scalars.items()]
     names = list(labels)
     per_label: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
@@ -82,3 +98,21 @@ def metrics_table(metrics: dict[str, float], labels: Sequence[str] = ()) -> str:
             table.append([gold] + [str(int(metrics.get(f"confusion/{gold}/{pred}", 0))) for pred in matrix_labels])
         lines += ["", "confusion matrix (rows: gold label, columns: predicted label)", _render(table)]
     return "\n".join(lines)
+
+
+def random_weights_note(random_init: str | None, trained_steps: int | None = None, trained_rows: int | None = None
+                        ) -> str | None:
+    """The line reports print for a model whose weights started random (``None`` for a real model).
+
+    ``random_init`` is what the model folder records (``"tiny preset, seed 0"``,
+    :func:`longllava_sdk.model_folders.random_init_of`).
+    """
+    if not random_init:
+        return None
+    if trained_steps:
+        rows = f" on {trained_rows} rows" if trained_rows else ""
+        how = f"started from random weights ({random_init}) and trained {trained_steps} steps{rows}"
+    else:
+        how = f"holds random weights ({random_init}), never trained"
+    return (f"note: this model {how}: a demo model, expected to score near the chance baseline; "
+            f"fine-tune a pretrained model ({option_hint('model', 'DIR')}) for meaningful scores")

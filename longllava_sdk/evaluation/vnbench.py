@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..options import LoadOptions, reject_unknown, take_options
 from ..errors import ConfigError
+from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
 from .haystack import INSERTIONS, Haystack, HaystackPlan, HaystackPool, Placement, build_haystack, verify_haystack
 from .needles import OPTION_LETTERS, NeedleKind, format_options, needle_kind

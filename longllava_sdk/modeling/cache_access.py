@@ -11,6 +11,11 @@ transformers           reading layer ``i``'s conv / SSM state
                        before the layer's first update); the mixer takes ``cache=``
 =====================  =========================================================================
 
+Writing is the same public pair on every supported version: ``cache.update_conv_state(x, i,
+conv_kernel_size=K)`` (stores the last ``K`` conv inputs, returns them behind the cached left
+context) and ``cache.update_recurrent_state(state, i)``; 5.24 added a per-layer token count
+that a decode step which updates the states in place must advance (``cache.increase_count``).
+
 Everything else in the SDK calls the functions below, never the cache's attributes, so a
 transformers upgrade that moves them again breaks here (and in
 ``tests/test_long_context.py::test_cache_access_matches_the_installed_transformers``), not
@@ -40,6 +45,9 @@ __all__ = [
     "conv_state",
     "recurrent_state",
     "is_recording_past",
+    "conv_input_with_context",
+    "store_recurrent_state",
+    "count_decoded_token",
     "cached_tokens",
     "cache_bytes",
 ]
@@ -120,6 +128,36 @@ def is_recording_past(cache: Any, layer_idx: int) -> bool:
     """Whether layer ``layer_idx`` keeps its full conv history for a later crop (assisted decoding)."""
     layer = _layer(cache, layer_idx) if cache is not None else None
     return bool(getattr(layer, "record_past", False))
+
+
+def conv_input_with_context(cache: Any, layer_idx: int, new_columns: torch.Tensor,
+                            kernel_size: int) -> torch.Tensor:
+    """Store the conv inputs of new tokens in ``cache`` and return them behind the cached context.
+
+    Args:
+        new_columns: ``(B, D, L)`` the conv inputs of the ``L`` new tokens.
+        kernel_size: ``K``, the conv width (the cache keeps the last ``K`` inputs).
+
+    Returns:
+        ``(B, D, Lc + L)``: the layer's cached inputs (``Lc = K``; zero padding before the first
+        tokens when ``L < K``) followed by ``new_columns``. The last ``L`` columns of a causal
+        conv over it are the new tokens' outputs.
+    """
+    return cache.update_conv_state(new_columns, layer_idx, conv_kernel_size=kernel_size)
+
+
+def store_recurrent_state(cache: Any, layer_idx: int, state: torch.Tensor) -> None:
+    """Make ``state`` ``(B, D, N)`` Mamba layer ``layer_idx``'s SSM state after the tokens just run."""
+    cache.update_recurrent_state(state, layer_idx)
+
+
+def count_decoded_token(cache: Any, layer_idx: int) -> None:
+    """Advance layer ``layer_idx``'s token count after a decode step that updated its states in place.
+
+    (transformers >= 5.24 counts tokens per Mamba layer; earlier versions keep no such count.)
+    """
+    if hasattr(cache, "increase_count"):
+        cache.increase_count(layer_idx, 0)
 
 
 def cached_tokens(cache: Any) -> int:

@@ -10,8 +10,8 @@ are built (text embeddings plus the features of the images whose placeholders it
   everything so far (transformers builds the causal mask from the cache length and the 2D
   ``attention_mask[:, :s + C]``, so left padding is masked as in a one-shot pass);
 * Mamba layers continue from the cached conv state (transformers prepends it) and from the
-  cached SSM state (the SDK supplies it, :mod:`.cache_continuation`; transformers alone would
-  restart the scan from zeros at every chunk);
+  cached SSM state (the SDK's mixer reads it from the cache, :mod:`.mamba_mixer`;
+  transformers' mixer alone would restart the scan from zeros at every chunk);
 * only the last position's logits are computed (``logits_to_keep=1``) unless asked for all.
 
 Peak activation memory is therefore bounded by ``C``, not by the prompt; what still grows
@@ -33,7 +33,7 @@ from ..errors import ProtocolError
 from . import cache_access
 from .cache_access import JAMBA_CACHE_ARGUMENT
 from .image_stream import ImageFeatureFeeder, as_image_source
-from .mamba_kernels import mamba_sequence_boundaries
+from .sequence_boundaries import mamba_sequence_boundaries
 
 __all__ = ["PrefillOutput", "chunked_prefill", "resolve_chunk_size", "DEFAULT_PREFILL_CHUNK",
            "DEFAULT_PREFILL_THRESHOLD", "MASK_BUDGET", "effective_chunk"]

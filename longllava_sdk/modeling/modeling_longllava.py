@@ -15,7 +15,8 @@ Data flow for a batch with ``N`` images in total::
 Submodules (and so checkpoint key prefixes): ``vision_tower`` (transformers
 ``CLIPVisionModel``), ``projector`` (``linear_1``, ``linear_2``), ``language_model``
 (transformers ``JambaForCausalLM``: ``language_model.model.layers.{i}...``,
-``language_model.lm_head``).
+``language_model.lm_head``; its Mamba mixers are
+:class:`~longllava_sdk.modeling.mamba_mixer.LongLLaVAMambaMixer`, same parameter names).
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, CLIPVisionModel
+from transformers import CLIPVisionModel
 from transformers import GenerationMixin, JambaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from ..config import LongLLaVAConfig
 from ..context_limit import check_input_ids
 from ..errors import ProtocolError
+from ..hf_auto import register_auto_class
 from . import cache_access
 from .cache_access import JAMBA_CACHE_ARGUMENT
-from .cache_continuation import attach_cache_continuation
 from .chunked_prefill import PrefillOutput, chunked_prefill, resolve_chunk_size
 from .image_stream import ImageSource, TensorImages, as_image_source
-from .mamba_decode import install_fast_decode
-from .mamba_kernels import boundaries_checkpoint_context_fn, install_mamba_kernels, mamba_sequence_boundaries
+from .mamba_mixer import swap_mamba_mixers
 from .pooling import pool_image_features
 from .projector import MultiModalProjector
+from .sequence_boundaries import boundaries_checkpoint_context_fn, mamba_sequence_boundaries
 
 
 def images_in_step(input_ids: torch.Tensor, step_length: int, tokens_per_image: int,
@@ -99,6 +100,14 @@ class LongLLaVAPreTrainedModel(PreTrainedModel):
     # Mamba layers carry recurrent state: no assisted decoding / cache cropping.
     _is_stateful = True
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str | type = "AutoModel") -> None:
+        """Nothing to do: the config's ``save_pretrained`` writes the ``auto_map`` and module files.
+
+        transformers calls this on a class loaded with ``trust_remote_code=True``; its own
+        version would make every later save copy the SDK's modeling sources into the folder.
+        """
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, MultiModalProjector):
@@ -113,15 +122,12 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
 
     def __init__(self, config: LongLLaVAConfig) -> None:
         super().__init__(config)
-        install_mamba_kernels()
         self.vision_tower = CLIPVisionModel(config.vision_config)
         self.projector = MultiModalProjector(config.vision_config.hidden_size, config.text_config.hidden_size)
         self.language_model = JambaForCausalLM(config.text_config)
-        # Multi-token forwards that continue a cache (chunked prefill) start each Mamba scan
-        # from the cached SSM state, which transformers' mixer alone would drop.
-        attach_cache_continuation(self.language_model)
-        # One-token decode steps through the SDK's lean mixer step (set_fast_decode(model, False): transformers').
-        install_fast_decode(self.language_model)
+        # This instance's Mamba mixers become LongLLaVAMambaMixers (same parameters): the SDK's
+        # kernels, chunked prefill from the cached state, fast decode. transformers is not touched.
+        swap_mamba_mixers(self.language_model)
         self.post_init()
 
     # Activation (gradient) checkpointing that keeps packed-sample Mamba resets in the
@@ -424,6 +430,4 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         return not bool((input_ids[:, -1] == self.config.image_token_id).any())
 
 
-AutoModel.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
-AutoModelForCausalLM.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
-AutoModelForImageTextToText.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
+register_auto_class(LongLLaVAForConditionalGeneration)

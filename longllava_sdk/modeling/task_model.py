@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .mamba_kernels import mamba_sequence_boundaries
+from .sequence_boundaries import mamba_sequence_boundaries
 
 __all__ = ["TaskModel", "unwrap_longllava"]
 

@@ -2,8 +2,8 @@
 
 Routes (docs/serving.md):
 
-* ``GET /health``: ``{"status": "ok"}``, open without the API key (for load balancers; it
-  says nothing about the model).
+* ``GET /health``: ``{"status": "ready"}`` (200), or ``loading`` (503) while the model loads;
+  open without the API key (for load balancers).
 * ``GET /v1/models``, ``GET /v1/models/{id}``: the one model served.
 * ``POST /v1/chat/completions``: chat with text and media parts; ``stream: true`` answers
   with server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -49,6 +50,8 @@ from .remote import RemoteFetcher, RemotePolicy
 from .schemas import ChatCompletionRequest, ChatMessage, ClassifyRequest, TextPart
 from .security import APIKeyMiddleware, RootJail
 from .settings import ServerSettings
+
+logger = logging.getLogger("longllava_sdk.serving")
 
 Body = TypeVar("Body", bound=BaseModel)
 #: Status for a request whose client went away before its answer (nginx's convention);
@@ -99,21 +102,82 @@ class Server:
         created: when the server started (the model's ``created``).
     """
 
-    def __init__(self, pipeline: Pipeline, settings: ServerSettings) -> None:
-        limits = DecodeLimits(timeout_s=settings.decode_timeout, memory_mb=settings.decode_memory_mb)
-        self.pipeline = pipeline.isolated(limits) if settings.isolate_decoding else pipeline
+    def __init__(self, pipeline: Pipeline | None, settings: ServerSettings, *,
+                 load: Callable[[], Pipeline] | None = None, address: Callable[[], str | None] | None = None,
+                 on_load_error: Callable[[BaseException], None] | None = None) -> None:
+        if pipeline is None and load is None:
+            raise ValueError("give the server a pipeline or a function that loads one")
+        self._pipeline: Pipeline | None = None
+        self._load = load
+        self._address = address
+        self._on_load_error = on_load_error
+        #: the exception that ended the model's load (the server then shuts down)
+        self.load_error: BaseException | None = None
         self.settings = settings
-        device, dtype = _plan_dtype(pipeline)
-        self.cost = RequestCost(pipeline.config, device=device, dtype=dtype)
-        budget = settings.request_memory_bytes
-        self.engine = GenerationEngine(settings, budget if budget is not None else default_memory_budget())
-        self.max_prompt_bytes = (int(settings.max_prompt_kb * 1024) if settings.max_prompt_kb is not None
-                                 else PROMPT_BYTES_PER_TOKEN * int(pipeline.config.max_context))
+        self.engine = GenerationEngine(settings, 0)  # its memory budget is set with the model (_adopt)
+        self.cost: RequestCost | None = None
+        self.max_prompt_bytes = 0
         policy = RemotePolicy(settings.allow_remote)
         fetcher = (RemoteFetcher(policy, max_bytes=settings.max_image_bytes, timeout=settings.remote_timeout,
                                  max_redirects=settings.max_redirects) if policy.enabled else None)
         self.reader = ContentReader(settings, RootJail(settings.root, settings.max_folder_entries), fetcher)
         self.created = int(time.time())
+        if pipeline is not None:
+            self._adopt(pipeline)
+
+    def _adopt(self, pipeline: Pipeline) -> None:
+        """Serve ``pipeline``: its decoding isolated, its request cost model, the memory budget, the prompt cap."""
+        settings = self.settings
+        device, dtype = _plan_dtype(pipeline)
+        self.cost = RequestCost(pipeline.config, device=device, dtype=dtype)
+        budget = settings.request_memory_bytes
+        # Measured now, the model loaded: what is available is what requests can have.
+        self.engine.memory_budget = budget if budget is not None else default_memory_budget()
+        self.max_prompt_bytes = (int(settings.max_prompt_kb * 1024) if settings.max_prompt_kb is not None
+                                 else PROMPT_BYTES_PER_TOKEN * int(pipeline.config.max_context))
+        limits = DecodeLimits(timeout_s=settings.decode_timeout, memory_mb=settings.decode_memory_mb)
+        self._pipeline = pipeline.isolated(limits) if settings.isolate_decoding else pipeline
+
+    # -- model life --------------------------------------------------------------------------------
+    @property
+    def pipeline(self) -> Pipeline:
+        """The model; a request that comes while it is still loading gets 503 (``model_loading``)."""
+        if self._pipeline is None:
+            raise APIError(503, "the model is still loading; retry when GET /health says ready", type="server_error",
+                           code="model_loading", headers={"Retry-After": "5"})
+        return self._pipeline
+
+    @property
+    def status(self) -> str:
+        """``loading`` until the model is loaded, then ``ready`` (``failed`` if the load failed)."""
+        if self.load_error is not None:
+            return "failed"
+        return "loading" if self._pipeline is None else "ready"
+
+    async def start(self) -> None:
+        """Load the model (when given a loader) while the server already answers, then log the ready line.
+
+        The load runs in a thread, so ``/health`` answers ``loading`` meanwhile. The line
+        ``ready: http://HOST:PORT (model NAME, N parameters)`` is logged once the model is
+        loaded and the socket is bound (``address`` says where, ``None`` until bound).
+        """
+        if self._pipeline is None:
+            assert self._load is not None
+            try:
+                load = self._load
+                await asyncio.to_thread(lambda: self._adopt(load()))
+            except BaseException as exc:  # noqa: BLE001 - reported to the operator, then the server stops
+                self.load_error = exc
+                if self._on_load_error is not None:
+                    self._on_load_error(exc)
+                return
+        url = None
+        if self._address is not None:
+            while (url := self._address()) is None:
+                await asyncio.sleep(0.02)
+        parameters = sum(p.numel() for p in self._pipeline.model.parameters())
+        logger.info("ready: %s(model %s, %s parameters)", f"{url} " if url else "", self.settings.model_name,
+                    f"{parameters:,}")
 
     # -- helpers ----------------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
@@ -153,6 +217,7 @@ class Server:
 
     def check_prompt(self, messages: list[ChatMessage]) -> None:
         """413 when the messages' text is over ``max_prompt_bytes`` (UTF-8), before anything tokenises it."""
+        _ = self.pipeline  # 503 while the model loads (the cap is the model's)
         size = sum(len(part.text.encode("utf-8", "surrogatepass")) for message in messages
                    for part in message.content if isinstance(part, TextPart))
         if size > self.max_prompt_bytes:
@@ -170,6 +235,7 @@ class Server:
         request body and every image reduced to 336 px.
         """
         images = self.reader.planned_images(self.pipeline, conversation)
+        assert self.cost is not None  # set with the pipeline
         text_bytes = sum(len(turn.text.encode("utf-8", "surrogatepass")) for turn in conversation.turns)
         tokens = min(text_bytes + 64, int(self.pipeline.config.max_context)) + max_new_tokens  # + chat template
         data = sum(len(item.data or b"") for turn in conversation.turns for item in turn.media)
@@ -253,13 +319,24 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
+def extension(done: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's extension field of a response (docs/serving.md): ``{"longllava": {"media_warnings": [...]}}``.
+
+    ``media_warnings``: one line per warning an input adapter recorded about the request's
+    media (a gap between CT slices, skipped files, masked bands...); empty when none.
+    """
+    return {"longllava": {"media_warnings": list(done.get("media_warnings") or ())}}
+
+
 def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 # -- routes ----------------------------------------------------------------------------------------
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """``{"status": "ready"}`` (200) once the model answers; ``loading`` / ``failed`` with 503 before."""
+    status = request.app.state.server.status
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 async def list_models(request: Request) -> Response:
@@ -317,6 +394,7 @@ async def chat_completions(request: Request) -> Response:
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
                                  "logprobs": None, "finish_reason": data["finish_reason"]}],
                     "usage": data["usage"],
+                    **extension(data),
                 })
     finally:
         gone.cancel()  # while streaming, Starlette's own listener takes over the receive channel
@@ -341,7 +419,7 @@ async def _stream(job: Job, model: str, created: int, include_usage: bool) -> As
             if kind == "delta":
                 yield _sse(chunk({"content": data}))
             elif kind == "done":
-                yield _sse(chunk({}, data["finish_reason"]))
+                yield _sse({**chunk({}, data["finish_reason"]), **extension(data)})
                 if include_usage:
                     yield _sse({"id": job.id, "object": "chat.completion.chunk", "created": created, "model": model,
                                 "choices": [], "usage": data["usage"]})
@@ -382,7 +460,8 @@ async def classify(request: Request) -> Response:
                 raise event[1]
             if event[0] == "done":
                 return JSONResponse({"id": job.id, "object": "classification", "created": int(time.time()),
-                                     "model": server.settings.model_name, "result": event[1]["result"]})
+                                     "model": server.settings.model_name, "result": event[1]["result"],
+                                     **extension(event[1])})
     finally:
         gone.cancel()
         job.cancel()
@@ -408,17 +487,30 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
                                    type="server_error", code="internal_error"), status_code=500)
 
 
-def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Starlette:
+def create_app(pipeline: Pipeline | None, settings: ServerSettings | None = None, *,
+               load: Callable[[], Pipeline] | None = None, address: Callable[[], str | None] | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> Starlette:
     """The ASGI app serving ``pipeline`` under ``settings`` (run it with uvicorn, or test it in-process).
 
     ``app.state.server`` is the :class:`Server` (its ``engine.records`` tell how each request
     ended). The engine's workers stop at the app's shutdown.
+
+    Args:
+        pipeline: the model, already loaded; or ``None`` and ``load``: a function that loads it,
+            called in a thread at the app's startup, so the server listens (``/health`` says
+            ``loading``, other routes 503) while the model loads.
+        address: where the server listens (``http://HOST:PORT``; ``None`` until its socket is
+            bound), for the ``ready:`` line.
+        on_load_error: called with the exception when ``load`` fails (``serve`` stops uvicorn).
     """
-    server = Server(pipeline, (settings or ServerSettings()).with_model_name("longllava"))
+    server = Server(pipeline, (settings or ServerSettings()).with_model_name("longllava"), load=load, address=address,
+                    on_load_error=on_load_error)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        starting = asyncio.create_task(server.start())
         yield
+        starting.cancel()
         server.engine.shutdown()
 
     app = Starlette(

@@ -4,6 +4,7 @@ A run directory looks like::
 
     runs/medical-domain-lora/
       longllava_run.json            written when the run starts: marks the folder as a run
+      run.json, trainer_log.jsonl   the resolved configuration; one JSON object per logged step
       checkpoint-20/                every file of one checkpoint, then the marker:
         checkpoint_complete.json      {"step": 20, "files": {name: size, ...}}
       checkpoint-40/ ...
@@ -13,6 +14,13 @@ A checkpoint is written into ``.checkpoint-N.partial``, its marker is written la
 folder is renamed to ``checkpoint-N`` (an atomic rename on POSIX filesystems). A checkpoint
 folder without a marker, or whose files do not match the marker's sizes, is incomplete and
 ignored by :func:`latest_complete_checkpoint`.
+
+Storage faults (disk full, quota, read-only filesystem, permission denied, file-size limit,
+I/O error) are recognised whatever layer reports them -- an ``OSError``, safetensors'
+``SafetensorError`` ("os error 28"), torch.save's ``RuntimeError: [enforce fail at
+inline_container.cc...]`` -- and become one-line :class:`~longllava_sdk.errors.CheckpointError`
+s naming the file, the cause and what was kept (:func:`storage_fault`); the staging folder of
+the failed write is removed.
 
 SIGTERM (SLURM pre-emption, Kubernetes eviction, ``timeout``): :class:`GracefulStop` turns
 the signal into a flag; :class:`SigtermCallback` sees it at the next optimizer-step
@@ -24,6 +32,7 @@ Task heads are stored next to the weights (:mod:`longllava_sdk.model_folders`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -40,29 +49,39 @@ from typing import Any, Iterator
 import torch
 from transformers.trainer_callback import TrainerCallback
 
-from ..checkpoint import replace_directory, sync_directory
-from ..errors import ConfigError, TrainingError, option_hint
+from ..atomic import replace_directory, sync_directory
+from ..errors import CheckpointError, ConfigError, TrainingError, option_hint
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "COMPLETE_MARKER",
     "RUN_MARKER",
+    "RUN_CONFIG_NAME",
+    "TRAINER_LOG_NAME",
     "SIGTERM_EXIT_CODE",
     "is_complete_checkpoint",
     "list_checkpoints",
     "latest_complete_checkpoint",
     "checkpoint_problem",
     "check_output_dir",
+    "check_writable",
+    "kept_checkpoint",
     "prepare_output_dir",
     "staged_checkpoint",
     "staged_export",
+    "storage_fault",
+    "storage_errors",
     "GracefulStop",
     "SigtermCallback",
 ]
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 RUN_MARKER = "longllava_run.json"
+#: The resolved configuration of a run (written by :func:`~.finetuning.write_run_config`).
+RUN_CONFIG_NAME = "run.json"
+#: One JSON object per logged step (:mod:`.run_log`).
+TRAINER_LOG_NAME = "trainer_log.jsonl"
 SIGTERM_EXIT_CODE = 143
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
@@ -159,11 +178,137 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike[str], verify: bool 
 
 
 # ---------------------------------------------------------------------------------------------
+# storage faults
+# ---------------------------------------------------------------------------------------------
+
+#: errno -> (the cause in words, what to do about it).
+_STORAGE_ERRNOS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device (ENOSPC)", "free space"),
+    errno.EDQUOT: ("disk quota exceeded (EDQUOT)", "free space within your quota or raise it"),
+    errno.EROFS: ("read-only file system (EROFS)", "make the output folder writable"),
+    errno.EACCES: ("permission denied (EACCES)", "make the output folder writable for this user"),
+    errno.EPERM: ("operation not permitted (EPERM)", "make the output folder writable for this user"),
+    errno.EFBIG: ("file too large for the file-size limit (EFBIG)", "raise the limit (ulimit -f)"),
+    errno.EIO: ("input/output error (EIO)", "check the disk"),
+}
+_BY_STRERROR = {os.strerror(code): code for code in _STORAGE_ERRNOS}
+#: What torch.save's C++ writer (caffe2's PyTorchStreamWriter) puts in its RuntimeError.
+_TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter")
+#: Below this much free space a write that failed without saying why is taken for a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def _storage_errno(exc: BaseException) -> int | None:
+    """The errno behind a failed write, however the writing library reported it.
+
+    ``OSError`` carries it; safetensors' Rust writer says ``(os error 28)``; torch.save's
+    C++ writer says ``strerror: Read-only file system`` when ``open`` fails.
+    """
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return exc.errno
+    text = str(exc)
+    found = re.search(r"\(os error (\d+)\)", text)
+    if found and int(found.group(1)) in _STORAGE_ERRNOS:
+        return int(found.group(1))
+    found = re.search(r"strerror: ([^\n]+?)\s*$", text, re.MULTILINE)
+    if found and found.group(1).strip() in _BY_STRERROR:
+        return _BY_STRERROR[found.group(1).strip()]
+    return None
+
+
+def _free_bytes(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                stats = os.statvfs(candidate)
+            except OSError:
+                return None
+            return stats.f_bavail * stats.f_frsize
+    return None
+
+
+def _file_named(exc: BaseException, folder: Path, since_ns: int) -> Path:
+    """The file a failed write was writing: the exception's own ``filename``, else the newest
+    file under ``folder`` created since the write began (a partly written ``optimizer.pt``),
+    else ``folder`` itself (the library removed its temporary file, or nothing was created)."""
+    name = getattr(exc, "filename", None)
+    if name:
+        return Path(name)
+    newest: tuple[int, Path] | None = None
+    if folder.is_dir():
+        for path in folder.rglob("*"):
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if path.is_file() and mtime >= since_ns and (newest is None or mtime > newest[0]):
+                newest = (mtime, path)
+    return newest[1] if newest else folder
+
+
+def storage_fault(exc: BaseException, folder: str | os.PathLike[str], *, doing: str, kept: str,
+                  resume: bool = True, since_ns: int = 0) -> CheckpointError | None:
+    """A one-line :class:`CheckpointError` for ``exc`` if it is a storage fault, else ``None``.
+
+    Args:
+        exc: what the write raised (``OSError``, ``SafetensorError``, torch.save's ``RuntimeError``).
+        folder: where it was writing (the file is found inside it, see :func:`_file_named`).
+        doing: what was being written, for the message (``"writing checkpoint-3"``).
+        kept: what is intact, for the message (``"the last complete checkpoint, ..., is intact"``).
+        resume: advise rerunning with ``--resume`` (a run with a checkpoint to continue from);
+            else advise another ``--output``.
+        since_ns: when the write began (``time.time_ns()``), to find the file it was writing.
+
+    torch.save's writer reports a full disk only as ``unexpected pos 576 vs 534``: a failure of
+    that writer is taken for a full disk when under 1 MiB is free, else reported as it is
+    (with a word on quotas, which ``statvfs`` cannot see).
+    """
+    if isinstance(exc, CheckpointError):
+        return None
+    folder = Path(folder)
+    code = _storage_errno(exc)
+    if code is None and not any(mark in str(exc) for mark in _TORCH_WRITER):
+        return None
+    where = _file_named(exc, folder, since_ns)
+    if code is None:
+        free = _free_bytes(folder)
+        if free is not None and free < _NEARLY_FULL:
+            code = errno.ENOSPC
+    if code is None:
+        cause = f"torch.save failed ({' '.join(str(exc).split())}; is the disk full or over its quota?)"
+        advice = "check the space and quota of the output folder"
+    else:
+        cause, advice = _STORAGE_ERRNOS[code]
+    then = (f" and rerun with {option_hint('resume')}" if resume
+            else f" or choose another {option_hint('output', 'DIR')}")
+    return CheckpointError(f"{where}: {cause} while {doing}; {kept}; {advice}{then}")
+
+
+@contextmanager
+def storage_errors(folder: str | os.PathLike[str], *, doing: str, kept: str, resume: bool = True) -> Iterator[None]:
+    """Turn a storage fault raised inside the block into :func:`storage_fault`'s ``CheckpointError``."""
+    since = time.time_ns()
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a storage fault
+        error = storage_fault(exc, folder, doing=doing, kept=kept, resume=resume, since_ns=since)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def kept_checkpoint(run_dir: str | os.PathLike[str]) -> str:
+    """``"the last complete checkpoint, <path>, is intact"`` (or that none exists) for fault messages."""
+    previous = latest_complete_checkpoint(run_dir) if Path(run_dir).is_dir() else None
+    return f"the last complete checkpoint, {previous}, is intact" if previous else "no earlier checkpoint exists"
+
+
+# ---------------------------------------------------------------------------------------------
 # output directory policy
 # ---------------------------------------------------------------------------------------------
 
 #: What a run folder holds before its first checkpoint: a rerun may start it over.
-_BEFORE_FIRST_CHECKPOINT = {RUN_MARKER, "base-model"}
+_BEFORE_FIRST_CHECKPOINT = {RUN_MARKER, RUN_CONFIG_NAME, TRAINER_LOG_NAME, "base-model"}
 
 
 def _unstarted(output_dir: Path) -> bool:
@@ -195,6 +340,7 @@ def check_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainingError(f"{output_dir}: output path exists and is not a directory")
+    check_writable(output_dir)
     non_empty = output_dir.is_dir() and any(output_dir.iterdir())
     if resume:
         checkpoint = latest_complete_checkpoint(output_dir, verify=True) if non_empty else None
@@ -213,6 +359,28 @@ def check_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False
                             f"longllava-sdk run (no {RUN_MARKER}); delete it yourself or choose another "
                             f"{option_hint('output', 'DIR')}")
     return None
+
+
+def check_writable(output_dir: str | os.PathLike[str]) -> None:
+    """Refuse (:class:`CheckpointError`) a run folder that cannot be written, before any work.
+
+    The folder, or its nearest existing parent, must be writable: a read-only filesystem
+    (``statvfs``'s ``ST_RDONLY``) or missing permission is named now rather than after the
+    data was prepared. Disk space cannot be checked this way (a checkpoint's size is known
+    only when it is written): a full disk is reported when a write fails (:func:`storage_fault`).
+    """
+    output_dir = Path(output_dir)
+    existing = next((p for p in (output_dir, *output_dir.parents) if p.exists()), None)
+    if existing is None or os.access(existing, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    cause = _STORAGE_ERRNOS[errno.EROFS if read_only else errno.EACCES][0]
+    where = "" if existing == output_dir else f" (the run folder {output_dir} would be created in it)"
+    raise CheckpointError(f"{existing}: {cause}{where}; nothing was written; make it writable or choose another "
+                          f"{option_hint('output', 'DIR')}")
 
 
 def _same_run(output_dir: Path, run_info: dict[str, Any] | None) -> bool:
@@ -235,13 +403,14 @@ def prepare_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = Fal
     checkpoint = check_output_dir(output_dir, resume=resume, overwrite=overwrite, run_info=run_info)
     if checkpoint is not None:
         return checkpoint
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        trash = output_dir.with_name(f".{output_dir.name}.deleting-{os.getpid()}")
-        os.replace(output_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(run_info or {})}
-    (output_dir / RUN_MARKER).write_text(json.dumps(info, indent=1, default=str) + "\n")
+    with storage_errors(output_dir, doing="creating the run folder", kept="no checkpoint was written", resume=False):
+        if output_dir.is_dir() and any(output_dir.iterdir()):
+            trash = output_dir.with_name(f".{output_dir.name}.deleting-{os.getpid()}")
+            os.replace(output_dir, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(run_info or {})}
+        (output_dir / RUN_MARKER).write_text(json.dumps(info, indent=1, default=str) + "\n")
     return None
 
 
@@ -276,7 +445,12 @@ def staged_export(target: str | os.PathLike[str], *, is_main: bool = True) -> It
     target = Path(target)
     staging = target.with_name(f".{target.name}.partial")
     _fresh_staging(staging, is_main)
-    yield staging
+    try:
+        yield staging
+    except BaseException:
+        if is_main:  # a failed write (a full disk) leaves nothing behind and frees what it took
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     _barrier()
     if is_main:
         replace_directory(staging, target)
@@ -290,17 +464,24 @@ def staged_checkpoint(run_dir: str | os.PathLike[str], step: int, *, is_main: bo
 
     In multi-process runs every rank writes into the same staging folder (DeepSpeed writes
     one shard per rank); ``is_main`` (the saving process) prepares it, writes the marker and
-    renames, with barriers in between. An exception leaves the partial folder behind, which
-    is never mistaken for a checkpoint (wrong name, no marker) and is replaced next time.
+    renames, with barriers in between. An exception (a full disk) removes the partial folder,
+    freeing what it took; a kill leaves it behind, where it is never mistaken for a checkpoint
+    (wrong name, no marker) and is replaced next time.
     """
     run_dir = Path(run_dir)
     staging = run_dir / f".checkpoint-{step}.partial"
     final = run_dir / f"checkpoint-{step}"
     _fresh_staging(staging, is_main)
-    yield staging
-    _barrier()
+    try:
+        yield staging
+        _barrier()
+        if is_main:
+            write_complete_marker(staging, step)
+    except BaseException:
+        if is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     if is_main:
-        write_complete_marker(staging, step)
         if final.exists() and is_complete_checkpoint(final):
             # Saved again at the same step (a resume at the last step): the complete one holds the
             # same state. Replacing it would take two renames, and a kill between them would

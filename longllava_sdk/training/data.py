@@ -39,13 +39,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Annotated, Any, Iterable, Iterator, Sequence
 
 import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch.utils.data import Dataset
 
+from .. import local_files
 from ..adapters import allowed_root
-from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
+from ..errors import AdapterError, ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
 from ..isolation import DecodeLimits, run_isolated
 from ..media import Media
@@ -54,6 +56,7 @@ from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
 from ..recipes import PromptTemplates, Recipe
 from ..root_jail import OutsideRoot, confine_to, real_root
+from ..validation import describe_error
 
 __all__ = [
     "SOURCE_KEYS",
@@ -178,13 +181,13 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Recipe | None = None) -> 
             rows): one message about the file, not a row report.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, "data file does not exist")
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read data file: {exc}") from exc
+    try:  # a regular file only: a FIFO or device named as the data file is refused, never blocks
+        text = local_files.read_text(path, what="data file")
+    except AdapterError as exc:
+        raise InputError(path, f"cannot read data file: {exc.problem}") from None
     raw_rows: list[tuple[str, Any]] = []
     if suffix == ".json":
         try:
@@ -229,6 +232,187 @@ class _Invalid:
         self.problem = problem
 
 
+# -- row shapes: pydantic models (longllava_sdk.validation); every problem of a row is listed --
+
+def _labels(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(";") if part.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise ValueError(f"'labels' must be a string (';'-separated) or a list of strings, got {value!r}")
+
+
+def _text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+Labels = Annotated[list[str] | None, BeforeValidator(_labels)]
+Text = Annotated[str | None, BeforeValidator(_text)]
+
+
+def _paths(value: Any, what: str) -> str | tuple[str, ...]:
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+        return os.fspath(value)
+    if isinstance(value, list) and value and all(isinstance(p, str) and p for p in value):
+        return tuple(value)
+    raise ValueError(f"{what} must be a path (or a list of paths), got {value!r}")
+
+
+def _adapter_name(value: Any, what: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be an adapter name, got {value!r}")
+    return value
+
+
+def _options(value: Any, what: str) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):  # CSV: a JSON object in a cell
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{what} must be a JSON object, got {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be an object, got {value!r}")
+    return value
+
+
+class _Source(BaseModel):
+    """``{"path", "adapter", "options"}``: one media source written as an object."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str = "source"
+    path: str | tuple[str, ...]
+    adapter: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, given: Any) -> Any:
+        key, raw = given["__key__"], given["__value__"]  # see _LlavaRow._gather_sources
+        if isinstance(raw, (str, os.PathLike)):
+            return {"key": key, "path": _paths(raw, f"'{key}'")}
+        if not isinstance(raw, dict):
+            raise ValueError(f"'{key}' must be a path, a list of paths or an object with 'path', got {raw!r}")
+        unknown = sorted(set(raw) - {"path", "adapter", "options"})
+        if unknown:
+            raise ValueError(f"'{key}' has unknown field(s) {unknown} (allowed: path, adapter, options)")
+        return {"key": key, "path": _paths(raw.get("path"), f"'{key}.path'"),
+                "adapter": _adapter_name(raw.get("adapter"), f"'{key}.adapter'"),
+                "options": _options(raw.get("options"), f"'{key}.options'")}
+
+    def media(self) -> MediaSource:
+        return MediaSource(self.path, self.key, self.adapter, tuple(sorted(self.options.items())))
+
+
+class _Turn(BaseModel):
+    """A LLaVA turn: ``from`` (``human`` / ``gpt`` / ``system``) or ``role``, and ``value`` or ``content``."""
+
+    role: str
+    content: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, raw: Any) -> Any:  # messages complete "turn N ..."
+        if not isinstance(raw, dict):
+            raise ValueError("must be an object with 'from' and 'value'")
+        said = raw.get("from", raw.get("role", ""))
+        role = protocol.ROLE_ALIASES.get(str(said).lower())
+        if role is None:
+            raise ValueError(f"has unknown 'from' {raw.get('from')!r} (human, gpt or system)")
+        value = raw.get("value", raw.get("content"))
+        if not isinstance(value, str):
+            raise ValueError(f"('{raw.get('from')}') has no string 'value'")
+        return {"role": role, "content": value}
+
+
+class _RowBase(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # data files carry fields of their own (``id`` is read first)
+    split: Text = None
+    labels: Labels = None
+
+
+class _LlavaRow(_RowBase):
+    """A LLaVA conversation row."""
+
+    conversations: list[_Turn]
+    sources: list[_Source] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_sources(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        raw = dict(raw)
+        sources: list[Any] = []
+        for key in SOURCE_KEYS:
+            value = raw.get(key)
+            if value in (None, "", []):
+                continue
+            if isinstance(value, list) and key == "image":  # LLaVA: a list of images, one <image> marker each
+                sources.extend({"__key__": key, "__value__": item} for item in value)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):  # one multi-file source
+                sources.append({"__key__": key, "__value__": {"path": value}})
+            else:
+                sources.append({"__key__": key, "__value__": value})
+        raw["sources"] = sources
+        conversations = raw.get("conversations")
+        if not isinstance(conversations, list) or not conversations:
+            raise ValueError("empty conversation: 'conversations' must be a non-empty list")
+        return raw
+
+    @field_validator("conversations")
+    @classmethod
+    def _system_first(cls, turns: list[_Turn]) -> list[_Turn]:
+        late = [i for i, turn in enumerate(turns) if turn.role == "system" and i]
+        if late:
+            raise ValueError(f"turn {late[0]}: a system turn may only open the conversation")
+        return turns
+
+
+class _ManifestRow(_RowBase):
+    """A domain manifest row: one ``source`` (+ ``adapter``, ``options``), ``question``,
+    ``answer`` or ``labels``."""
+
+    source: str | tuple[str, ...]
+    adapter: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    question: Text = None
+    answer: Text = None
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, value: Any) -> Any:
+        return _paths(value, "'source'")
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapter(cls, value: Any) -> Any:
+        return _adapter_name(value, "'adapter'")
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _cell_options(cls, value: Any) -> Any:
+        return _options(value, "'options'")
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """A row's problems in the data file's words: the rows' own messages name their field."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [str(p) for p in error["loc"]]
+        message = describe_error(error)
+        if error["type"] != "value_error":
+            lines.append(f"'{'.'.join(loc)}': {message}" if loc else message)
+        elif len(loc) == 2 and loc[0] == "conversations":
+            lines.append(f"turn {loc[1]} {message}")
+        else:
+            lines.append(message)
+    return list(dict.fromkeys(lines))
+
+
 def _parse_row(raw: Any, file: Path, where: str, index: int, recipe: Recipe | None) -> DataRow:
     row = DataRow(id=f"{file.stem}-{index}", file=file, where=where)
     if isinstance(raw, _Invalid):
@@ -237,123 +421,37 @@ def _parse_row(raw: Any, file: Path, where: str, index: int, recipe: Recipe | No
     if not isinstance(raw, dict):
         row.problems.append(f"a row must be an object, got {type(raw).__name__}")
         return row
-    if raw.get("id") not in (None, ""):
+    if raw.get("id") not in (None, ""):  # named in its problems even when the rest is wrong
         row.id = str(raw["id"])
-    split = raw.get("split")
-    row.split = str(split).strip().lower() if split not in (None, "") else None
-    if "labels" in raw:
-        row.labels = _parse_labels(raw["labels"], row)
-    if "conversations" in raw:
-        _parse_llava(raw, row)
-    elif "source" in raw:
-        _parse_manifest(raw, row, recipe)
-    else:
+    shape = _LlavaRow if "conversations" in raw else _ManifestRow if "source" in raw else None
+    if shape is None:
         row.problems.append("row has neither 'conversations' (LLaVA form) nor 'source' (manifest form)")
+        return row
+    try:
+        parsed = shape.model_validate(raw)
+    except ValidationError as exc:
+        row.problems.extend(_problems(exc))
+        return row
+    row.split = parsed.split.strip().lower() if parsed.split else None
+    row.labels = parsed.labels
+    if isinstance(parsed, _LlavaRow):
+        row.sources = [source.media() for source in parsed.sources]
+        row.turns = [{"role": turn.role, "content": turn.content} for turn in parsed.conversations]
+    else:
+        row.sources = [MediaSource(parsed.source, "source", parsed.adapter, tuple(sorted(parsed.options.items())))]
+        _manifest_turns(parsed, row, recipe)
     return row
 
 
-def _parse_labels(value: Any, row: DataRow) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(";") if part.strip()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return [v.strip() for v in value if v.strip()]
-    row.problems.append(f"'labels' must be a string (';'-separated) or a list of strings, got {value!r}")
-    return None
-
-
-def _parse_source(value: Any, key: str, row: DataRow) -> list[MediaSource]:
-    """``str`` | ``{"path", "adapter", "options"}`` | list of those (``image``: one source each)."""
-    if isinstance(value, (str, os.PathLike)):
-        return [MediaSource(os.fspath(value), key)]
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {"path", "adapter", "options"})
-        path = value.get("path")
-        adapter = value.get("adapter")
-        options = value.get("options") or {}
-        if unknown:
-            row.problems.append(f"'{key}' has unknown field(s) {unknown} (allowed: path, adapter, options)")
-        if isinstance(path, list) and path and all(isinstance(p, str) for p in path):
-            path_value: str | tuple[str, ...] = tuple(path)
-        elif isinstance(path, str) and path:
-            path_value = path
-        else:
-            row.problems.append(f"'{key}' needs a 'path' (a string or a list of strings), got {path!r}")
-            return []
-        if adapter is not None and not isinstance(adapter, str):
-            row.problems.append(f"'{key}.adapter' must be an adapter name, got {adapter!r}")
-            adapter = None
-        if not isinstance(options, dict):
-            row.problems.append(f"'{key}.options' must be an object, got {options!r}")
-            options = {}
-        return [MediaSource(path_value, key, adapter, tuple(sorted(options.items())))]
-    if isinstance(value, list):
-        if key == "image":  # LLaVA: a list of images, one <image> marker each
-            return [s for item in value for s in _parse_source(item, key, row)]
-        if value and all(isinstance(v, str) for v in value):  # one multi-file source (a DICOM series)
-            return [MediaSource(tuple(value), key)]
-    row.problems.append(f"'{key}' must be a path, a list of paths or an object with 'path', got {value!r}")
-    return []
-
-
-def _parse_llava(raw: dict[str, Any], row: DataRow) -> None:
-    for key in SOURCE_KEYS:
-        if raw.get(key) not in (None, "", []):
-            row.sources.extend(_parse_source(raw[key], key, row))
-    conversations = raw["conversations"]
-    if not isinstance(conversations, list) or not conversations:
-        row.problems.append("empty conversation: 'conversations' must be a non-empty list")
-        return
-    for turn_index, turn in enumerate(conversations):
-        if not isinstance(turn, dict):
-            row.problems.append(f"turn {turn_index} must be an object with 'from' and 'value'")
-            continue
-        role = protocol.ROLE_ALIASES.get(str(turn.get("from", turn.get("role", ""))).lower())
-        value = turn.get("value", turn.get("content"))
-        if role is None:
-            row.problems.append(f"turn {turn_index} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
-            continue
-        if not isinstance(value, str):
-            row.problems.append(f"turn {turn_index} ('{turn.get('from')}') has no string 'value'")
-            continue
-        if role == "system" and turn_index != 0:
-            row.problems.append(f"turn {turn_index}: a system turn may only open the conversation")
-            continue
-        row.turns.append({"role": role, "content": value})
-
-
-def _parse_manifest(raw: dict[str, Any], row: DataRow, recipe: Recipe | None) -> None:
-    source = raw.get("source")
-    if not (isinstance(source, str) or (isinstance(source, list) and all(isinstance(s, str) for s in source))) \
-            or not source:
-        row.problems.append(f"'source' must be a path (or a list of paths), got {source!r}")
-    else:
-        adapter = raw.get("adapter") or None
-        if adapter is not None and not isinstance(adapter, str):
-            row.problems.append(f"'adapter' must be an adapter name, got {adapter!r}")
-            adapter = None
-        options = raw.get("options") or {}
-        if isinstance(options, str):  # CSV: a JSON object in a cell
-            try:
-                options = json.loads(options)
-            except json.JSONDecodeError:
-                row.problems.append(f"'options' must be a JSON object, got {options!r}")
-                options = {}
-        if not isinstance(options, dict):
-            row.problems.append(f"'options' must be an object, got {options!r}")
-            options = {}
-        path: str | tuple[str, ...] = tuple(source) if isinstance(source, list) else source
-        row.sources.append(MediaSource(path, "source", adapter, tuple(sorted(options.items()))))
+def _manifest_turns(parsed: _ManifestRow, row: DataRow, recipe: Recipe | None) -> None:
     prompts = recipe.prompts if recipe is not None else PromptTemplates()
     labels_all = list(recipe.head.labels) if recipe is not None else []
     values = {"id": row.id, "label_list": ", ".join(labels_all), "labels": ", ".join(row.labels or [])}
-    question = raw.get("question")
-    question = question if isinstance(question, str) and question.strip() else prompts.render(prompts.question, values)
+    question = parsed.question if parsed.question and parsed.question.strip() else \
+        prompts.render(prompts.question, values)
     values["question"] = question
-    answer = raw.get("answer")
-    if isinstance(answer, str) and answer.strip():
-        values["answer"] = answer
+    if parsed.answer and parsed.answer.strip():
+        values["answer"] = parsed.answer
         reply = prompts.render(prompts.answer, values)
     elif row.labels is not None:
         reply = prompts.render(prompts.label_answer, values) if row.labels else prompts.no_labels

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,23 +38,36 @@ from transformers import TrainerCallback
 from ..errors import ConfigError, TrainingError, option_hint
 from ..options import reject_unknown, take_options
 from ..heads import TaskHead
-from ..model_folders import TRAINING_INFO_NAME, create_model, export_merged, load_model, save_model
+from ..model_folders import (RANDOM_INIT_KEY, create_model, export_merged, load_model, random_init_of,
+                             save_model)
 from ..modeling.task_model import TaskModel
 from ..contracts import check_head, check_labels
 from ..plugin_manager import get_plugin_manager
 from ..registry import get_head_class
 from ..processing.processor import LongLLaVAProcessor
 from ..recipes import HeadSettings, Recipe, load_recipe
-from .checkpointing import check_output_dir, prepare_output_dir, staged_export
+from .checkpointing import (RUN_CONFIG_NAME, TRAINER_LOG_NAME, check_output_dir, file_sha256, kept_checkpoint,
+                            prepare_output_dir, staged_export, storage_errors)
 from .data import PreparedData, prepare_datasets, read_rows
+from .loss_plot import LOSS_PLOT_NAME, plot_loss
+from .run_log import read_trainer_log
+from .schedule import SCHEDULE_TRAINING_ARGS, check_resume_schedule
 from .stages import Stage, get_stage
 from .trainer import LongLLaVATrainer, PromptOnlyCollator, build_training_arguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneArgs", "FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune"]
+__all__ = ["FinetuneArgs", "FinetunePlan", "FinetuneResult", "plan_finetune", "run_finetune", "finetune",
+           "write_run_config", "MODEL_DIR"]
 
 BASE_MODEL_DIR = "base-model"
+#: The exported standalone model, whatever the update kind (LoRA merged or full).
+MODEL_DIR = "model"
+#: The name LoRA runs used for their merged model before it was ``model/``: kept as a relative
+#: symlink to ``model`` so scripts written against it still load.
+LEGACY_MERGED_DIR = "merged"
+#: Data files up to this size are hashed into run.json (bigger ones: size and mtime).
+_HASHED_DATA_BYTES = 256 << 20
 
 
 @dataclass
@@ -90,6 +103,30 @@ class FinetunePlan:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def schedule(self) -> dict[str, Any]:
+        """What decides the optimisation: recorded in every checkpoint, compared on ``--resume``
+        (:mod:`.schedule`)."""
+        training = self.recipe.training
+        extra = {**(self.recipe.training_args or {}), **self.options.get("training_args", {})}
+        schedule: dict[str, Any] = {
+            "max_steps": self.options.get("max_steps") or None, "epochs": self.epochs,
+            "learning_rate": self.learning_rate, "batch_size": training.batch_size,
+            "gradient_accumulation_steps": training.gradient_accumulation_steps,
+            "warmup_ratio": training.warmup_ratio, "lr_scheduler": training.lr_scheduler,
+            "weight_decay": training.weight_decay, "max_grad_norm": training.max_grad_norm, "seed": training.seed,
+            "packing": training.packing, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        }
+        schedule.update({f"training_args.{k}": v for k, v in sorted(extra.items()) if k in SCHEDULE_TRAINING_ARGS})
+        return schedule
+
+    @property
+    def random_init(self) -> str | None:
+        """How the base weights were made when that was a random initialisation (a demo), else ``None``."""
+        if self.model_dir is None:
+            return f"{self.preset} preset, seed {self.recipe.training.seed}"
+        return random_init_of(self.model_dir)
+
+    @property
     def run_info(self) -> dict[str, Any]:
         """What ``longllava_run.json`` records (compared on a rerun of an unstarted run)."""
         return {"recipe": self.recipe.name, "stage": self.stage.name, "finetune": "lora" if self.lora else "full",
@@ -117,6 +154,11 @@ class FinetuneResult:
             (``images`` / ``video`` / ``volume`` / ``tiled``: the adapter's kind), ``source``,
             ``adapter``, ``adapter_options``, ``max_images``, ``labels``.
         stopped: the run stopped on a signal after saving a checkpoint (resume it).
+        chance: the chance baselines of ``metrics`` (``{"eval_accuracy": {"majority": .., "random": ..}}``,
+            :mod:`longllava_sdk.chance`).
+        random_init: how the base weights were made when they were random (a demo run:
+            expect metrics near chance), else ``None``.
+        trained_rows: the number of training rows.
     """
 
     output_dir: Path
@@ -133,6 +175,9 @@ class FinetuneResult:
     example: dict[str, Any] = field(default_factory=dict)
     generates: bool = True
     stopped: bool = False
+    chance: dict[str, dict[str, float]] = field(default_factory=dict)
+    random_init: str | None = None
+    trained_rows: int = 0
 
 
 # -- plan ----------------------------------------------------------------------------------------
@@ -151,7 +196,8 @@ class FinetuneArgs:
         head: task head: generate, multilabel, classify or a plugin's head (default: the recipe's).
         full: full fine-tuning instead of LoRA.
         deepspeed: DeepSpeed preset (zero2, zero3, zero3-offload) or a DeepSpeed JSON file; launch with torchrun.
-        resume: continue the run in --output from its newest complete checkpoint.
+        resume: continue the run in --output from its newest complete checkpoint (refused when --max-steps,
+            --epochs, --lr, --batch-size or the recipe's schedule differ from the run's; see --force-schedule).
         overwrite: delete the previous run in --output and start again.
         epochs: number of epochs (default: the recipe's).
         lr: peak learning rate (default: the recipe's, else the stage's; cosine schedule with 3 percent warm-up).
@@ -161,10 +207,12 @@ class FinetuneArgs:
         logging_steps: log the loss every N steps (default: about 20 log lines per run).
         report_to: logging integrations for the HF Trainer (none, tensorboard, wandb, ...).
         router_aux_loss_coef: add the MoE load-balancing loss with this weight (ignored for single-expert models).
-        merge: after LoRA, also write a standalone merged model (what Pipeline loads).
+        merge: after LoRA, also write a standalone merged model in model/ (what Pipeline loads).
         preset: model preset for a new model when --model is not given (tiny runs on CPU).
         adapter_options: options for the input adapters, KEY=VALUE (typed by each adapter's declared
             options; override the recipe's), e.g. allow_non_parallel=true.
+        force_schedule: with --resume, continue under a schedule that differs from the run's (the weights
+            will differ from an uninterrupted run).
     """
 
     domain: str | None = None
@@ -188,6 +236,7 @@ class FinetuneArgs:
     merge: bool = True
     preset: str = "tiny"
     adapter_options: dict[str, Any] | None = None
+    force_schedule: bool = False
 
 
 def finetune_args(args: FinetuneArgs | str | os.PathLike[str] | Recipe | None, fields: dict[str, Any]) -> FinetuneArgs:
@@ -221,7 +270,7 @@ def plan_finetune(
         if data is None:
             raise ConfigError(f"nothing to train on: pass {option_hint('domain', 'NAME')} (a registered domain or a "
                               f"recipe .yaml) or {option_hint('data', 'FILE')}")
-        recipe = Recipe(name="custom", stage=stage or "domain", head=HeadSettings(type=head or "generate"))
+        recipe = Recipe(name="custom", stage=get_stage(stage or "domain").name, head=HeadSettings(type=head or "generate"))
     else:
         recipe = load_recipe(domain)
     if batch_size is not None:
@@ -274,9 +323,13 @@ def plan_finetune(
                      save_steps=a.save_steps, logging_steps=a.logging_steps, report_to=a.report_to,
                      output_router_logits=a.router_aux_loss_coef is not None and a.router_aux_loss_coef > 0,
                      router_aux_loss_coef=a.router_aux_loss_coef, merge=a.merge, exit_on_sigterm=exit_on_sigterm,
-                     callbacks=list(callbacks), training_args=dict(training_args or {})),
+                     callbacks=list(callbacks), training_args=dict(training_args or {}),
+                     force_schedule=a.force_schedule, schedule_changes=[], arguments=asdict(a)),
     )
     plan.resume_from = check_output_dir(output_dir, resume=a.resume, overwrite=a.overwrite, run_info=plan.run_info)
+    if plan.resume_from is not None:
+        plan.options["schedule_changes"] = check_resume_schedule(plan.resume_from, plan.schedule,
+                                                                 force=a.force_schedule)
     return plan
 
 
@@ -305,6 +358,9 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     if is_main:
         resume_from = prepare_output_dir(output_dir, resume=opts["resume"], overwrite=opts["overwrite"],
                                          run_info=plan.run_info)
+        with storage_errors(output_dir, doing=f"writing {RUN_CONFIG_NAME}", kept=kept_checkpoint(output_dir),
+                            resume=resume_from is not None):
+            write_run_config(plan, resume_from)
     setup = prepare_distributed(opts["deepspeed"], run_dir=output_dir)
 
     # -- model ----------------------------------------------------------------------------------
@@ -321,11 +377,13 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
             if not is_main:
                 raise TrainingError(f"{base_dir}: the base model was not written by the main process")
             fresh, processor = create_model(plan.preset, seed=training.seed)
-            save_model(fresh, processor, base_dir, overwrite=True)
+            with storage_errors(output_dir, doing=f"writing the new base model to {base_dir}",
+                                kept="no checkpoint was written", resume=False):
+                save_model(fresh, processor, base_dir, overwrite=True, info={RANDOM_INIT_KEY: plan.random_init})
         if not is_main and opts["resume"]:
             resume_from = latest_complete_checkpoint(output_dir)
     model, _ = load_model(base_dir, dtype=dtype)
-    get_plugin_manager().call_checked("longllava_model_loaded", returns="None", check=lambda r: r is None,
+    get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                       model=model, config=model.config)
     if resume_from is not None and is_main:
         logger.info("resuming from %s (step %s)", resume_from, _step_of(resume_from))
@@ -374,7 +432,9 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     plugin_callbacks = [cb for batch in get_plugin_manager().call_checked(
         "longllava_trainer_callbacks", returns="a list of transformers.TrainerCallback objects (or classes)",
         check=_is_callback_list, training_args=args, recipe=recipe) for cb in batch]
-    info = {**plan.run_info, "base_model": str(base_dir.resolve()), "labels": list(task_head.labels)}
+    info = {**plan.run_info, "base_model": str(base_dir.resolve()), "labels": list(task_head.labels),
+            "schedule": plan.schedule, **({RANDOM_INIT_KEY: plan.random_init} if plan.random_init else {}),
+            "trained_rows": len(plan.data.train)}
     trainer = LongLLaVATrainer(task_model, args, processor=processor, train_dataset=train_dataset,
                                eval_dataset=eval_dataset, data_collator=collator,
                                callbacks=[*opts["callbacks"], *plugin_callbacks],
@@ -395,28 +455,120 @@ def run_finetune(plan: FinetunePlan) -> FinetuneResult:
     metrics["train_loss"] = float(train_output.training_loss)
 
     # -- export ---------------------------------------------------------------------------------
+    info["trained_steps"] = trainer.run_info["trained_steps"] = trainer.state.global_step
+    # One name for the standalone model whatever the update kind: model/ (LoRA: merged; full: as trained).
     adapter_dir = output_dir / "adapter" if plan.lora else None
-    model_dir_out: Path | None = output_dir / ("merged" if plan.lora else "model")
+    model_dir_out: Path | None = output_dir / MODEL_DIR
     export_dir = adapter_dir if plan.lora else model_dir_out
     assert export_dir is not None
-    with staged_export(export_dir, is_main=is_main) as staging:  # no half-written export, ever
-        trainer.save_model(str(staging))  # gathers ZeRO-3 weights when needed
-        if is_main:
-            processor.save_pretrained(staging)
+    guard = dict(kept=kept_checkpoint(output_dir))
+    with storage_errors(output_dir, doing=f"exporting {export_dir.name}/", **guard):
+        with staged_export(export_dir, is_main=is_main) as staging:  # no half-written export, ever
+            with storage_errors(staging, doing=f"exporting {export_dir.name}/", **guard):
+                trainer.save_model(str(staging))  # gathers ZeRO-3 weights when needed
+                if is_main:
+                    processor.save_pretrained(staging)
     merge_here = plan.lora and opts["merge"] and not trainer.zero3  # ZeRO-3: shards only; merge afterwards
     if plan.lora and not merge_here:
         model_dir_out = None
+    chance = dict(trainer.last_chance)
     if is_main:
         if merge_here:
-            export_merged(backbone, processor, model_dir_out, head=task_head,
-                          info={**info, "adapter": str(adapter_dir)}, overwrite=True)
-        summary = {"metrics": metrics, "evaluated_on": evaluated_on, "train_seconds": train_seconds,
+            with storage_errors(output_dir, doing=f"writing the merged model to {model_dir_out}", **guard):
+                export_merged(backbone, processor, model_dir_out, head=task_head,
+                              info={**info, "adapter": str(adapter_dir)}, overwrite=True)
+            _legacy_alias(output_dir)
+        summary = {"metrics": metrics, "chance": chance, "evaluated_on": evaluated_on, "train_seconds": train_seconds,
                    "global_step": trainer.state.global_step, **info}
-        (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        with storage_errors(output_dir, doing="writing the run's reports", **guard):
+            (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            plot_loss(read_trainer_log(output_dir / TRAINER_LOG_NAME), output_dir / LOSS_PLOT_NAME,
+                      title=f"{output_dir.name}: training loss")
     example = usage_example(eval_dataset if evaluated_on == "eval" else plan.data.train, recipe)
     return FinetuneResult(output_dir, model_dir_out, adapter_dir, metrics, evaluated_on, task_head.name,
                           plan.stage.name, mode, resume_from, train_seconds, trainer.state.global_step, example,
-                          generates=task_head.generates)
+                          generates=task_head.generates, chance=chance, random_init=plan.random_init,
+                          trained_rows=len(plan.data.train))
+
+
+def _legacy_alias(output_dir: Path) -> None:
+    """``merged -> model``: a relative symlink, so paths written for the old LoRA layout still load."""
+    alias = output_dir / LEGACY_MERGED_DIR
+    if alias.exists() and not alias.is_symlink():
+        return  # a real folder of that name (not ours to replace)
+    tmp = output_dir / f".{LEGACY_MERGED_DIR}.link-{os.getpid()}"
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(MODEL_DIR, tmp, target_is_directory=True)
+        os.replace(tmp, alias)
+    except OSError as exc:  # a filesystem without symlinks: the alias is a convenience
+        logger.info("no %s alias for %s/ (%s)", LEGACY_MERGED_DIR, MODEL_DIR, exc)
+
+
+def _package_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+    import platform
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("longllava-sdk", "torch", "transformers", "peft", "accelerate", "deepspeed"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _data_record(path: Path | None, rows: int | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    record: dict[str, Any] = {"path": str(path.resolve()), "rows": rows}
+    try:
+        stat = path.stat()
+    except OSError:
+        return record
+    record["bytes"] = stat.st_size
+    if stat.st_size <= _HASHED_DATA_BYTES and path.is_file():
+        record["sha256"] = file_sha256(path)
+    else:
+        record["mtime"] = stat.st_mtime
+    return record
+
+
+def write_run_config(plan: FinetunePlan, resume_from: Path | None = None) -> Path:
+    """Write ``run.json``: every option as resolved, the recipe, the schedule, versions and data hashes.
+
+    A resumed run rewrites it with its own options, the checkpoint it resumed from and the
+    schedule changes it was allowed (``--force-schedule``); the schedule each checkpoint was
+    trained under stays in that checkpoint (``longllava_training.json``).
+    """
+    options = {k: v for k, v in plan.options.items() if k not in ("callbacks", "schedule_changes", "arguments")}
+    eval_rows = plan.data.eval.rows if plan.data.eval is not None else None
+    config = {
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run": plan.run_info,
+        "output_dir": str(plan.output_dir.resolve()),
+        "model_dir": MODEL_DIR,
+        "preset": plan.preset if plan.model_dir is None else None,
+        RANDOM_INIT_KEY: plan.random_init,
+        "learning_rate": plan.learning_rate,
+        "epochs": plan.epochs,
+        "schedule": plan.schedule,
+        "arguments": plan.options.get("arguments"),  # the FinetuneArgs as given (flags / fields)
+        "options": options,                          # as resolved for the run
+        "recipe": plan.recipe.to_dict(),
+        "data": {"train": _data_record(plan.data.data_path, len(plan.data.train)),
+                 "eval_rows": None if eval_rows is None else len(eval_rows),
+                 "root": str(plan.data.root)},
+        "versions": _package_versions(),
+        "resumed_from": str(resume_from) if resume_from is not None else None,
+        "schedule_changes": list(plan.options.get("schedule_changes") or []),
+    }
+    path = plan.output_dir / RUN_CONFIG_NAME
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(config, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def finetune(args: FinetuneArgs | str | None = None, /, **fields: Any) -> FinetuneResult:
@@ -424,9 +576,10 @@ def finetune(args: FinetuneArgs | str | None = None, /, **fields: Any) -> Finetu
 
     With only --domain (e.g. `longllava-sdk finetune --domain medical`) this builds a new
     tiny model, trains LoRA on the recipe's bundled sample data, evaluates the task head,
-    saves everything under runs/<domain>-<stage>-lora/ (adapter/ and the merged model in merged/)
-    and prints how to run the result. Everything is validated (model, data rows and their
-    media, output folder) before the output folder is created. A recipe .yaml is also a
+    saves everything under runs/<domain>-<stage>-lora/ (adapter/, the merged model in model/,
+    trainer_log.jsonl, training_loss.png, run.json) and prints how to run the result.
+    Everything is validated (model, data rows and their media, output folder) before the
+    output folder is created. A recipe .yaml is also a
     valid --config file (`finetune --config recipe.yaml` trains that recipe).
 
     Args:

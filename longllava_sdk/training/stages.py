@@ -30,12 +30,12 @@ LLM's ``lm_head`` when a classification head replaces it.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_name_error
 from ..recipes import COMPONENTS, STAGES, Stage  # the one stage table (recipes name stages)
 
 #: parameter-name prefix of each model component (on the unwrapped LongLLaVA model).
@@ -48,7 +48,7 @@ def get_stage(name: str | Stage) -> Stage:
         return name
     key = str(name).strip().lower().replace("_", "-")
     if key not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; available: {', '.join(STAGES)}")
+        raise unknown_name_error("stage", str(name), STAGES)
     return STAGES[key]
 
 

@@ -5,8 +5,9 @@
 checkpoints written atomically with a completeness marker (:mod:`.checkpointing`); resume
 from them bit-exactly (weights, optimizer, scheduler, RNG and data order through the
 Trainer's own machinery); SIGTERM -> checkpoint at the next step boundary -> exit 143; the
-first-step gradient check (:func:`.lora.check_gradients`); ``evaluate()`` producing the
-head's metrics (generated answers for ``generate`` heads). Heads other than ``generate``
+first-step gradient check (:func:`.lora.check_gradients`); ``trainer_log.jsonl`` and numeric
+console logs (:mod:`.run_log`); ``evaluate()`` producing the head's metrics (and their chance
+baselines, :mod:`longllava_sdk.chance`) (generated answers for ``generate`` heads). Heads other than ``generate``
 read only the prompt (:class:`PromptOnlyCollator`: the answer is cut off, else the label
 would be in the input).
 
@@ -29,9 +30,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..errors import CheckpointError, ConfigError, TrainingError, option_hint
+from ..chance import chance_baselines
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..model_folders import (
     ADAPTER_WEIGHTS_NAME,
     STATE_WEIGHTS_NAME,
@@ -42,8 +45,10 @@ from ..model_folders import (
 from ..modeling.task_model import TaskModel
 from ..processing.processor import IGNORE_INDEX, EncodedSample
 from ..recipes import TrainingSettings
-from .checkpointing import SIGTERM_EXIT_CODE, GracefulStop, SigtermCallback, staged_checkpoint
+from .checkpointing import (SIGTERM_EXIT_CODE, GracefulStop, SigtermCallback, kept_checkpoint, staged_checkpoint,
+                            storage_errors)
 from .lora import check_gradients, raise_for_gradients
+from .run_log import NumericPrinterCallback, NumericProgressCallback, TrainerLogCallback
 
 logger = logging.getLogger(__name__)
 
@@ -330,13 +335,22 @@ class LongLLaVATrainer(Trainer):
             callbacks.append(NonFiniteUpdateCallback(self))
         if check_gradients:
             callbacks.append(GradientCheckCallback(self))
+        callbacks.append(TrainerLogCallback())
         kwargs.setdefault("processing_class", None)
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        # transformers prints logs with floats formatted into strings; swap in ours (numbers stay numbers)
+        for theirs, ours in ((ProgressCallback, NumericProgressCallback), (PrinterCallback, NumericPrinterCallback)):
+            if any(type(cb) is theirs for cb in self.callback_handler.callbacks):
+                self.remove_callback(theirs)
+                self.add_callback(ours)
         self.processor = processor
         self.exit_on_sigterm = exit_on_sigterm
         self.max_new_tokens = max_new_tokens
         self.run_info = dict(run_info or {})
         self.stopped_by_signal = False
+        #: the chance baselines of the last ``evaluate`` (``{"eval_accuracy": {"majority": .., "random": ..}}``)
+        self.last_chance: dict[str, dict[str, float]] = {}
+        self._chance: dict[str, dict[str, float]] = {}
         self._images_since_step = False
         self._saving_checkpoint = False
 
@@ -430,48 +444,44 @@ class LongLLaVATrainer(Trainer):
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, written into a staging folder and renamed when complete.
 
-        A write that fails (disk full, quota, I/O error) ends the run with a
-        :class:`CheckpointError` naming the last complete checkpoint, which is left untouched;
-        the partial folder is never marked complete, so ``--resume`` cannot pick it.
+        A write that fails on storage (disk full, quota, read-only filesystem, permission, I/O)
+        ends the run with a one-line :class:`CheckpointError` naming the file, the cause and
+        the last complete checkpoint, which is left untouched; the partial folder is removed
+        (freeing what it took) and was never marked complete, so ``--resume`` cannot pick it.
         """
         if self.hp_search_backend is None and trial is None:
             self.store_flos()
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
-        try:
-            self._write_checkpoint(run_dir, step)
-        except OSError as exc:
-            from .checkpointing import latest_complete_checkpoint
-
-            previous = latest_complete_checkpoint(run_dir)
-            kept = f"the last complete checkpoint, {previous}, is intact" if previous else "no earlier checkpoint exists"
-            raise CheckpointError(f"{run_dir}: writing checkpoint-{step} failed ({exc.strerror or exc}); {kept}; free "
-                                  f"space and rerun with {option_hint('resume')}") from exc
+        guard = dict(doing=f"writing checkpoint-{step}", kept=kept_checkpoint(run_dir))
+        with storage_errors(run_dir, **guard):  # the staging folder itself, the marker, the rename
+            with staged_checkpoint(run_dir, step, is_main=self.args.should_save) as staging:
+                with storage_errors(staging, **guard):  # inside: the partly written file still exists
+                    self._write_checkpoint(staging)
         if self.args.should_save:
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
-    def _write_checkpoint(self, run_dir: str, step: int) -> None:
-        with staged_checkpoint(run_dir, step, is_main=self.args.should_save) as staging:
-            self._saving_checkpoint = True
-            try:
-                self.save_model(str(staging), _internal_call=True)
-            finally:
-                self._saving_checkpoint = False
-            if not self.args.save_only_model:
-                self._save_optimizer_and_scheduler(str(staging))
-                self._save_scaler(str(staging))
-                self._save_rng_state(str(staging))
-            if self.args.should_save:
-                from transformers.trainer_callback import ExportableState
+    def _write_checkpoint(self, staging: Path) -> None:
+        self._saving_checkpoint = True
+        try:
+            self.save_model(str(staging), _internal_call=True)
+        finally:
+            self._saving_checkpoint = False
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(staging))
+            self._save_scaler(str(staging))
+            self._save_rng_state(str(staging))
+        if self.args.should_save:
+            from transformers.trainer_callback import ExportableState
 
-                for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
-                    name = cb.__class__.__name__
-                    if isinstance(self.state.stateful_callbacks.get(name), list):
-                        self.state.stateful_callbacks[name].append(cb.state())
-                    else:
-                        self.state.stateful_callbacks[name] = cb.state()
-                self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+            for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
+                name = cb.__class__.__name__
+                if isinstance(self.state.stateful_callbacks.get(name), list):
+                    self.state.stateful_callbacks[name].append(cb.state())
+                else:
+                    self.state.stateful_callbacks[name] = cb.state()
+            self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         if not self.args.should_save:
@@ -521,6 +531,7 @@ class LongLLaVATrainer(Trainer):
         raw["runtime"] = time.time() - start
         raw["samples"] = float(len(dataset))
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in raw.items()}
+        self.last_chance = {f"{metric_key_prefix}_{k}": v for k, v in self._chance.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -563,8 +574,11 @@ class LongLLaVATrainer(Trainer):
         unique = _dedupe(self._gather(rows))
         predictions = torch.tensor([r[1] for r in unique])
         targets = torch.tensor([r[2] for r in unique])
-        metrics = dict(task_model.head.metrics(predictions, targets))
+        head = task_model.head
+        metrics = dict(head.metrics(predictions, targets))
         metrics["loss"] = sum(r[3] for r in unique) / max(len(unique), 1)
+        self._chance = chance_baselines(lambda p, t: head.metrics(torch.tensor(p), torch.tensor(t)),
+                                        [r[2] for r in unique])
         return metrics
 
     @torch.no_grad()
@@ -601,8 +615,10 @@ class LongLLaVATrainer(Trainer):
                 prediction = decode_generated(generated[j, prompt_len:].tolist(), self.processor)
                 rows.append((index, prediction, references[j], float(losses)))
         unique = _dedupe(self._gather(rows))
-        metrics = dict(task_model.head.metrics([r[1] for r in unique], [r[2] for r in unique]))
+        head = task_model.head
+        metrics = dict(head.metrics([r[1] for r in unique], [r[2] for r in unique]))
         metrics["loss"] = sum(r[3] for r in unique) / max(len(unique), 1)
+        self._chance = chance_baselines(lambda p, t: dict(head.metrics(p, t)), [r[2] for r in unique])
         self.last_predictions = [{"index": r[0], "prediction": r[1], "reference": r[2]} for r in unique]
         return metrics
 

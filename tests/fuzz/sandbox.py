@@ -77,7 +77,7 @@ def run_job(job: dict[str, Any], *, timeout_s: float = 10.0, memory_mb: int = 20
     workdir = tempfile.mkdtemp(prefix="longllava-fuzz-cwd-")  # removed here, even if the worker is killed
     job = dict(job, memory_mb=memory_mb, cpu_limit_s=int(timeout_s * 2) + 5, workdir=workdir)
     try:
-        result, ended = spawn(_worker, (job,), timeout_s, preload=(*PRELOAD, __name__))
+        result, ended = spawn(_worker, (job,), timeout_s, preload=(*PRELOAD, __name__, __name__.rsplit(".", 1)[0] + ".hostile"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if ended is None:

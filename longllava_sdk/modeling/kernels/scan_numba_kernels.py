@@ -1,6 +1,6 @@
 """Numba CPU kernels of the selective scan: one pass over time per block of channels.
 
-Imported lazily by :mod:`longllava_sdk.modeling.selective_scan_cpu` (importing this module
+Imported lazily by :mod:`longllava_sdk.modeling.kernels.scan_numba` (importing this module
 imports numba). Everything here works on NumPy views of torch tensors, in float32.
 
 Why this shape of kernel (docs/selective_scan.md has the measurements):
@@ -27,7 +27,7 @@ Why this shape of kernel (docs/selective_scan.md has the measurements):
   (backward, where each group owns its own accumulators for the cross-channel gradients of
   ``B`` and ``C``, so no two threads write the same memory).
 
-Recurrence (channel d, state n, step t; see selective_scan.py)::
+Recurrence (channel d, state n, step t; see scan_torch.py)::
 
     dt = softplus(delta + bias);  a = exp(dt * A) (0 at a reset);  h = a * h + dt * u * B
     y = sum_n C h;  out = (y + D u) * z * sigmoid(z)

@@ -1,10 +1,10 @@
 """CPU fast path of the selective scan: the numba kernels behind a torch autograd Function.
 
-:func:`~longllava_sdk.modeling.selective_scan.selective_scan` calls
+:func:`~longllava_sdk.modeling.kernels.interface.selective_scan` calls
 :func:`selective_scan_numba` for CPU tensors when :func:`numba_unavailable_reason` returns
-``None``; otherwise it keeps its chunked torch path. This module only converts between torch
-and the kernels of :mod:`.selective_scan_numba` (imported on first use, so importing the SDK
-does not import numba):
+``None``; otherwise it takes the chunked torch path (:mod:`.scan_torch`). This module only
+converts between torch and the kernels of :mod:`.scan_numba_kernels` (imported on first use,
+so importing the SDK does not import numba):
 
 * tensors are handed over as NumPy views, without copies where the layout allows (see
   :func:`_flat`); the kernels compute in float32 whatever the input dtype (float64 inputs stay
@@ -70,10 +70,10 @@ def _import_kernels() -> tuple[ModuleType | None, str | None]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from . import selective_scan_numba
+            from . import scan_numba_kernels
     except Exception as exc:  # not installed, incompatible with this NumPy / llvmlite
         return None, f"numba cannot be imported ({type(exc).__name__}: {exc})"
-    return selective_scan_numba, None
+    return scan_numba_kernels, None
 
 
 def numba_version() -> str | None:
@@ -286,7 +286,7 @@ def selective_scan_numba(
     reset_mask: torch.Tensor | None,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The selective scan with the numba kernels; same arguments as ``selective_scan``.
+    """The selective scan with the numba kernels; same arguments as ``interface.selective_scan``.
 
     Shapes are checked by the caller. Returns ``out`` (Bt, D, L) in ``u.dtype`` and the last
     state (Bt, D, N) in float32. With grad enabled and any input requiring grad, the result

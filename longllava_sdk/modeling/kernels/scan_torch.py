@@ -1,18 +1,12 @@
-"""The selective scan (the Mamba-1 SSM) for machines without CUDA kernels.
+"""The selective scan in torch: the reference / fallback path (any device, float64 too).
 
-Two implementations behind one function, :func:`selective_scan`:
-
-* **fast path** (CPU, default): fused numba kernels, one pass over time per block of
-  channels, with a recomputing backward kernel (:mod:`.selective_scan_cpu`,
-  :mod:`.selective_scan_numba`);
-* **slow path** (any device, and the fallback): the chunked torch implementation below.
-
-:func:`selective_scan_backend` names the one in use; the ``backend`` argument or the
-``LONGLLAVA_SCAN_BACKEND`` environment variable (``auto``, ``numba``, ``torch``) forces one.
+:func:`~longllava_sdk.modeling.kernels.interface.selective_scan` calls
+:func:`selective_scan_torch` when neither mamba-ssm's CUDA kernel nor the numba CPU kernels
+(:mod:`.scan_numba`) can take the tensors, or when ``LONGLLAVA_SCAN_BACKEND=torch``.
 
 transformers' fallback for ``mamba_selective_scan`` loops over every time step in Python and
 lets autograd keep every step, which makes training impractical on CPU (minutes at 1K tokens).
-The slow path below computes the same thing with the sequence cut into chunks:
+This path computes the same thing with the sequence cut into chunks:
 
 * inside a chunk the recurrence runs step by step, but for many chunks at once (one Python
   iteration per position *within* a chunk, not per token);
@@ -42,23 +36,11 @@ backward pass.
 from __future__ import annotations
 
 import math
-import os
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError
-from . import selective_scan_cpu
-
-__all__ = ["selective_scan", "selective_scan_backend", "MAX_GROUP_ELEMENTS", "BACKEND_ENV"]
-
-ScanBackend = Literal["auto", "numba", "torch"]
-
-#: Environment variable that forces the scan implementation: ``auto`` (default: numba on CPU
-#: when it can run, torch otherwise), ``numba`` (error if it cannot run) or ``torch``.
-BACKEND_ENV = "LONGLLAVA_SCAN_BACKEND"
-_BACKENDS = ("auto", "numba", "torch")
+__all__ = ["selective_scan_torch", "MAX_GROUP_ELEMENTS"]
 
 #: Upper bound on the number of elements of one (chunk_len, Bt, chunks, D, N) working tensor.
 #: Chunks are processed in groups small enough to stay under it (at least one chunk per group),
@@ -66,133 +48,29 @@ _BACKENDS = ("auto", "numba", "torch")
 MAX_GROUP_ELEMENTS = 1 << 22
 
 
-def selective_scan(
+def selective_scan_torch(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-    initial_state: torch.Tensor | None = None,
-    reset_mask: torch.Tensor | None = None,
-    chunk_size: int = 64,
-    backend: ScanBackend | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selective scan with the semantics of mamba-ssm's ``selective_scan_fn``.
-
-    Args:
-        u: input ``(Bt, D, L)``.
-        delta: time steps before bias / softplus, ``(Bt, D, L)``.
-        A: state matrix ``(D, N)``, expected negative (``-exp(A_log)``).
-        B: input projection ``(Bt, N, L)``.
-        C: output projection ``(Bt, N, L)``.
-        D: skip weight ``(D,)`` or ``None``.
-        z: gate ``(Bt, D, L)``; the output is multiplied by ``silu(z)``.
-        delta_bias: ``(D,)`` added to ``delta`` before the softplus.
-        delta_softplus: apply ``softplus`` to the time steps.
-        return_last_state: also return the state after the last step.
-        initial_state: state before the first step ``(Bt, D, N)``; zeros when ``None``.
-        reset_mask: ``(Bt, L)`` bool; ``True`` at ``t`` zeroes the state before step ``t``
-            (start of a new packed sample), so no state crosses a sample boundary.
-        chunk_size: positions per chunk: the torch path's Python iterations per pass; on both
-            paths, the interval at which states are kept for the backward.
-        backend: ``"auto"`` (numba kernels for CPU tensors when numba imports, the chunked torch
-            path otherwise), ``"numba"`` (raise if the kernels cannot take these tensors) or
-            ``"torch"``; ``None`` reads ``LONGLLAVA_SCAN_BACKEND`` (default ``auto``).
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    initial_state: torch.Tensor | None,
+    reset_mask: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked torch scan; arguments as :func:`~.interface.selective_scan` (checked there).
 
     Returns:
-        ``out`` ``(Bt, D, L)`` in ``u.dtype``, and with ``return_last_state`` also the last
-        state ``(Bt, D, N)`` in float32 (float64 for float64 inputs), like mamba-ssm.
+        ``out`` ``(Bt, D, L)`` in ``u.dtype`` and the last state ``(Bt, D, N)`` in float32
+        (float64 for float64 inputs); differentiable with respect to every float input.
     """
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask)
-    if int(chunk_size) < 1:
-        raise InputError(None, f"selective_scan: chunk_size must be >= 1, got {chunk_size}")
-    requested = _requested_backend(backend)
-    if requested != "torch":
-        # Fast path: the fused numba kernels (CPU, float32/bf16/fp16).
-        why_not = selective_scan_cpu.numba_unavailable_reason(
-            u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask
-        )
-        if why_not is None:
-            try:
-                out, last_state = selective_scan_cpu.selective_scan_numba(
-                    u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
-                    reset_mask, int(chunk_size),
-                )
-                return (out, last_state) if return_last_state else out
-            except selective_scan_cpu.KernelCompileError as exc:  # logged once; torch from now on
-                why_not = str(exc)
-        if requested == "numba":
-            raise InputError(None, f"selective_scan: backend 'numba' was requested but {why_not}")
-    # Slow path: the chunked torch implementation (any device, float64).
-    out, last_state = _SelectiveScanFunction.apply(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask,
-        bool(delta_softplus), int(chunk_size),
+    return _SelectiveScanFunction.apply(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask, bool(delta_softplus), int(chunk_size),
     )
-    if return_last_state:
-        return out, last_state
-    return out
-
-
-def _requested_backend(backend: str | None) -> str:
-    value = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
-    value = value.strip().lower() or "auto"
-    if value not in _BACKENDS:
-        source = "backend" if backend is not None else BACKEND_ENV
-        raise ConfigError(f"selective_scan: {source}={value!r}; expected one of {', '.join(_BACKENDS)}")
-    return value
-
-
-def selective_scan_backend(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> str:
-    """The implementation the Mamba layers use for tensors of this device and dtype.
-
-    Returns:
-        ``"numba-cpu"`` (fused numba kernels) or ``"torch-chunked"`` (the chunked torch scan of
-        this module, on any other device too). Honours ``LONGLLAVA_SCAN_BACKEND``. (On CUDA the
-        dispatcher in :mod:`.mamba_kernels` may hand the call to mamba-ssm's kernel before it
-        reaches this module: ``kernel_report`` says which.)
-    """
-    device = torch.device(device)
-    requested = _requested_backend(None)
-    if requested == "torch" or device.type != "cpu":
-        return "torch-chunked"
-    probe = torch.empty(0, dtype=dtype, device="cpu")  # explicit: a torch.device("meta") context must not leak in
-    return "numba-cpu" if selective_scan_cpu.numba_unavailable_reason(probe) is None else "torch-chunked"
-
-
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state, reset_mask) -> None:
-    def bad(problem: str) -> InputError:
-        return InputError(None, f"selective_scan: {problem}")
-
-    if u.dim() != 3:
-        raise bad(f"u must be (batch, channels, length), got shape {tuple(u.shape)}")
-    bsz, dim, length = u.shape
-    if length == 0:
-        raise bad("u has no time steps (length 0)")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise bad(f"A must be ({dim}, state_size), got shape {tuple(A.shape)}")
-    n = A.shape[1]
-    expected = {
-        "delta": (delta, (bsz, dim, length)),
-        "B": (B, (bsz, n, length)),
-        "C": (C, (bsz, n, length)),
-        "D": (D, (dim,)),
-        "z": (z, (bsz, dim, length)),
-        "delta_bias": (delta_bias, (dim,)),
-        "initial_state": (initial_state, (bsz, dim, n)),
-        "reset_mask": (reset_mask, (bsz, length)),
-    }
-    for name, (tensor, shape) in expected.items():
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise bad(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
-    if reset_mask is not None and reset_mask.dtype != torch.bool:
-        raise bad(f"reset_mask must be a bool tensor, got {reset_mask.dtype}")
-    if reset_mask is not None and reset_mask.requires_grad:
-        raise bad("reset_mask cannot require grad")
 
 
 # --------------------------------------------------------------------------------------------
