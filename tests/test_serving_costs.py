@@ -212,15 +212,27 @@ def test_an_extreme_aspect_ratio_png_ends_bounded(pipe):
 
 
 def test_a_decoder_that_runs_past_its_budget_is_killed_and_the_slot_returned(pipe, root):
-    """An MP4 whose track box is repeated 990 times keeps FFmpeg's open busy inside one C call
-    (over a second); its worker is killed at decode_timeout and the server answers again."""
-    with serving(pipe, root=root, decode_timeout=0.25, max_queue=0) as server:
+    """A decode that outlives --decode-timeout (here: sampling a real clip in 20 ms, which takes
+    well over 100 ms) has its worker killed: 422, and the generation slot is back at once."""
+    with serving(pipe, root=root, decode_timeout=0.02, max_queue=0) as server:
         started = time.monotonic()
-        response = post(server, "What happens?", {"type": "video", "video": {"path": "clips/tracks.mp4"}})
+        response = post(server, "What happens?", {"type": "video", "video": {"path": "clips/bikes_1.mp4"}})
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "decode_timeout"
         assert time.monotonic() - started < 30
         assert server.wait_idle(10)  # the generation slot is back
+        plain_request_works(server)
+
+
+def test_an_mp4_with_a_repeated_track_box_ends_typed_within_seconds(pipe, root):
+    """The MP4 whose track box is repeated 990 times (FFmpeg's open grows quadratically with the
+    tracks): refused before FFmpeg parses it, or killed at its decode budget."""
+    with serving(pipe, root=root, decode_timeout=5) as server:
+        started = time.monotonic()
+        response = post(server, "What happens?", {"type": "video", "video": {"path": "clips/tracks.mp4"}})
+        assert response.status_code in (400, 422), response.text
+        assert response.json()["error"]["code"] in ("unreadable_source", "decode_timeout")
+        assert time.monotonic() - started < 30
         plain_request_works(server)
 
 
