@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from . import errors
-from .errors import ConfigError, DecodeLimitError
+from .errors import ConfigError, DecodeLimitError, option_hint
 
 #: Modules the fork server imports once; children inherit them already imported.
 PRELOAD = ("longllava_sdk.isolation", "longllava_sdk.pipeline", "longllava_sdk.isolation_preload", "numpy",
@@ -66,6 +66,21 @@ class DecodeLimits:
     @property
     def cpu_limit(self) -> int:
         return max(1, int(self.cpu_s if self.cpu_s is not None else self.timeout_s + 1))
+
+
+def requested_limits(isolate_decoding: bool, decode_timeout: float = DecodeLimits.timeout_s,
+                     decode_memory_mb: int = DecodeLimits.memory_mb) -> DecodeLimits | None:
+    """The limits a run's options ask for: ``None`` (decode in-process) unless ``isolate_decoding``.
+
+    The option names are those of ``finetune``, ``eval data`` and ``serve``; a limit that is
+    not positive is a :class:`ConfigError` naming its option (``--decode-timeout`` on the CLI).
+    """
+    for name, value in (("decode_timeout", decode_timeout), ("decode_memory_mb", decode_memory_mb)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{option_hint(name, 'N')} must be a positive number, got {value!r}")
+    if not isolate_decoding:
+        return None
+    return DecodeLimits(timeout_s=float(decode_timeout), memory_mb=int(decode_memory_mb))
 
 
 _CONTEXT: Any = None

@@ -28,6 +28,7 @@ from typing import Any
 from ..chance import chance_baselines
 from ..errors import ConfigError
 from ..heads import TaskHead
+from ..isolation import DecodeLimits, requested_limits
 from ..model_folders import random_init_of, read_training_info
 from ..options import LoadOptions, reject_unknown, take_options
 from ..processing.processor import LongLLaVAProcessor
@@ -81,6 +82,9 @@ def evaluate_data(
     load: LoadOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    isolate_decoding: bool = False,
+    decode_timeout: float = DecodeLimits.timeout_s,
+    decode_memory_mb: int = DecodeLimits.memory_mb,
     **fields: Any,
 ) -> EvalReport:
     """Score a model folder on a dataset (SDK data format) or a domain recipe's sample data.
@@ -104,17 +108,22 @@ def evaluate_data(
         load: device / dtype of the model (:class:`~longllava_sdk.options.LoadOptions`).
         overwrite: discard a previous run with other settings in --output and start again.
         progress: show a progress bar.
+        isolate_decoding: read every media file in a killable worker process under --decode-timeout and
+            --decode-memory-mb (data you do not trust); a file past a limit is a bad row. Scores are unchanged.
+        decode_timeout: with --isolate-decoding, seconds one source may take to decode (its worker is killed after).
+        decode_memory_mb: with --isolate-decoding, MiB a decoding worker's address space may grow by.
         fields: :class:`~longllava_sdk.options.LoadOptions` fields by name (``device="cpu"``).
     """
     load = take_options(fields, LoadOptions, load)
     reject_unknown(fields, "evaluate_data")
+    limits = requested_limits(isolate_decoding, decode_timeout, decode_memory_mb)
     if data is None and domain is None:
         raise ConfigError("nothing to evaluate on: pass a data file or a domain")
     predictor = Predictor.from_model_folder(model, load=load, max_new_tokens=max_new_tokens)
     processor = predictor.pipeline.processor
     recipe = load_recipe(domain) if domain is not None else None
     prepared = prepare_datasets(processor, recipe, data_path=data, data_root=data_root, max_images=max_images,
-                                head=predictor.head, adapter_options=adapter_options)
+                                head=predictor.head, adapter_options=adapter_options, isolate_decoding=limits)
     chosen = _select(prepared.train, prepared.eval, split)
     arguments = {"split": split, "max_images": max_images, "adapter_options": adapter_options,
                  "max_new_tokens": max_new_tokens, "dtype": load.dtype, "data_root": data_root,

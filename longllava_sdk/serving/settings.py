@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, option_hint
+from ..isolation import DecodeLimits
 from ..validation import problems
 
 MIB = 1024 * 1024
@@ -93,8 +94,8 @@ class ServerSettings(BaseModel):
     max_request_memory: str | None = None
     max_prompt_kb: Annotated[float, Positive] | None = None
     isolate_decoding: bool = True
-    decode_timeout: Annotated[float, Positive] = 30.0
-    decode_memory_mb: Annotated[int, Positive] = 2048
+    decode_timeout: Annotated[float, Positive] = DecodeLimits.timeout_s
+    decode_memory_mb: Annotated[int, Positive] = DecodeLimits.memory_mb
     header_timeout: Annotated[float, Positive] = 10.0
     keep_alive_timeout: Annotated[float, Positive] = 5.0
     body_timeout: Annotated[float, Positive] = 60.0

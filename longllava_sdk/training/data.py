@@ -522,7 +522,7 @@ class MediaLoader:
 
     def __init__(self, root: str | os.PathLike[str], recipe: Recipe | None = None, max_images: int | None = None,
                  adapter_options: dict[str, Any] | None = None,
-                 isolate_decoding: bool | DecodeLimits = False) -> None:
+                 isolate_decoding: bool | DecodeLimits | None = False) -> None:
         self.isolation: DecodeLimits | None = (
             (DecodeLimits() if isolate_decoding is True else isolate_decoding) or None)
         self.root = Path(os.path.realpath(root))
@@ -976,6 +976,7 @@ def prepare_datasets(
     skip_invalid: bool = False,
     cache_images: int = 256,
     num_workers: int = 0,
+    isolate_decoding: bool | DecodeLimits | None = False,
 ) -> PreparedData:
     """Read, split and validate the data of a run; return the train / eval datasets.
 
@@ -984,6 +985,8 @@ def prepare_datasets(
     ``training.seed``). ``data_path`` given explicitly uses its own folder as the root (not
     the recipe's), unless ``data_root`` is given. ``head`` (the run's task head) checks every
     row's labels and builds its targets; ``None`` trains the answer text.
+    ``isolate_decoding``: as for :class:`MediaLoader` (a read that runs past its limits is a
+    problem of its row, listed with the others).
 
     Raises:
         DatasetError: listing every bad row of both splits (unless ``skip_invalid``, which
@@ -1015,7 +1018,7 @@ def prepare_datasets(
         train_rows, eval_rows = rows, read_rows(eval_path, recipe=recipe)
     else:
         train_rows, eval_rows = split_rows(rows, fraction or 0.0, seed)
-    loader = MediaLoader(root, recipe, max_images, adapter_options)
+    loader = MediaLoader(root, recipe, max_images, adapter_options, isolate_decoding=isolate_decoding)
     cache = SampleCache(cache_images)
     problems = validate_rows(train_rows + eval_rows, processor, loader, max_length=max_length, head=head,
                              cache=cache, num_workers=num_workers, raise_errors=not skip_invalid, source=path)

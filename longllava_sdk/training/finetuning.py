@@ -36,6 +36,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..errors import ConfigError, TrainingError, option_hint
+from ..isolation import DecodeLimits, requested_limits
 from ..options import reject_unknown, take_options
 from ..heads import TaskHead
 from ..model_folders import (RANDOM_INIT_KEY, create_model, export_merged, load_model, random_init_of,
@@ -213,6 +214,10 @@ class FinetuneArgs:
             options; override the recipe's), e.g. allow_non_parallel=true.
         force_schedule: with --resume, continue under a schedule that differs from the run's (the weights
             will differ from an uninterrupted run).
+        isolate_decoding: read every media file in a killable worker process under --decode-timeout and
+            --decode-memory-mb (data you do not trust); a file past a limit is a bad row. Inputs are unchanged.
+        decode_timeout: with --isolate-decoding, seconds one source may take to decode (its worker is killed after).
+        decode_memory_mb: with --isolate-decoding, MiB a decoding worker's address space may grow by.
     """
 
     domain: str | None = None
@@ -237,6 +242,9 @@ class FinetuneArgs:
     preset: str = "tiny"
     adapter_options: dict[str, Any] | None = None
     force_schedule: bool = False
+    isolate_decoding: bool = False
+    decode_timeout: float = DecodeLimits.timeout_s
+    decode_memory_mb: int = DecodeLimits.memory_mb
 
 
 def finetune_args(args: FinetuneArgs | str | os.PathLike[str] | Recipe | None, fields: dict[str, Any]) -> FinetuneArgs:
@@ -314,7 +322,9 @@ def plan_finetune(
     task_head = head_cls(config.text_config.hidden_size, labels)
     prepared = prepare_datasets(processor, recipe, data_path=data, head=task_head,
                                 max_length=min(training.max_length, config.max_context),
-                                adapter_options=a.adapter_options)
+                                adapter_options=a.adapter_options,
+                                isolate_decoding=requested_limits(a.isolate_decoding, a.decode_timeout,
+                                                                  a.decode_memory_mb))
     plan = FinetunePlan(
         recipe=recipe, stage=stage_obj, head=task_head, lora=use_lora, output_dir=output_dir, resume_from=None,
         model_dir=model_dir, preset=preset, processor=processor, data=prepared, learning_rate=learning_rate,
