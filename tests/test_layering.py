@@ -20,7 +20,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (0, ("errors", "options", "media", "hookspecs", "hf_auto", "config", "adapters", "heads", "contracts", "units", "validation", "root_jail", "local_files", "decode_cost",
          "checkpoint", "highres", "context_limit", "processing.protocol", "processing.tokenizer", "importers", "manifest",
          "deidentify", "atomic", "chance", "exporters")),
-    (1, ("plugin_manager", "registry")),
+    (1, ("plugin_manager", "registry", "experts")),
     (2, ("recipes", "data_import", "export")),
     (3, ("modeling", "processing")),
     (4, ("model_folders", "convert_official", "quantization", "planner")),
