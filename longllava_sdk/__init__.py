@@ -16,12 +16,11 @@ Otherwise call ``longllava_sdk.register_auto_classes()`` before the Auto classes
 
 from __future__ import annotations
 
-import importlib
 import sys as _sys
-from typing import Any
 
 from .errors import LongLLaVAError
 from .hookspecs import hookimpl
+from .lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -56,13 +55,4 @@ if "transformers" in _sys.modules:  # the caller uses transformers already: the 
     register_auto_classes()
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, JambaConfig, PretrainedConfig
 
-from .config_view import _CLIP_L14_336, PRESETS, preset_dicts  # noqa: F401 (PRESETS re-exported)
+from .config_view import _CLIP_L14_336, PRESETS, PatchGeometry, preset_dicts  # noqa: F401 (PRESETS re-exported)
 from .config_view import validate_multimodal as _validate_multimodal
 
 # accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
@@ -38,7 +38,7 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
 # The presets' numbers live in the torch-free config_view (the planner reads them without transformers).
 
 
-class LongLLaVAConfig(PretrainedConfig):
+class LongLLaVAConfig(PatchGeometry, PretrainedConfig):
     """Configuration of :class:`~longllava_sdk.LongLLaVAForConditionalGeneration`.
 
     Args:
@@ -106,16 +106,6 @@ class LongLLaVAConfig(PretrainedConfig):
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
         self.validate_multimodal()
-
-    # -- derived geometry -------------------------------------------------------------------
-    @property
-    def patch_grid(self) -> int:
-        """Patches per side of the CLIP grid (24 for 336 px / patch 14)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.patch_grid**2
 
     def validate_multimodal(self) -> None:
         """Raise :class:`ConfigError` if the multimodal settings cannot work together."""

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from .errors import ConfigError, unknown_name_error
 from .prefill_sizes import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFILL_THRESHOLD
 
-__all__ = ["PRESETS", "ConfigView", "TextView", "VisionView", "preset_dicts", "validate_multimodal",
+__all__ = ["PRESETS", "ConfigView", "PatchGeometry", "TextView", "VisionView", "preset_dicts", "validate_multimodal",
            "parameter_shapes", "SKIPPED", "skipped_module",
            "POOLING_MODES", "PROJECTOR_TYPES", "MULTIMODAL_DEFAULTS", "JAMBA_DEFAULTS", "CLIP_VISION_DEFAULTS"]
 
@@ -179,8 +179,21 @@ class TextView:
         return replace(self, attn_layer_period=1, attn_layer_offset=0)
 
 
+class PatchGeometry:
+    """The CLIP patch grid of a config with a ``vision_config`` (shared by the view and ``LongLLaVAConfig``)."""
+
+    @property
+    def patch_grid(self) -> int:
+        """Patches per side of the CLIP grid (24 for 336 px / patch 14)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_grid**2
+
+
 @dataclass(frozen=True)
-class ConfigView:
+class ConfigView(PatchGeometry):
     """The numbers of a :class:`~longllava_sdk.config.LongLLaVAConfig`, read without torch or transformers.
 
     Attribute names are ``LongLLaVAConfig``'s, so code that reads sizes takes either.
@@ -244,15 +257,6 @@ class ConfigView:
     def with_(self, **changes: Any) -> "ConfigView":
         """A copy with top-level fields changed (``tokens_per_image=64``)."""
         return replace(self, **changes)
-
-    @property
-    def patch_grid(self) -> int:
-        """Patches per side of the CLIP grid (24 for 336 px / patch 14)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.patch_grid**2
 
 
 def validate_multimodal(config: Any) -> None:

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 #: rank of each module (dotted name under longllava_sdk, prefixes match sub-packages); a
 #: module may import modules of equal or lower rank only.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("errors", "options", "media", "hookspecs", "config", "config_view", "prefill_sizes", "adapters", "heads", "contracts", "units", "validation", "root_jail",
+    (0, ("errors", "options", "media", "hookspecs", "config", "config_view", "prefill_sizes", "lazy_exports", "adapters", "heads", "contracts", "units", "validation", "root_jail",
          "checkpoint", "highres", "context_limit", "processing.protocol", "processing.tokenizer", "importers", "manifest",
          "deidentify", "atomic", "chance")),
     (1, ("plugin_manager", "registry")),

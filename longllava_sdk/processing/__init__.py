@@ -7,8 +7,9 @@ torch or transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from .processor import IGNORE_INDEX, EncodedSample, LongLLaVAProcessor
@@ -17,15 +18,4 @@ if TYPE_CHECKING:
 __all__ = ["IGNORE_INDEX", "EncodedSample", "LongLLaVAProcessor", "build_tokenizer"]
 _LAZY = {"IGNORE_INDEX": ".processor", "EncodedSample": ".processor", "LongLLaVAProcessor": ".processor",
          "build_tokenizer": ".tokenizer"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)
