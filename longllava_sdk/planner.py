@@ -43,6 +43,7 @@ time loading them takes (``longllava-sdk bench --suite startup``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -277,6 +278,7 @@ class _Setting:
     text_tokens: int
     chunk: int
     mask_budget: int
+    chunks: _ChunkSchedule  # (largest chunk, largest mask) by prompt length
     vision_batch: int  # images per CLIP batch; 0: every image of the prompt at once
 
 
@@ -318,16 +320,42 @@ def _per_token_activation(arch: Architecture, s: _Setting, image_fraction: float
     return peak, name
 
 
-def _chunks(tokens: int, s: _Setting) -> tuple[int, int]:
-    """(largest chunk, largest ``chunk x (cached + chunk)`` mask) of a chunked prefill of ``tokens``."""
-    largest, mask, start = 0, 0, 0
-    while start < tokens:
-        size = min(tokens - start, effective_chunk(s.chunk, start, s.mask_budget))
-        largest = max(largest, size)
-        if start:  # the first chunk has no cache to offset: SDPA runs causal, no mask
-            mask = max(mask, size * (start + size))
-        start += size
-    return largest, mask
+class _ChunkSchedule:
+    """Where each chunk of a chunked prefill starts and how long it is, for any prompt length.
+
+    A chunk's length depends only on the tokens before it (:func:`effective_chunk`), so every
+    prompt's chunks are a prefix of one schedule, the last chunk cut at the prompt's end. The
+    planner's search asks for dozens of lengths of up to millions of tokens: the schedule is
+    built once (extended as needed) with running maxima, and each length is a bisection.
+    """
+
+    def __init__(self, chunk: int, mask_budget: int) -> None:
+        self.chunk, self.mask_budget = chunk, mask_budget
+        self.starts: list[int] = []
+        self.largest: list[int] = []  # the largest chunk among chunks 0..i
+        self.mask: list[int] = []  # the largest (C, cached + C) mask among chunks 1..i
+        self.end = 0
+
+    def _extend(self, tokens: int) -> None:
+        while self.end < tokens:
+            size = effective_chunk(self.chunk, self.end, self.mask_budget)
+            self.starts.append(self.end)
+            self.largest.append(max(size, self.largest[-1] if self.largest else 0))
+            # the first chunk has no cache to offset: SDPA runs causal, no mask
+            self.mask.append(max(size * (self.end + size) if self.end else 0, self.mask[-1] if self.mask else 0))
+            self.end += size
+
+    def __call__(self, tokens: int) -> tuple[int, int]:
+        """(largest chunk, largest ``chunk x (cached + chunk)`` mask) of a chunked prefill of ``tokens``."""
+        if tokens <= 0:
+            return 0, 0
+        self._extend(tokens)
+        last = bisect.bisect_left(self.starts, tokens) - 1  # the chunk holding the last token
+        start = self.starts[last]
+        size = min(tokens - start, effective_chunk(self.chunk, start, self.mask_budget))  # cut at the end
+        largest = max(size, self.largest[last - 1] if last else 0)
+        mask = max(size * (start + size) if start else 0, self.mask[last - 1] if last else 0)
+        return largest, mask
 
 
 def _vision(s: _Setting, images: int) -> int:
@@ -349,7 +377,7 @@ def _budget(arch: Architecture, s: _Setting, images: int, mode: str) -> list[Bud
     if one_shot:
         in_flight, mask, kv_copy = tokens, 0, 0
     else:
-        in_flight, mask = _chunks(tokens, s)
+        in_flight, mask = s.chunks(tokens)
         kv_copy = kv_per_token_layer * tokens if arch.attention_layers and tokens > in_flight else 0
     image_fraction = images * s.tokens_per_image / max(1, tokens)
     per_token, layer = _per_token_activation(arch, s, image_fraction, one_shot)
@@ -474,7 +502,7 @@ def plan_memory(
                        runtime=int(runtime_bytes if runtime_bytes is not None else (
                            CPU_RUNTIME_BYTES if device == "cpu" else CUDA_RUNTIME_BYTES)),
                        tokens_per_image=tpi, tag_tokens=int(tag_tokens_per_image), text_tokens=int(text_tokens),
-                       chunk=chunk, mask_budget=MASK_BUDGET,
+                       chunk=chunk, mask_budget=MASK_BUDGET, chunks=_ChunkSchedule(chunk, MASK_BUDGET),
                        vision_batch=int(config.vision_chunk_size if vision_batch is None else vision_batch))
     hybrid, transformer = architectures(config)
     tokens = int(text_tokens) + images * (tpi + int(tag_tokens_per_image))
