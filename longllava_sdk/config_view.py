@@ -71,6 +71,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                multimodal=dict(max_context=262144)),
     "a13b": dict(vision=_CLIP_L14_336, text=dict(_JAMBA_V01), multimodal=dict(max_context=262144)),
 }
+#: Budgets of what :meth:`ConfigView.from_folder` reads and :func:`parameter_shapes` lists (a few
+#: dozen entries per layer): far beyond any released model (Jamba 1.5 Large: 72 layers, CLIP: 48).
+MAX_CONFIG_BYTES = 4 << 20
+MAX_LAYERS = 4096
 _ALIASES = {"longllava9b": "9b", "a13b": "a13b", "53ba13b": "a13b", "longllavaa13b": "a13b"}
 
 #: ``LongLLaVAConfig``'s defaults (its signature uses these; ``vision_config`` defaults to CLIP L/14-336).
@@ -220,6 +224,10 @@ class ConfigView(PatchGeometry):
                    text_config=TextView.from_dict(values.get("text_config") or {}),
                    **_fields(values, MULTIMODAL_DEFAULTS), source=source)
         validate_multimodal(view)
+        for part in ("vision_config", "text_config"):
+            layers = getattr(view, part).num_hidden_layers
+            if not 0 <= layers <= MAX_LAYERS:
+                raise ConfigError(f"{part}.num_hidden_layers must be in 0..{MAX_LAYERS}, got {layers}")
         return view
 
     @classmethod
@@ -235,6 +243,9 @@ class ConfigView(PatchGeometry):
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise ConfigError(f"{folder}: no config.json (expected a model folder from init-model, finetune or merge)")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes, more than a config.json holds ({MAX_CONFIG_BYTES:,} at most)")
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -244,7 +255,7 @@ class ConfigView(PatchGeometry):
                               if isinstance(values, dict) else f"{path}: not a JSON object")
         try:
             return cls.from_dict(values, source=str(path))
-        except (TypeError, ValueError, ZeroDivisionError) as exc:
+        except (AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"{path}: {exc}") from None

@@ -52,7 +52,7 @@ from .config_view import ConfigView, TextView, parameter_shapes, skipped_module
 from .context_limit import max_images_for
 from .errors import ConfigError
 from .options import LoadOptions, reject_unknown, take_options
-from .prefill_sizes import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, effective_chunk
+from .prefill_sizes import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, MIN_CHUNK, effective_chunk
 from .units import GiB, MiB, parse_size
 
 if TYPE_CHECKING:
@@ -325,20 +325,28 @@ class _ChunkSchedule:
 
     A chunk's length depends only on the tokens before it (:func:`effective_chunk`), so every
     prompt's chunks are a prefix of one schedule, the last chunk cut at the prompt's end. The
-    planner's search asks for dozens of lengths of up to millions of tokens: the schedule is
-    built once (extended as needed) with running maxima, and each length is a bisection.
+    lengths shrink as the cache grows until they reach a floor (``MIN_CHUNK``, or the chunk
+    size itself when it is that small or there is no mask budget) and stay there. The head
+    (lengths above the floor, a few hundred chunks) is built once with running maxima and
+    looked up by bisection; the tail of equal chunks is arithmetic, so the planner's search
+    over prompts of up to billions of tokens costs neither time nor memory.
     """
 
-    def __init__(self, chunk: int, mask_budget: int) -> None:
+    def __init__(self, chunk: int, mask_budget: int | None) -> None:
         self.chunk, self.mask_budget = chunk, mask_budget
-        self.starts: list[int] = []
+        self.floor = chunk if mask_budget is None or chunk <= MIN_CHUNK else MIN_CHUNK
+        self.starts: list[int] = []  # the head: chunks longer than the floor
         self.largest: list[int] = []  # the largest chunk among chunks 0..i
-        self.mask: list[int] = []  # the largest (C, cached + C) mask among chunks 1..i
-        self.end = 0
+        self.mask: list[int] = []  # the largest (C, cached + C) mask among chunks 0..i
+        self.end = 0  # where the head ends
+        self.tail: int | None = None  # where the chunks of floor length start, once reached
 
     def _extend(self, tokens: int) -> None:
-        while self.end < tokens:
+        while self.end < tokens and self.tail is None:
             size = effective_chunk(self.chunk, self.end, self.mask_budget)
+            if size <= self.floor:  # non-increasing in the cache length: floor-length from here on
+                self.tail = self.end
+                break
             self.starts.append(self.end)
             self.largest.append(max(size, self.largest[-1] if self.largest else 0))
             # the first chunk has no cache to offset: SDPA runs causal, no mask
@@ -350,11 +358,20 @@ class _ChunkSchedule:
         if tokens <= 0:
             return 0, 0
         self._extend(tokens)
-        last = bisect.bisect_left(self.starts, tokens) - 1  # the chunk holding the last token
-        start = self.starts[last]
-        size = min(tokens - start, effective_chunk(self.chunk, start, self.mask_budget))  # cut at the end
-        largest = max(size, self.largest[last - 1] if last else 0)
-        mask = max(size * (start + size) if start else 0, self.mask[last - 1] if last else 0)
+        c = self.floor
+        if self.tail is None or tokens <= self.tail:
+            last = bisect.bisect_left(self.starts, tokens) - 1  # the chunk holding the last token
+            start, before = self.starts[last], last - 1
+            size = min(tokens - start, effective_chunk(self.chunk, start, self.mask_budget))  # cut at the end
+            full = 0
+        else:
+            full = (tokens - 1 - self.tail) // c  # whole floor-length chunks before the last one
+            start, before = self.tail + full * c, len(self.starts) - 1
+            size = tokens - start
+        largest = max(size, c if full else 0, self.largest[before] if before >= 0 else 0)
+        # the masks grow with the cache: of the tail's whole chunks, the last one's is the largest
+        tail_mask = c * start if full and start - c > 0 else 0
+        mask = max(size * (start + size) if start else 0, tail_mask, self.mask[before] if before >= 0 else 0)
         return largest, mask
 
 

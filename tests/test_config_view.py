@@ -114,6 +114,15 @@ def test_bad_config_json_is_a_config_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"text_config": {"attn_layer_offset": 9}}))
     with pytest.raises(ConfigError, match="attn_layer_offset"):
         ConfigView.from_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 10**9}}))
+    with pytest.raises(ConfigError, match="num_hidden_layers must be in 0..4096"):  # refused before counting
+        ConfigView.from_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"vision_config": [1, 2]}))
+    with pytest.raises(ConfigError, match="config.json"):
+        ConfigView.from_folder(tmp_path)
+    (tmp_path / "config.json").write_text(" " * (5 << 20))
+    with pytest.raises(ConfigError, match="more than a config.json holds"):
+        ConfigView.from_folder(tmp_path)
 
 
 def test_defaults_are_the_installed_transformers_and_the_configs():
