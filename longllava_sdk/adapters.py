@@ -42,10 +42,11 @@ from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from . import local_files
 from .errors import (
     AdapterError,
     ConfigError,
@@ -57,7 +58,7 @@ from .errors import (
     adapter_option_hint,
 )
 from .media import Media, MediaKind
-from .root_jail import OutsideRoot, confine_to, real_root
+from .root_jail import real_root
 from .units import format_bytes  # noqa: F401 - re-exported for adapters
 from .validation import problems as validation_problems
 
@@ -92,8 +93,9 @@ class InputAdapter(ABC):
     for anything they cannot read.
 
     The built-in adapters decorate ``load`` with :func:`guarded_load` (and a file-reading
-    ``claims`` with :func:`guarded_claims`), call :func:`confine` on every file before
-    opening it, check their limits with :func:`check_limit` before allocating, and call
+    ``claims`` with :func:`guarded_claims`), check a single-file source with
+    :func:`local_source`, open every file with :func:`open_confined` (regular files inside the
+    allowed root only) or call :func:`confine` on a path a library opens itself, check their limits with :func:`check_limit` before allocating, and call
     :func:`check_time_budget` between units of work; plugin adapters should do the same.
     """
 
@@ -255,28 +257,40 @@ def current_allowed_root() -> Path | None:
 
 
 def confine(path: str | os.PathLike[str]) -> Path:
-    """Check a file an adapter is about to open; returns ``Path(path)`` unchanged.
+    """Check a file (or folder) an adapter is about to open; returns ``Path(path)`` unchanged.
 
     Every adapter calls this on every file it opens (the source itself, each file found by
     walking a folder). When an :func:`allowed_root` is set, the file's real path (all
-    symlinks resolved) must lie inside it, else :class:`OutsideRootError`. The file also
-    becomes the one errors of the current :func:`guarded_load` name.
+    symlinks resolved) must lie inside it, else :class:`OutsideRootError`. A FIFO, socket or
+    device is a :class:`~longllava_sdk.errors.SpecialFileError` (opening a FIFO would block);
+    a missing path passes (the caller reports it). The file also becomes the one errors of
+    the current :func:`guarded_load` name. To open the file, use :func:`open_confined`.
     """
     candidate = Path(path)
     state = _READ_STATE.get()
     if state is not None:
         state.file = str(candidate)
-    root = _ALLOWED_ROOT.get()
-    if root is not None:
-        try:
-            confine_to(candidate, root, base=Path.cwd())
-        except OutsideRoot as out:
-            via = " through a symlink" if out.real != out.joined else ""
-            raise OutsideRootError(
-                candidate, f"resolves{via} to {out.real}, outside the allowed root {root}; adapters only read files "
-                "inside it"
-            ) from None
+    local_files.inside_root(candidate, _ALLOWED_ROOT.get())  # the one path jail (root_jail.confine_to)
+    local_files.refuse_special(candidate)
     return candidate
+
+
+def open_confined(path: str | os.PathLike[str], *, what: str = "file") -> BinaryIO:
+    """``path`` opened for reading by an adapter: :func:`confine` (the allowed root, the file
+    errors name), then :func:`longllava_sdk.local_files.open_regular` (non-blocking open,
+    ``fstat`` of the opened file must be a regular file)."""
+    return local_files.open_regular(confine(path), root=_ALLOWED_ROOT.get(), what=what)
+
+
+def local_source(source: "Source", adapter_name: str | None = None, *, what: str = "file") -> Path:
+    """The one path of a single-file source, checked: one path (a 1-item list is accepted when
+    ``adapter_name`` is given), local (no URL), a regular file, inside the allowed root.
+
+    The one "one local file" check of the adapters (:func:`longllava_sdk.local_files.local_file`
+    plus :func:`confine`).
+    """
+    one = single_source(source, adapter_name) if adapter_name is not None else source
+    return confine(local_files.local_file(one, root=_ALLOWED_ROOT.get(), what=what))
 
 
 # ------------------------------------------------------------------------------------------
@@ -454,25 +468,6 @@ def sample_indices(total: int, budget: int | None) -> list[int]:
         return [0]
     step = (total - 1) / (budget - 1)
     return sorted({round(i * step) for i in range(budget)})
-
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
-
-
-def ensure_local_path(source: str | os.PathLike[str], *, what: str = "file", must_be_file: bool = True) -> Path:
-    """The local path of ``source``; URLs, protocols (``http:``, ``rtmp:``...) and GDAL ``/vsi*`` are refused.
-
-    Adapters never touch the network: a source that names a remote or virtual location is an
-    :class:`AdapterError` before any library sees it. With ``must_be_file`` a missing path or a
-    folder is an error too.
-    """
-    text = os.fspath(source)
-    if _URL.match(text) or text.startswith("/vsi"):
-        raise AdapterError(text, f"only local {what}s are read; URLs, protocols and virtual file systems are refused")
-    path = Path(text)
-    if must_be_file and not path.is_file():
-        raise AdapterError(text, "no such file" if not path.exists() else "not a regular file")
-    return path
 
 
 def single_source(source: Source, adapter_name: str) -> str | os.PathLike[str]:

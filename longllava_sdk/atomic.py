@@ -1,11 +1,13 @@
-"""Folders that appear complete or not at all: one staging-folder swap for every writer.
+"""Folders and files that appear complete or not at all: one staging swap for every writer.
 
-Used by model exports (:mod:`longllava_sdk.checkpoint` re-exports these names), the trainer's
-staged exports and ``data deidentify``. No torch here, so torch-free commands can use it.
+Folders: model exports (:mod:`longllava_sdk.checkpoint` re-exports these names), the trainer's
+staged exports and ``data deidentify``. Files (:func:`atomic_file`): manifests written by
+``data import`` and answers written by ``export``. No torch here, so torch-free commands can use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError, option_hint
+from .errors import CheckpointError, InputError, option_hint
 
 
 @contextmanager
@@ -67,3 +69,31 @@ def sync_directory(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``target`` that is renamed onto it only if the block succeeds.
+
+    The block writes the file at the yielded path (closing it); the file is then synced, made
+    ``0644`` and moved onto ``target`` with ``os.replace`` (atomic), and the folder synced. A
+    failing block removes the temporary file and leaves ``target`` as it was. A ``target``
+    that appeared meanwhile is refused unless ``overwrite`` (callers check it before the work too).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial" + target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; the output is an ordinary shared file
+        if target.exists() and not overwrite:  # appeared while we were writing
+            raise InputError(target, f"already exists; pass {option_hint('overwrite')} to replace it")
+        os.replace(temporary, target)
+        sync_directory(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

@@ -14,24 +14,40 @@ from pathlib import Path
 
 import torch
 
+from . import local_files
 # The folder swap lives in .atomic (no torch); these names stay importable from here.
 from .atomic import atomic_directory, replace_directory, sync_directory  # noqa: F401
-from .errors import CheckpointError, UnsafeCheckpointError, option_hint
+from .errors import CheckpointError, LongLLaVAError, UnsafeCheckpointError, option_hint
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def model_file_names(directory: str | os.PathLike[str]) -> list[str]:
+    """Names of the regular files of a model folder (its sub-folders aside), each ``lstat``-ed.
+
+    transformers, tokenizers and safetensors open a model folder's files by path, so the folder
+    is checked before any of them does: a FIFO, socket or device among its files (where
+    ``open()`` would block or never end) is a :class:`CheckpointError` naming it
+    (:func:`longllava_sdk.local_files.regular_files`).
+    """
+    try:
+        return [p.name for p in local_files.regular_files(directory, skip_hidden=False, what="model file")]
+    except LongLLaVAError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def check_weights_safe(directory: str | os.PathLike[str], allow_pickle: bool = False) -> bool:
     """Check ``directory`` holds loadable weights; return ``True`` if they are safetensors.
 
     Raises:
-        CheckpointError: no directory or no weight files at all.
+        CheckpointError: no directory, no weight files at all, or a FIFO, socket or device
+            among its files (see :func:`model_file_names`).
         UnsafeCheckpointError: only pickle weight files and ``allow_pickle`` is false.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")
-    names = [p.name for p in directory.iterdir() if p.is_file()]
+    names = model_file_names(directory)
     if any(n.endswith(".safetensors") for n in names):
         return True
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))

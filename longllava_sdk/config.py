@@ -22,10 +22,11 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoConfig, CLIPVisionConfig, JambaConfig, PretrainedConfig
+from transformers import CLIPVisionConfig, JambaConfig, PretrainedConfig
 
 from .config_view import _CLIP_L14_336, PRESETS, PatchGeometry, preset_dicts  # noqa: F401 (PRESETS re-exported)
 from .config_view import validate_multimodal as _validate_multimodal
+from .hf_auto import AUTO_MAP, register_auto_class, write_auto_files
 
 # accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
 # warns "Setting accelerator to CPU ... unable to detect it" on a machine without a GPU: advice
@@ -111,6 +112,27 @@ class LongLLaVAConfig(PatchGeometry, PretrainedConfig):
         """Raise :class:`ConfigError` if the multimodal settings cannot work together."""
         _validate_multimodal(self)
 
+    # -- persistence --------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False,
+                        **kwargs: Any) -> None:
+        """Write ``config.json`` with its ``auto_map``, the Auto-class module files and ``README.md``.
+
+        Every model folder is written through here (``model.save_pretrained`` saves its
+        config), so each loads with ``trust_remote_code=True`` in a process that never
+        imported the SDK (:mod:`longllava_sdk.hf_auto`).
+        """
+        self.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        write_auto_files(save_directory, model_card=True)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoConfig") -> None:
+        """Nothing to do: :meth:`save_pretrained` writes the folder's ``auto_map`` and module files.
+
+        transformers calls this on a class loaded with ``trust_remote_code=True``; its own
+        version would make every later save copy the SDK's ``config.py`` into the folder.
+        """
+
     # -- presets ------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "LongLLaVAConfig":
@@ -121,4 +143,4 @@ class LongLLaVAConfig(PatchGeometry, PretrainedConfig):
         return cls(vision_config=preset["vision"], text_config=preset["text"], **kwargs)
 
 
-AutoConfig.register("longllava", LongLLaVAConfig)
+register_auto_class(LongLLaVAConfig)

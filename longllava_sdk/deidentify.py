@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import local_files
 from .atomic import atomic_directory
 from .errors import DatasetError, InputError, option_hint
 
@@ -201,7 +202,7 @@ def _check_file(path: Path, source: Path) -> str | None:
 
 def _is_dicom(path: Path) -> bool:
     """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble."""
-    with open(path, "rb") as handle:
+    with local_files.open_regular(path, what="DICOM file") as handle:  # a FIFO is refused, never blocks
         header = handle.read(132)
     return len(header) == 132 and header[128:] == b"DICM"
 

@@ -27,6 +27,13 @@ centred square in the CLIP mean colour (122, 116, 104), as the official ``expand
 then resized to ``tile x tile`` (bicubic, as CLIP's processor resizes), so every returned
 image is ``tile x tile`` RGB. Sub-image padding stays white, as in the official split.
 
+Cost before work: :func:`square_view` computes that padded-then-resized view without the
+square canvas when the canvas would be large (a 20000 x 20 image would need a 20000 x 20000
+one, 1.6 GB): it resizes the rows and columns the view's pixels read and pads the rest, so
+its memory follows the output (``tile x tile``), not the input's longer side. Splits are
+planned from the size alone (:func:`plan_high_res`) and ``max_tiles`` bounds the canvas the
+sub-images are cut from.
+
 Example::
 
     >>> from PIL import Image
@@ -48,6 +55,17 @@ from PIL import Image
 SplitMode = Literal["pad", "grid"]
 RGB = tuple[int, int, int]
 WHITE: RGB = (255, 255, 255)
+#: Default cap on high-resolution sub-images (the global view comes on top): the images adapter's
+#: ``max_tiles`` and the Pipeline's split of an in-memory image with ``high_res=True``.
+DEFAULT_MAX_TILES = 64
+#: Square canvases up to this many bytes (RGB, 4 bytes a pixel: sides up to 2896 px) are built
+#: and resized whole, bit-identical to the official ``expand2square`` + CLIP processor; larger
+#: ones are never allocated (:func:`square_view`'s banded path, within one grey level of it).
+EXACT_CANVAS_BYTES = 32 << 20
+#: Pixels of one band of the banded path (16 MiB of RGB).
+_BAND_PIXELS = 1 << 22
+#: Bicubic's filter support (Pillow's), in source pixels at scale 1.
+_BICUBIC_SUPPORT = 2.0
 #: OpenAI CLIP's per-channel normalisation mean (the LongLLaVA vision tower's).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 
@@ -78,6 +96,26 @@ def expand_to_square(image: Image.Image, background: RGB) -> Image.Image:
     canvas = Image.new("RGB", (side, side), background)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+def trim_to_aspect(image: Image.Image, max_ratio: float) -> Image.Image:
+    """``image`` with its longer side centre-cropped to at most ``max_ratio`` times the shorter one.
+
+    For processors that resize the shortest edge and centre-crop a square (``pad_to_square``
+    off): the crop keeps only the centre, so the rest of an extreme image (a 20000 x 20 strip
+    would be resized to 336000 x 336 first) is cut before resizing. The kept margin
+    (``max_ratio >= 2``) is wider than the resize's filter reaches into the final crop.
+    """
+    width, height = image.size
+    short = min(width, height)
+    keep = max(short, math.ceil(short * max_ratio))
+    if width > keep:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > keep:
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
+    return image
 
 
 @dataclass(frozen=True)
@@ -217,8 +255,108 @@ def global_view(image: Image.Image, tile: int = 336, background: RGB = CLIP_MEAN
     produces from the original image (``expand2square`` + ``CLIPImageProcessor``), while only a
     ``tile x tile`` image is kept.
     """
-    square = expand_to_square(to_rgb(image), background)
-    return square if square.size == (tile, tile) else square.resize((tile, tile), Image.Resampling.BICUBIC)
+    return square_view(to_rgb(image), tile, background)
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Where an image lands in its ``side x side`` view (pad to a centred square, then resize).
+
+    Attributes:
+        side: the view's side in pixels.
+        canvas: the side of the square the official code pads to (the input's longer side).
+        content_box: ``(left, top, right, bottom)`` of the image in the view, in view pixels
+            (floats: the resize maps the canvas's pixel edges, not centres); the rest is padding.
+        work_bytes: bytes :func:`square_view` allocates besides the input and the view (the
+            exact path's canvas, or the banded path's intermediate and one band).
+    """
+
+    side: int
+    canvas: int
+    content_box: tuple[float, float, float, float]
+    work_bytes: int
+
+    @property
+    def exact(self) -> bool:
+        """True when the view is built from the whole square canvas (bit-identical to the official code)."""
+        return self.canvas * self.canvas * 4 <= EXACT_CANVAS_BYTES
+
+
+def plan_view_size(size: tuple[int, int], side: int = 336) -> ViewPlan:
+    """The geometry and working memory of :func:`square_view` for an image of ``size = (width, height)``.
+
+    Pure arithmetic (no pixels): a decode worker or an admission check can price a view before
+    decoding anything. ``work_bytes`` is at most a few tens of MB whatever the aspect ratio
+    (``side x`` the longer input side for the intermediate of the banded path, plus a 16 MiB
+    band), against ``4 * max(size) ** 2`` for padding first.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1 or side < 1:
+        raise ValueError(f"image size and side must be positive, got {size} and {side}")
+    canvas = max(width, height)
+    scale = side / canvas
+    left, top = (canvas - width) // 2, (canvas - height) // 2
+    box = (left * scale, top * scale, (left + width) * scale, (top + height) * scale)
+    if canvas * canvas * 4 <= EXACT_CANVAS_BYTES:
+        work = 4 * canvas * canvas
+    else:
+        _, _, cy0, cy1 = _view_span(top, height, canvas, side)
+        work = 4 * (side * (cy1 - cy0) + _BAND_PIXELS + side * side)
+    return ViewPlan(side, canvas, box, work)
+
+
+def _view_span(offset: int, length: int, canvas: int, side: int) -> tuple[int, int, int, int]:
+    """One axis of the banded path: the output pixels ``[o0, o1)`` whose bicubic window touches
+    the image (``length`` pixels at ``offset`` on a ``canvas``-pixel axis), and the canvas
+    pixels ``[c0, c1)`` those windows read (Pillow's window: centre +- 2 * scale, +1 margin)."""
+    scale = canvas / side
+    support = _BICUBIC_SUPPORT * max(scale, 1.0)
+    o0 = max(0, math.floor((offset - support) / scale - 0.5) - 1)
+    o1 = min(side, math.ceil((offset + length + support) / scale - 0.5) + 2)
+    c0 = max(0, math.floor((o0 + 0.5) * scale - support) - 1)
+    c1 = min(canvas, math.ceil((o1 - 0.5) * scale + support) + 2)
+    return o0, o1, c0, c1
+
+
+def square_view(image: Image.Image, side: int, background: RGB = CLIP_MEAN_RGB) -> Image.Image:
+    """``expand_to_square(image, background).resize((side, side), BICUBIC)``, without the square canvas.
+
+    ``image`` is RGB. Up to :data:`EXACT_CANVAS_BYTES` of canvas (sides up to 2896 px: every
+    ordinary photo) the canvas is built and resized: bit-identical to the official
+    ``expand2square`` + CLIP processor. Beyond, the same separable bicubic resize is done in
+    two passes over only what the view reads: each band of image rows, with the padding its
+    filter windows reach, is resized horizontally into a ``side x (image rows + margin)``
+    intermediate (the rows above and below are padding, which resizes to padding), and that
+    is resized vertically and pasted on a ``side x side`` view of ``background``. Memory then
+    follows the view (:func:`plan_view_size`), and the pixels differ from the whole-canvas
+    resize by at most one grey level (the resize's fixed-point weights are computed from
+    sub-boxes, which rounds some of them differently); the content is letterboxed, never
+    stretched.
+    """
+    width, height = image.size
+    canvas = max(width, height)
+    if canvas * canvas * 4 <= EXACT_CANVAS_BYTES:
+        square = expand_to_square(image, background)
+        return square if square.size == (side, side) else square.resize((side, side), Image.Resampling.BICUBIC)
+    left, top = (canvas - width) // 2, (canvas - height) // 2
+    x0, x1, cx0, cx1 = _view_span(left, width, canvas, side)
+    y0, y1, cy0, cy1 = _view_span(top, height, canvas, side)
+    # Box edges as integer products over one division: the last edge lands exactly on the canvas edge.
+    intermediate = Image.new("RGB", (side, cy1 - cy0), background)
+    band = max(1, _BAND_PIXELS // (cx1 - cx0))
+    for first in range(0, height, band):
+        rows = min(band, height - first)
+        strip = Image.new("RGB", (cx1 - cx0, rows), background)
+        strip.paste(image.crop((0, first, width, first + rows)), (left - cx0, 0))
+        resized = strip.resize((x1 - x0, rows), Image.Resampling.BICUBIC,
+                               box=(x0 * canvas / side - cx0, 0, x1 * canvas / side - cx0, rows))
+        intermediate.paste(resized, (x0, top + first - cy0))
+        del strip, resized
+    view = Image.new("RGB", (side, side), background)
+    columns = intermediate.resize((side, y1 - y0), Image.Resampling.BICUBIC,
+                                  box=(0, y0 * canvas / side - cy0, side, y1 * canvas / side - cy0))
+    view.paste(columns, (0, y0))
+    return view
 
 
 def apply_plan(image: Image.Image, plan: HighResPlan, fill: RGB = WHITE) -> list[Image.Image]:

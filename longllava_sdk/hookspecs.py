@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .adapters import InputAdapter
     from .config import LongLLaVAConfig
+    from .exporters import Exporter
     from .heads import TaskHead
     from .importers import Importer
 
@@ -64,6 +65,11 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
 @hookspec
 def longllava_register_importers() -> list[type[Importer]]:
     """Return dataset importer classes (subclasses of ``longllava_sdk.importers.Importer``)."""
+
+
+@hookspec
+def longllava_register_exporters() -> list[type[Exporter]]:
+    """Return answer exporter classes (subclasses of ``longllava_sdk.exporters.Exporter``)."""
 
 
 @hookspec

@@ -29,6 +29,7 @@ without them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import stat
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
+from . import local_files
 from .errors import InputError
 
 __all__ = [
@@ -301,10 +303,11 @@ def csv_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict
 
 
 def _open_text(path: Path) -> Any:
-    try:
-        return open(path, encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise InputError(path, f"cannot read the dataset file: {exc.strerror or exc}") from exc
+    try:  # a regular file only: a FIFO named as the dataset file is refused, never blocks
+        raw = local_files.open_regular(path, what="dataset file")
+    except InputError as exc:
+        raise InputError(path, f"cannot read the dataset file: {exc.problem}") from None
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
 def _lines(path: Path, handle: Any) -> Iterator[str]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .atomic import sync_directory
+from .atomic import atomic_file
 from .errors import ConfigError, InputError, option_hint
 
 MANIFEST_SUFFIX = ".jsonl"
@@ -59,20 +58,6 @@ def atomic_manifest(path: str | os.PathLike[str], *, overwrite: bool = False) ->
         InputError: the target exists (without ``overwrite``) or is a folder.
     """
     target = check_manifest_target(path, overwrite=overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            writer = ManifestWriter(handle)
-            yield writer
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a manifest is an ordinary shared file
-        if target.exists() and not overwrite:  # appeared while we were writing
-            raise InputError(target, f"already exists; pass {option_hint('overwrite')} to replace it")
-        os.replace(temporary, target)
-        sync_directory(target.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_file(target, overwrite) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
+            yield ManifestWriter(handle)

@@ -22,7 +22,11 @@ keyword asks for adapters of that media kind (``volume=`` only considers adapter
 
 from __future__ import annotations
 
+import copy
+import glob
+import logging
 import os
+import re
 import threading
 from typing import Any, Iterator, Mapping, Sequence, TypedDict, Unpack
 
@@ -31,8 +35,10 @@ from PIL import Image
 
 from .config import LongLLaVAConfig
 from .context_limit import check_context, max_images_for
-from .errors import ConfigError
+from .errors import ConfigError, InputError
+from .adapters import allowed_root, current_allowed_root
 from .heads import TaskHead
+from .isolation import DecodeLimits, run_isolated
 from .media import Media
 from .model_folders import load_head, load_model
 from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
@@ -41,6 +47,11 @@ from .registry import resolve_adapter
 from .processing.processor import LongLLaVAProcessor, MediaLike
 
 PathLike = str | os.PathLike[str]
+
+logger = logging.getLogger(__name__)
+
+#: Characters that make a path string a glob pattern (``frames/*.png``).
+_GLOB_MAGIC = re.compile(r"[*?[]")
 
 #: Frames sampled from a video unless ``max_images`` says otherwise: the official chat's
 #: ``frameNum=128`` and the paper's evaluation setting (its 1000-image results are an explicit
@@ -96,6 +107,47 @@ _KIND_OF = {"video": "video", "volume": "volume", "tiled": "tiled"}
 
 #: The adapter option that asks for images decoded when their pixels are needed (see load_media).
 DEFER_OPTION = "defer_decoding"
+#: The adapter option bounding what one source (with deferred decoding: one image) may decode.
+DECODE_BUDGET_OPTION = "max_decoded_bytes"
+#: What one image of the ``images`` kind may decode through the Pipeline unless
+#: ``adapter_options`` say otherwise (its pixels and RGB copy, and for ``high_res`` the split):
+#: with the view's few tens of MB (:func:`~longllava_sdk.highres.plan_view_size`) this keeps one
+#: input within ~400 MB of a small one. A JPEG over it is decoded at a 1/2-1/8 DCT scale; other
+#: formats over it are refused naming the file (docs/reliability.md, "Decode cost").
+PIPELINE_IMAGE_DECODE_BYTES = 320 << 20
+
+
+def expand_glob(source: PathLike) -> PathLike | list[str]:
+    """``source``, or the files a glob pattern (``frames/*.png``) names, in natural order (``img2`` before ``img10``).
+
+    A path that exists is never treated as a pattern (a file may have ``[`` in its name).
+
+    Raises:
+        InputError: a pattern that matches no file.
+    """
+    text = os.fspath(source)
+    if not _GLOB_MAGIC.search(text) or os.path.exists(text):
+        return source
+    matches = [m for m in glob.glob(text) if os.path.isfile(m)]
+    if not matches:
+        raise InputError(text, "no file matches this pattern")
+    return sorted(matches, key=lambda name: [int(part) if part.isdigit() else part.lower()
+                                             for part in re.split(r"(\d+)", name)])
+
+
+def media_warnings(media: Media) -> list[str]:
+    """The warnings an adapter recorded for ``media`` (``info["warnings"]``), one line each naming the source.
+
+    Gaps between DICOM slices, irregular spacing, non-finite voxels, masked bands, skipped
+    files...: :meth:`Pipeline.load_media` logs each (logger ``longllava_sdk.pipeline``,
+    level WARNING), the CLI prints them, ``serve`` returns them (docs/serving.md).
+    """
+    source = str(media.source) if media.source else "<memory>"
+    lines = []
+    for warning in media.info.get("warnings") or ():
+        text = " ".join(str(warning).split())
+        lines.append(text if text.startswith(source) else f"{source}: {text}")
+    return lines
 
 
 class Pipeline:
@@ -107,28 +159,45 @@ class Pipeline:
         head: a fine-tuned task head other than ``generate`` (see :meth:`classify`);
             ``from_pretrained`` restores it from ``head_config.json`` + ``head.safetensors``
             through the installed plugins, whichever plugin provides it.
+        isolate_decoding: read every source in a killable worker process under OS limits
+            (:mod:`~longllava_sdk.isolation`; ``True``: the default :class:`DecodeLimits`), for
+            files you do not trust; the worker hands back each image as the vision encoder
+            sees it (336 px), so the model's input is bit-identical to in-process decoding.
+            Off by default: it costs a process fork per source (see docs/reliability.md).
     """
 
     def __init__(self, model: LongLLaVAForConditionalGeneration, processor: LongLLaVAProcessor,
-                 head: TaskHead | None = None) -> None:
+                 head: TaskHead | None = None, isolate_decoding: bool | DecodeLimits = False) -> None:
         self.model = model.eval()
         self.processor = processor
         self.head = head
         self.history: list[dict[str, Any]] = []
+        self.isolation: DecodeLimits | None = (
+            (DecodeLimits() if isolate_decoding is True else isolate_decoding) or None)
 
     @classmethod
     def from_pretrained(cls, path: PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
-                        allow_pickle: bool = False, quantize: str | None = None) -> "Pipeline":
+                        allow_pickle: bool = False, quantize: str | None = None,
+                        isolate_decoding: bool | DecodeLimits = False) -> "Pipeline":
         """Load model, processor and task head from a local model folder (safetensors only unless ``allow_pickle``).
 
         ``quantize="int8"`` runs the language model's linear layers in 8 bits (Mamba and the
-        vision path kept; :mod:`longllava_sdk.quantization`).
+        vision path kept; :mod:`longllava_sdk.quantization`). ``isolate_decoding``: as for
+        the constructor.
         """
         model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
         get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                           model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
-        return cls(model, processor, head=None if head is None or head.generates else head)
+        return cls(model, processor, head=None if head is None or head.generates else head,
+                   isolate_decoding=isolate_decoding)
+
+    def isolated(self, limits: DecodeLimits) -> "Pipeline":
+        """This pipeline (same model and processor, no chat history) decoding in worker processes under ``limits``."""
+        clone = copy.copy(self)
+        clone.history = []
+        clone.isolation = limits
+        return clone
 
     @property
     def config(self) -> LongLLaVAConfig:
@@ -149,14 +218,21 @@ class Pipeline:
 
         With ``defer_decoding``, an adapter that declares that option gets it (unless
         ``options`` set it): its images are checked now and decoded when the model reads
-        their pixels, one prefill chunk at a time.
+        their pixels, one prefill chunk at a time. With :attr:`isolation` the whole read runs
+        in a worker process (:func:`_load_reduced`) and comes back decoded, reduced to what the
+        vision encoder sees.
         """
         options = dict(options or {})
-        reader = resolve_adapter(source, adapter, kind=kind, options=options)
-        if (defer_decoding and DEFER_OPTION in type(reader).options() and DEFER_OPTION not in options
-                and not options.get("high_res")):
-            reader = resolve_adapter(source, reader.name, options={**options, DEFER_OPTION: True})
-        return reader.load(source, max_images=max_images or self.default_max_images)
+        max_images = max_images or self.default_max_images
+        if self.isolation is not None:
+            name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else os.fspath(source[0])
+            media = run_isolated(_load_reduced, self.processor, source, kind, adapter, max_images, options,
+                                 current_allowed_root(), limits=self.isolation, source=name)
+        else:
+            media = _read(source, kind, adapter, max_images, options, defer_decoding)
+        for line in media_warnings(media):
+            logger.warning("%s", line)
+        return media
 
     def collect_media(self, images: Sequence[MediaLike] | None = None, **media: Unpack[MediaOptions]
                       ) -> list[Media | Image.Image]:
@@ -164,6 +240,8 @@ class Pipeline:
         unknown = sorted(set(media) - _MEDIA_KEYS)
         if unknown:
             raise TypeError(f"unknown media option(s) {unknown}; expected {', '.join(sorted(_MEDIA_KEYS))}")
+        if isinstance(images, (str, os.PathLike)):  # one folder / file / glob, not a sequence of characters
+            images = [images]
         adapter, budget = media.get("adapter"), media.get("max_images")
         if images is not None and len(images) > max_images_for(self.config, 0):  # refuse before decoding any
             check_context(self.config, text_tokens=0, images=len(images), source=f"{len(images)} images")
@@ -175,14 +253,15 @@ class Pipeline:
             if isinstance(item, Media) or (isinstance(item, Image.Image) and not high_res):
                 collected.append(item)
             elif isinstance(item, Image.Image):
-                from .highres import split_high_res
+                from .highres import DEFAULT_MAX_TILES, split_high_res
 
-                overview, tiles, grid = split_high_res(item)
+                overview, tiles, grid = split_high_res(item, max_tiles=DEFAULT_MAX_TILES)
                 collected.append(Media(kind="tiled", images=[overview, *tiles], grid=grid, source="<PIL image>"))
             else:  # a path: the sub-image split of a file is an option of the images-kind adapter
                 item_options = {**options, "high_res": True} if high_res else options
-                collected.append(self.load_media(item, kind=None if adapter else "images", adapter=adapter,
-                                                 max_images=budget, options=item_options, defer_decoding=defer))
+                collected.append(self.load_media(expand_glob(item), kind=None if adapter else "images",
+                                                 adapter=adapter, max_images=budget, options=item_options,
+                                                 defer_decoding=defer))
         for key, kind in _KIND_OF.items():
             source = media.get(key)
             if source is None:
@@ -285,7 +364,9 @@ class Pipeline:
 
         Args:
             prompt: the question; may place media with ``<image>`` markers (one per item).
-            images: image paths, PIL images or ``Media`` objects.
+            images: image paths, PIL images or ``Media`` objects; or one path as a string:
+                an image file, a folder of images or a glob pattern (``"frames/*.png"``),
+                read as one source.
             stream: yield the answer piece by piece.
             options: media keywords (:class:`MediaOptions`) and ``generate`` options
                 (``max_new_tokens``, ``do_sample``, ``temperature``...).
@@ -325,4 +406,45 @@ class Pipeline:
     def reset(self) -> None:
         """Forget the chat history."""
         self.history.clear()
+
+
+def _read(source: PathLike | Sequence[PathLike], kind: str | None, adapter: str | None, max_images: int,
+          options: dict[str, Any], defer_decoding: bool) -> Media:
+    reader = resolve_adapter(source, adapter, kind=kind, options=options)
+    declared = type(reader).options()
+    extra: dict[str, Any] = {}
+    if (defer_decoding and DEFER_OPTION in declared and DEFER_OPTION not in options
+            and not options.get("high_res")):
+        extra[DEFER_OPTION] = True
+    if reader.kind == "images" and DECODE_BUDGET_OPTION in declared and DECODE_BUDGET_OPTION not in options:
+        extra[DECODE_BUDGET_OPTION] = PIPELINE_IMAGE_DECODE_BYTES
+    if extra:
+        reader = resolve_adapter(source, reader.name, options={**options, **extra})
+    return reader.load(source, max_images=max_images)
+
+
+def _load_reduced(processor: LongLLaVAProcessor, source: PathLike | Sequence[PathLike], kind: str | None,
+                  adapter: str | None, max_images: int, options: dict[str, Any], root: Any) -> Media:
+    """In an isolated worker: read ``source`` and reduce every image to what the vision encoder sees.
+
+    Images are decoded one at a time (deferred where the adapter can) and each becomes the
+    ``(336, 336)`` RGB image the processor's padding, resize and crop make of it: the
+    processor's own :meth:`~LongLLaVAProcessor.preprocess_images` output with its rescale and
+    normalisation undone (exact: those intermediate pixels are 8-bit), so preprocessing it
+    again in the parent gives the same tensor. A 36-MP image comes back as 339 KB.
+    """
+    import numpy as np
+
+    with allowed_root(root):
+        media = _read(source, kind, adapter, max_images, options, defer_decoding=True)
+        ip = processor.image_processor
+        mean = np.asarray(ip.image_mean, dtype=np.float64).reshape(3, 1, 1)
+        std = np.asarray(ip.image_std, dtype=np.float64).reshape(3, 1, 1)
+        reduced = []
+        for image in media.images:
+            pixels = processor.preprocess_images([image])[0].double().numpy()  # (3, S, S), normalised
+            levels = np.rint((pixels * std + mean) / ip.rescale_factor).clip(0, 255).astype(np.uint8)
+            reduced.append(Image.fromarray(levels.transpose(1, 2, 0), "RGB"))
+    media.images = reduced
+    return media
 

@@ -44,6 +44,7 @@ time loading them takes (``longllava-sdk bench --suite startup``).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,8 +59,8 @@ from .units import GiB, MiB, parse_size
 if TYPE_CHECKING:
     from .config import LongLLaVAConfig
 
-__all__ = ["MemoryPlan", "PlanColumn", "BudgetLine", "Architecture", "plan", "plan_memory", "format_plan",
-           "parse_memory",
+__all__ = ["MemoryPlan", "PlanColumn", "BudgetLine", "Architecture", "RequestCost", "plan", "plan_memory",
+           "format_plan", "parse_memory",
            "PLAN_DTYPES", "CPU_RUNTIME_BYTES", "CPU_KERNEL_BYTES", "CUDA_RUNTIME_BYTES"]
 
 #: ``--dtype`` choices: the weights' storage; activations are bf16 / fp16 / fp32 (int8: bf16
@@ -497,30 +498,12 @@ def plan_memory(
         _machine_memory() if device == "cpu" else None)
     if memory is None:
         raise ConfigError("a CUDA plan needs the GPU's memory: pass --gpu-memory (e.g. 80GiB)")
-    if dtype == "fp32":
-        act = 4
-    elif dtype == "int8":
-        act = 4 if device == "cpu" else 2
-    else:
-        act = 2
-    config = ConfigView.of(config)
-    tpi = int(tokens_per_image or config.tokens_per_image)
-    if tpi != config.tokens_per_image:
-        config = config.with_(tokens_per_image=tpi)
-    if tag_tokens_per_image is None:
-        tag_tokens_per_image = _tag_tokens(config)
-    chunk = int(prefill_chunk or config.chunked_prefill_size or DEFAULT_PREFILL_CHUNK)
-    if chunk < 1:
-        raise ConfigError(f"prefill chunk must be >= 1, got {chunk}")
-    if vision_batch is not None and vision_batch < 0:
-        raise ConfigError(f"vision batch must be >= 0 (0: all images at once), got {vision_batch}")
-    setting = _Setting(config=config, device=device, weight_dtype=dtype, act_bytes=act,
-                       pixel_bytes=4,  # the processor's pixel tensors are float32
-                       runtime=int(runtime_bytes if runtime_bytes is not None else (
-                           CPU_RUNTIME_BYTES if device == "cpu" else CUDA_RUNTIME_BYTES)),
-                       tokens_per_image=tpi, tag_tokens=int(tag_tokens_per_image), text_tokens=int(text_tokens),
-                       chunk=chunk, mask_budget=MASK_BUDGET, chunks=_ChunkSchedule(chunk, MASK_BUDGET),
-                       vision_batch=int(config.vision_chunk_size if vision_batch is None else vision_batch))
+    setting = _setting(config, device=device, dtype=dtype, text_tokens=text_tokens, tokens_per_image=tokens_per_image,
+                       tag_tokens_per_image=tag_tokens_per_image, prefill_chunk=prefill_chunk,
+                       vision_batch=vision_batch, runtime_bytes=runtime_bytes)
+    config, act, tpi = setting.config, setting.act_bytes, setting.tokens_per_image
+    tag_tokens_per_image = setting.tag_tokens
+    chunk = setting.chunk
     hybrid, transformer = architectures(config)
     tokens = int(text_tokens) + images * (tpi + int(tag_tokens_per_image))
     # max_images_for counts placeholders only; the tags around each image take context too
@@ -538,6 +521,70 @@ def plan_memory(
                                            _max_images(arch, setting, mode, memory)))
     plan.notes = _notes(plan, dtype)
     return plan
+
+
+def _setting(config: "ConfigView | LongLLaVAConfig", *, device: str, dtype: str, text_tokens: int = 0,
+             tokens_per_image: int | None = None, tag_tokens_per_image: int | None = None,
+             prefill_chunk: int | None = None, vision_batch: int | None = None,
+             runtime_bytes: int | None = None) -> _Setting:
+    if dtype == "fp32":
+        act = 4
+    elif dtype == "int8":
+        act = 4 if device == "cpu" else 2
+    else:
+        act = 2
+    config = ConfigView.of(config)
+    tpi = int(tokens_per_image or config.tokens_per_image)
+    if tpi != config.tokens_per_image:
+        config = config.with_(tokens_per_image=tpi)
+    if tag_tokens_per_image is None:
+        tag_tokens_per_image = _tag_tokens(config)
+    chunk = int(prefill_chunk or config.chunked_prefill_size or DEFAULT_PREFILL_CHUNK)
+    if chunk < 1:
+        raise ConfigError(f"prefill chunk must be >= 1, got {chunk}")
+    if vision_batch is not None and vision_batch < 0:
+        raise ConfigError(f"vision batch must be >= 0 (0: all images at once), got {vision_batch}")
+    return _Setting(config=config, device=device, weight_dtype=dtype, act_bytes=act,
+                    pixel_bytes=4,  # the processor's pixel tensors are float32
+                    runtime=int(runtime_bytes if runtime_bytes is not None else (
+                        CPU_RUNTIME_BYTES if device == "cpu" else CUDA_RUNTIME_BYTES)),
+                    tokens_per_image=tpi, tag_tokens=int(tag_tokens_per_image), text_tokens=int(text_tokens),
+                    chunk=chunk, mask_budget=MASK_BUDGET, chunks=_ChunkSchedule(chunk, MASK_BUDGET),
+                    vision_batch=int(config.vision_chunk_size if vision_batch is None else vision_batch))
+
+
+#: Budget lines of the loaded model itself (in an idle server's memory already), not of a request.
+_MODEL_LINES = ("runtime", "CPU kernels", "weights")
+
+
+class RequestCost:
+    """The planned peak memory one request adds to a loaded model, in the planner's terms.
+
+    The budget of :func:`plan_memory` (hybrid, chunked prefill) without the lines the idle
+    model already holds (runtime, kernels, weights): KV cache, Mamba states, one vision
+    batch through CLIP, the activations of a prefill chunk, its mask, token bookkeeping,
+    logits. The server admits requests by it (docs/serving.md). The architecture is counted
+    once, from the config.
+
+    Args:
+        config: the served model's config.
+        device: ``cpu`` or ``cuda``.
+        dtype: the weights' storage (one of :data:`PLAN_DTYPES`).
+    """
+
+    def __init__(self, config: "ConfigView | LongLLaVAConfig", *, device: str = "cpu", dtype: str = "fp32") -> None:
+        self.setting = _setting(config, device=device, dtype=dtype)
+        self.architecture, _ = architectures(self.setting.config)
+
+    def lines(self, *, images: int, text_tokens: int) -> list[BudgetLine]:
+        """The request's budget lines for ``images`` images and ``text_tokens`` (prompt + answer)."""
+        s = dataclasses.replace(self.setting, text_tokens=int(text_tokens))
+        return [line for line in _budget(self.architecture, s, int(images), "chunked")
+                if not line.name.startswith(_MODEL_LINES)]
+
+    def peak(self, *, images: int, text_tokens: int) -> int:
+        """Bytes the request holds at its peak (held lines plus the larger transient phase)."""
+        return _peak(self.lines(images=images, text_tokens=text_tokens), one_shot=False)
 
 
 def _notes(plan: MemoryPlan, dtype: str) -> list[str]:

@@ -45,7 +45,8 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import BeforeValidator, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
-from .errors import ConfigError, unknown_name_error, unknown_name_message
+from . import local_files
+from .errors import ConfigError, LongLLaVAError, unknown_name_error, unknown_name_message
 from .validation import Model, format_problems, validate
 
 __all__ = [
@@ -472,10 +473,10 @@ class Recipe(Model):
     def from_yaml(cls, path: str | os.PathLike[str]) -> "Recipe":
         """Load and validate a recipe file; :class:`ConfigError` lists every problem in it."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read recipe: {exc.strerror or exc}") from exc
+        try:  # a regular file only: a FIFO named as the recipe is refused, never blocks
+            text = local_files.read_text(path, what="recipe file")
+        except LongLLaVAError as exc:
+            raise ConfigError(f"{path}: cannot read recipe: {getattr(exc, 'problem', exc)}") from None
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:

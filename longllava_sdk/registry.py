@@ -3,7 +3,8 @@
 Every look-up of the SDK lives here, so the engine never names a built-in:
 :func:`available_adapters` / :func:`resolve_adapter` (adapters chosen by name or by
 :attr:`~longllava_sdk.adapters.InputAdapter.kind`), :func:`available_heads` /
-:func:`get_head_class`, :func:`available_importers`, :func:`available_commands`. Loading the plugins and isolating their
+:func:`get_head_class`, :func:`available_importers`, :func:`available_exporters`,
+:func:`available_commands`. Loading the plugins and isolating their
 faults is :mod:`longllava_sdk.plugin_manager`'s job; a miss is worded once, by
 :func:`~longllava_sdk.errors.unknown_name_error` ("did you mean ...?").
 """
@@ -22,15 +23,17 @@ from .errors import (
     unknown_name_error,
     unknown_name_message,
 )
+from .local_files import refuse_special
 from .plugin_manager import BLOCK_ENV, LongLLaVAPluginManager, get_plugin_manager, warn_plugin
 
 if TYPE_CHECKING:  # the base classes import torch / PIL: loaded only when a look-up needs them
     from .adapters import InputAdapter
     from .heads import TaskHead
+    from .exporters import Exporter
     from .importers import Importer
 
 __all__ = [
-    "available_adapters", "available_heads", "available_importers", "available_commands", "get_head_class", "resolve_adapter",
+    "available_adapters", "available_heads", "available_importers", "available_exporters", "available_commands", "get_head_class", "resolve_adapter",
     "claiming_adapter", "registered_classes", "unknown_name_error",
 ]
 
@@ -106,6 +109,13 @@ def available_importers() -> dict[str, type[Importer]]:
     return registered_classes("longllava_register_importers", Importer, "importer")
 
 
+def available_exporters() -> dict[str, type[Exporter]]:
+    """Installed answer exporters (``export NAME`` / ``infer --export NAME``) by name, built-ins included."""
+    from .exporters import Exporter
+
+    return registered_classes("longllava_register_exporters", Exporter, "exporter")
+
+
 def available_commands() -> dict[str, Callable[..., Any]]:
     """CLI commands by name (``snake_case`` function names become ``kebab-case``).
 
@@ -145,6 +155,8 @@ def resolve_adapter(source: SourceLike, adapter: str | None = None, *, kind: str
         ConfigError: options the adapter does not declare or cannot parse.
     """
     where = _describe_source(source)
+    for path in (source if isinstance(source, (list, tuple)) else [source]):
+        refuse_special(path)  # a FIFO, socket or device: no adapter is asked (opening one could block)
     adapters = available_adapters()
     if adapter is not None:
         if adapter not in adapters:

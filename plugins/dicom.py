@@ -121,6 +121,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.utils import as_pixel_options, get_expected_length
 from pydicom.uid import UID
 
+from longllava_sdk import local_files
 from longllava_sdk.adapters import (
     DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_TIME_BUDGET_S,
@@ -130,9 +131,12 @@ from longllava_sdk.adapters import (
     check_limit,
     check_time_budget,
     confine,
+    current_allowed_root,
     format_bytes,
     guarded_claims,
     guarded_load,
+    local_source,
+    open_confined,
     sample_indices,
     validate_limit,
 )
@@ -496,20 +500,21 @@ def _collect_files(source: Source) -> Iterator[tuple[str, bool]]:
         raise AdapterError("<empty list>", "no DICOM files given")
     seen: set[str] = set()
     for item in items:
-        path = Path(item)
+        path = local_files.refuse_remote(item, what="DICOM file")
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    full = os.path.join(root, name)
-                    if not name.startswith(".") and full not in seen:
-                        seen.add(full)
-                        confine(full)  # a file of the folder may be a symlink leaving the allowed root
-                        yield full, False
-        elif path.is_file():
+            confine(path)
+            # lstat-ed walk: a FIFO, socket or device in the series folder is an error naming it
+            for found in local_files.regular_files(path, root=current_allowed_root(), recursive=True,
+                                                   what="DICOM file"):
+                full = str(found)
+                if full not in seen:
+                    seen.add(full)
+                    confine(full)  # a file of the folder may be a symlink leaving the allowed root
+                    yield full, False
+        elif path.exists():
+            local_source(path, what="DICOM file")  # a regular file inside the allowed root
             if str(path) not in seen:
                 seen.add(str(path))
-                confine(path)
                 yield str(path), True
         else:
             raise AdapterError(path, "no such file or folder")
@@ -517,11 +522,7 @@ def _collect_files(source: Source) -> Iterator[tuple[str, bool]]:
 
 def _read_header(path: str, explicit: bool, limits: _Limits) -> list[_Slice] | str:
     """Records for the images in ``path``; for a folder file that is not an image, why it was skipped."""
-    confine(path)
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise AdapterError(path, f"cannot open: {exc.strerror or exc}") from exc
+    handle = open_confined(path, what="DICOM file")  # regular files only (a FIFO would block)
     with handle:
         size = os.fstat(handle.fileno()).st_size
         head = handle.read(132)
@@ -1234,7 +1235,7 @@ def _decode(items: list[tuple[int, _Slice]], limit: int) -> Iterator[tuple[int, 
             if syntax.is_deflated:
                 # The dataset is zlib-compressed as a whole: this one file is inflated in memory
                 # (within max_decoded_bytes, checked by the header pass).
-                with open(path, "rb") as handle:  # pixel data <= limit (header pass); + room for the header
+                with open_confined(path, what="DICOM file") as handle:  # pixel data <= limit (header pass); + room for the header
                     full, reader = _read_deflated(path, handle, limit + (16 << 20), stop_before_pixels=False)
                 del reader
                 array = full.pixel_array
@@ -1243,7 +1244,7 @@ def _decode(items: list[tuple[int, _Slice]], limit: int) -> Iterator[tuple[int, 
                     yield slot, record, _checked_shape(path, record, raw)
                 continue
             decoder = get_decoder(syntax)
-            with open(path, "rb") as handle:
+            with open_confined(path, what="DICOM file") as handle:
                 for slot, record in entries:
                     check_time_budget("decoding")
                     handle.seek(record.pixel_offset)  # type: ignore[arg-type]
@@ -1426,23 +1427,19 @@ def _describe(source: Source) -> str:
 
 
 def _has_dicm_marker(path: Path) -> bool:
-    with open(path, "rb") as handle:
+    with open_confined(path, what="DICOM file") as handle:
         head = handle.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _folder_has_dicom(folder: Path, limit: int = 64) -> bool:
     checked = 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if _has_dicm_marker(confine(Path(root, name))):
-                return True
-            checked += 1
-            if checked >= limit:
-                return False
+    for path in local_files.regular_files(folder, root=current_allowed_root(), recursive=True, what="DICOM file"):
+        if _has_dicm_marker(path):
+            return True
+        checked += 1
+        if checked >= limit:
+            return False
     return False
 
 

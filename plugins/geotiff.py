@@ -116,10 +116,10 @@ from longllava_sdk.adapters import (
     check_time_budget,
     confine,
     format_bytes,
-    ensure_local_path,
     guarded_claims,
     guarded_load,
-    single_source,
+    local_source,
+    open_confined,
     validate_limit,
 )
 from longllava_sdk.errors import AdapterError, adapter_option_hint
@@ -162,14 +162,14 @@ BandSpec = Sequence[int | str]
 # header sniffing (no GDAL involved)
 # ---------------------------------------------------------------------------------------
 def _read_head(path: Path, size: int = 16) -> bytes:
-    with path.open("rb") as handle:
+    with open_confined(path, what="GeoTIFF file") as handle:
         return handle.read(size)
 
 
 def _first_ifd_tags(path: Path) -> set[int] | None:
     """Tag numbers of the first IFD of a (Big)TIFF, or ``None`` if the header is not TIFF."""
     try:
-        with path.open("rb") as handle:
+        with open_confined(path, what="GeoTIFF file") as handle:  # a FIFO is refused, never blocks
             head = handle.read(16)
             if head[:4] not in TIFF_SIGNATURES:
                 return None
@@ -203,10 +203,6 @@ def _sniff(path: Path) -> None:
             "sources, so only real GeoTIFF files are opened",
         )
     raise AdapterError(path, f"not a TIFF file (no TIFF/BigTIFF signature; starts with {head[:8]!r})")
-
-
-def _require_local_path(source: Source) -> Path:
-    return ensure_local_path(single_source(source, "geotiff"), what="GeoTIFF file")
 
 
 # ---------------------------------------------------------------------------------------
@@ -493,7 +489,7 @@ class GeoTiffAdapter(InputAdapter):
             for candidate in (path.with_name(path.name + suffix), path.with_suffix(suffix)):
                 if candidate.exists():
                     confine(candidate)
-                    with candidate.open("rb") as handle:
+                    with open_confined(candidate, what="sidecar file") as handle:
                         head = handle.read(4)
                     if head not in TIFF_SIGNATURES:
                         raise AdapterError(
@@ -525,7 +521,7 @@ class GeoTiffAdapter(InputAdapter):
             raise AdapterError(
                 str(source), f"a tiled scene needs max_images >= 2 (thumbnail + tiles), got {max_images}"
             )
-        path = confine(_require_local_path(source))
+        path = local_source(source, "geotiff", what="GeoTIFF file")
         _sniff(path)
         layout = inspect_tiff(path, max_pixels=self.max_pixels, max_bands=self.max_bands,
                               max_block_bytes=self.max_decoded_bytes)

@@ -60,12 +60,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -81,15 +82,19 @@ from longllava_sdk.adapters import (
     allowed_root,
     confine,
     current_allowed_root,
-    ensure_local_path,
     format_bytes,
     guarded_load,
+    local_source,
+    open_confined,
     reading,
     sample_indices,
     validate_limit,
 )
-from longllava_sdk.errors import AdapterError, ConfigError, adapter_option_hint
-from longllava_sdk.highres import WHITE, SplitMode, apply_plan, global_view, plan_high_res, to_rgb
+from longllava_sdk import local_files
+from longllava_sdk.decode_cost import MODE_BYTES, DecodePlan, apply_decode_plan, plan_decode
+from longllava_sdk.errors import AdapterError, ConfigError, ResourceLimitError, adapter_option_hint
+from longllava_sdk.highres import (DEFAULT_MAX_TILES, WHITE, SplitMode, apply_plan, global_view, plan_high_res,
+                                   plan_view_size, to_rgb)
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import IMAGE_FORMATS, DeferredImage, Media
 
@@ -100,8 +105,6 @@ ALLOWED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 #: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``): ~179 megapixels.
 DEFAULT_MAX_PIXELS = 178_956_970
-#: Default cap on high-resolution sub-images (the global view comes on top).
-DEFAULT_MAX_TILES = 64
 #: Decoded size over file size above which an image is refused (almost constant, or a header
 #: declaring more pixels than the data holds: Pillow fills the missing rows silently).
 DEFAULT_MAX_COMPRESSION_RATIO = 1000.0
@@ -111,9 +114,7 @@ DEFLATE_MAX_RATIO = 1032
 _MODE_BITS = {"1": 1, "L": 8, "P": 8, "LA": 16, "PA": 16, "RGB": 24, "RGBA": 32, "RGBX": 32, "CMYK": 32,
               "YCbCr": 24, "LAB": 24, "HSV": 24, "I": 32, "F": 32, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
 #: Bytes per pixel of each Pillow mode once decoded (for the memory check before decoding).
-_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "La": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4,
-               "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
-               "I;16N": 2}
+_MODE_BYTES = MODE_BYTES
 
 _ALLOWED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
@@ -138,12 +139,8 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def _require_local_file(path: str | os.PathLike[str]) -> Path:
-    return confine(ensure_local_path(path, what="image file"))
-
-
 def _describe_unknown(path: Path) -> str:
-    with path.open("rb") as handle:
+    with open_confined(path, what="image file") as handle:
         head = handle.read(64)
     if not head:
         return "empty file"
@@ -254,21 +251,19 @@ class ImagesAdapter(InputAdapter):
         if isinstance(source, (list, tuple)):
             if not source:
                 raise AdapterError("<empty list>", "no image files given")
-            return [_require_local_file(item) for item in source]
-        path = ensure_local_path(source, what="image file", must_be_file=False)
+            return [local_source(item, what="image file") for item in source]
+        path = local_files.refuse_remote(source, what="image file")
         if path.is_dir():
             confine(path)
-            files = sorted(
-                (p for p in path.iterdir() if not p.name.startswith(".")
-                 and p.name.lower().endswith(IMAGE_EXTENSIONS) and p.is_file()),
-                key=_natural_key,
-            )
+            # lstat-ed listing: a FIFO, socket or device named like an image is an error naming it
+            files = sorted(local_files.regular_files(path, root=current_allowed_root(), suffixes=IMAGE_EXTENSIONS,
+                                                     what="image file"), key=_natural_key)
             if not files:
                 raise AdapterError(path, f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
             for file in files:  # every file found, symlinks resolved, before any is opened
                 confine(file)
             return files
-        return [_require_local_file(path)]
+        return [local_source(path, what="image file")]
 
     # -- one image ------------------------------------------------------------------------
     def _check_size(self, path: Path, image: Image.Image) -> None:
@@ -283,20 +278,26 @@ class ImagesAdapter(InputAdapter):
                 "allow it",
             )
 
-    def _open(self, path: Path) -> Image.Image:
+    @contextlib.contextmanager
+    def _opened(self, path: Path) -> Iterator[Image.Image]:
+        """The header of ``path`` parsed by an allowlisted Pillow opener, from a file opened as a
+        regular file only (:func:`~longllava_sdk.adapters.open_confined`); both closed on exit."""
         Image.init()  # register every plugin so each allowlisted format name is known to open()
-        try:
-            with warnings.catch_warnings():
-                # Our own limit applies; Pillow's warning below its hard limit is noise here.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                # Only openers registered in this Pillow (MPO comes through the JPEG opener in new ones).
-                return Image.open(path, formats=[f for f in ALLOWED_FORMATS if f in Image.OPEN])
-        except Image.DecompressionBombError as exc:
-            raise AdapterError(path, f"refused by Pillow's decompression-bomb limit: {exc}") from exc
-        except Image.UnidentifiedImageError as exc:
-            raise AdapterError(path, _describe_unknown(path)) from exc
-        except Exception as exc:  # Pillow raises many types on malformed headers
-            raise AdapterError(path, f"unreadable image header: {type(exc).__name__}: {exc}") from exc
+        with open_confined(path, what="image file") as handle:
+            try:
+                with warnings.catch_warnings():
+                    # Our own limit applies; Pillow's warning below its hard limit is noise here.
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    # Only openers registered in this Pillow (MPO comes through the JPEG opener in new ones).
+                    image = Image.open(handle, formats=[f for f in ALLOWED_FORMATS if f in Image.OPEN])
+            except Image.DecompressionBombError as exc:
+                raise AdapterError(path, f"refused by Pillow's decompression-bomb limit: {exc}") from exc
+            except Image.UnidentifiedImageError as exc:
+                raise AdapterError(path, _describe_unknown(path)) from exc
+            except Exception as exc:  # Pillow raises many types on malformed headers
+                raise AdapterError(path, f"unreadable image header: {type(exc).__name__}: {exc}") from exc
+            with image:
+                yield image
 
     def _check_ratio(self, path: Path, image: Image.Image) -> None:
         """Declared pixels against the file size: Pillow zero-fills rows a short stream lacks."""
@@ -324,67 +325,75 @@ class ImagesAdapter(InputAdapter):
         rgb = 0 if image.mode == "RGB" else RGB_BYTES_PER_PIXEL
         return width * height * (per_pixel + rgb)
 
-    def check_file(self, path: Path, *, extra_bytes: int = 0, plan: Any = None) -> tuple[str, tuple[int, int]]:
-        """Every check :meth:`read_image` makes before decoding; returns the format and the
-        stored size (before EXIF orientation).
+    def check_file(self, path: Path, *, extra_bytes: int = 0, plan: Any = None,
+                   min_side: int | None = None) -> tuple[str, tuple[int, int], DecodePlan]:
+        """Every check :meth:`read_image` makes before decoding; returns the format, the stored
+        size (before EXIF orientation) and the :class:`~longllava_sdk.decode_cost.DecodePlan`.
 
         ``extra_bytes`` (decoded data already held for this source) and, when given, the
-        bytes ``plan(size)`` returns (the high-res tiles) count against ``max_decoded_bytes``.
+        bytes ``plan(size)`` returns (the high-res tiles) count against ``max_decoded_bytes``;
+        what is left is the decode's budget: a JPEG over it is decoded at the DCT scale that
+        fits (never below ``min_side`` on its longer side: default twice ``tile``), anything
+        else over it is refused.
         """
-        confine(path)
-        if path.stat().st_size == 0:
-            raise AdapterError(path, "empty file")
-        with path.open("rb") as handle:
+        with open_confined(path, what="image file") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise AdapterError(path, "empty file")
             is_tiff = handle.read(4) in TIFF_SIGNATURES
         if is_tiff:  # strip/tile tables must match the image size and the file
             inspect_tiff(path, max_pixels=self.max_pixels, max_block_bytes=self.max_decoded_bytes, all_ifds=False)
-        image = self._open(path)
-        fmt = image.format or "?"
-        try:
-            self._check_size(path, image)
-            self._check_ratio(path, image)
-            needed = extra_bytes + self._decoded_bytes(image) + (plan(image.size) if plan is not None else 0)
-            check_limit(path, needed, self.max_decoded_bytes, "max_decoded_bytes",
-                        f"the decoded data of {image.size[0]} x {image.size[1]} px (mode {image.mode}, plus its RGB "
-                        "copy" + (", the images already read" if extra_bytes else "")
-                        + (" and the high-res tiles" if plan is not None else "") + ")", unit="bytes",
-                        hint="lower max_images or max_tiles")
-            size = image.size
-            image.verify()  # checks what the format allows without decoding (PNG CRCs...)
-        except AdapterError:
-            image.close()
-            raise
-        except Exception as exc:
-            image.close()
-            raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
-        image.close()
-        return fmt, size
+        with self._opened(path) as image:
+            fmt = image.format or "?"
+            try:
+                self._check_size(path, image)
+                self._check_ratio(path, image)
+                tiles = plan(image.size) if plan is not None else 0
+                try:
+                    decode = plan_decode(image, max_bytes=self.max_decoded_bytes - extra_bytes - tiles,
+                                         min_side=min_side or 2 * self.tile, path=path)
+                except ResourceLimitError:
+                    needed = extra_bytes + self._decoded_bytes(image) + tiles
+                    check_limit(path, needed, self.max_decoded_bytes, "max_decoded_bytes",
+                                f"the decoded data of {image.size[0]} x {image.size[1]} px (mode {image.mode}, plus its "
+                                "RGB copy" + (", the images already read" if extra_bytes else "")
+                                + (" and the high-res tiles" if plan is not None else "") + ")", unit="bytes",
+                                hint="lower max_images or max_tiles")
+                    raise
+                size = image.size
+                image.verify()  # checks what the format allows without decoding (PNG CRCs...)
+            except AdapterError:
+                raise
+            except Exception as exc:
+                raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
+        return fmt, size, decode
 
-    def read_image(self, path: Path, *, extra_bytes: int = 0,
-                   plan: Any = None) -> tuple[Image.Image, dict[str, Any]]:
-        """Decode one file fully and strictly into RGB (after :meth:`check_file`); returns the
-        image and its metadata."""
-        fmt, _ = self.check_file(path, extra_bytes=extra_bytes, plan=plan)
+    def read_image(self, path: Path, *, extra_bytes: int = 0, plan: Any = None,
+                   min_side: int | None = None) -> tuple[Image.Image, dict[str, Any]]:
+        """Decode one file strictly into RGB (after :meth:`check_file`; at the DCT scale its
+        decode plan says for a JPEG over the budget); returns the image and its metadata."""
+        fmt, _, decode = self.check_file(path, extra_bytes=extra_bytes, plan=plan, min_side=min_side)
         check_time_budget("before decoding")
-        image = self._open(path)  # verify() leaves the image unusable: reopen to decode
-        try:
-            n_frames = int(getattr(image, "n_frames", 1))
-            image.seek(0)
-            image.load()
-            if ImageFile.LOAD_TRUNCATED_IMAGES:
-                warnings.warn(
-                    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
-                    "cannot be detected", RuntimeWarning, stacklevel=2,
-                )
-            oriented = ImageOps.exif_transpose(image)
-            rgb = _to_8bit_rgb(oriented, self.background)
-        except AdapterError:
-            raise
-        except Exception as exc:
-            raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
-        finally:
-            image.close()
+        with self._opened(path) as image:  # verify() leaves the image unusable: reopen to decode
+            try:
+                n_frames = int(getattr(image, "n_frames", 1))
+                image.seek(0)
+                apply_decode_plan(image, decode)  # the decoder is told its target size
+                image.load()
+                if ImageFile.LOAD_TRUNCATED_IMAGES:
+                    warnings.warn(
+                        "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
+                        "cannot be detected", RuntimeWarning, stacklevel=2,
+                    )
+                oriented = ImageOps.exif_transpose(image)
+                rgb = _to_8bit_rgb(oriented, self.background)
+            except AdapterError:
+                raise
+            except Exception as exc:
+                raise AdapterError(path, f"corrupt or truncated {fmt} file: {exc}") from exc
         meta = {"path": str(path), "format": fmt, "size": rgb.size, "n_frames": n_frames}
+        if decode.reduce > 1:  # the full size, oriented as the decoded image is
+            full = decode.size if (decode.size[0] >= decode.size[1]) == (rgb.size[0] >= rgb.size[1]) else decode.size[::-1]
+            meta.update(decoded_at=f"1/{decode.reduce}", full_size=full)
         return rgb, meta
 
     # -- public ---------------------------------------------------------------------------
@@ -425,8 +434,10 @@ class ImagesAdapter(InputAdapter):
 
     def _deferred(self, path: Path) -> tuple[DeferredImage, dict[str, Any]]:
         """Checked now, decoded later (by the same strict :meth:`read_image`)."""
-        fmt, size = self.check_file(path)
-        with self._open(path) as header:
+        fmt, size, decode = self.check_file(path)
+        if decode.reduce > 1:  # a JPEG decoded at a DCT scale: the size the deferred decode will give
+            size = decode.decoded_size
+        with self._opened(path) as header:
             n_frames = int(getattr(header, "n_frames", 1))
             if header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees when decoded
                 size = (size[1], size[0])
@@ -453,9 +464,16 @@ class ImagesAdapter(InputAdapter):
             rows, cols = planned.grid
             resized = planned.resized_size[0] * planned.resized_size[1] if planned.resized_size != size else 0
             canvas = rows * cols * self.tile * self.tile  # the padded canvas, then the tiles cut from it
-            return RGB_BYTES_PER_PIXEL * (resized + 2 * canvas + self.tile * self.tile)
+            # the resized image, the padded canvas and the tiles cut from it, the global view's work
+            return RGB_BYTES_PER_PIXEL * (resized + 2 * canvas + self.tile * self.tile) + \
+                plan_view_size(size, self.tile).work_bytes
 
-        image, meta = self.read_image(path, plan=tiles_bytes)
+        def canvas_side(size: tuple[int, int]) -> int:  # a JPEG's DCT scale never goes below the split's canvas
+            return max(plan_high_res(size, tile=self.tile, mode=self.split_mode, max_tiles=cap).canvas_size)
+
+        with self._opened(path) as header:
+            min_side = canvas_side(header.size)
+        image, meta = self.read_image(path, plan=tiles_bytes, min_side=min_side)
         check_time_budget("before splitting")
         plan = plan_high_res(image.size, tile=self.tile, mode=self.split_mode, max_tiles=cap)
         tiles = apply_plan(image, plan, self.background)
@@ -463,7 +481,7 @@ class ImagesAdapter(InputAdapter):
         rows, cols = plan.grid
         tile_meta = [
             {"row": i // cols, "col": i % cols, "box": tuple(round(v, 3) for v in box)}
-            for i, box in enumerate(plan.source_boxes(image.size))
+            for i, box in enumerate(plan.source_boxes(meta.get("full_size", image.size)))
         ]
         info = {
             "format": meta["format"],

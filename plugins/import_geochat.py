@@ -16,43 +16,26 @@ the manifest answers in GeoChat's format.
 
 Checked per record, besides the ``llava`` checks: every ``{<`` starts a well-formed box
 (four coordinates, optional ``|<theta>``, numbers), ``0 <= x1 < x2 <= 100``,
-``0 <= y1 < y2 <= 100`` and ``-90 <= theta <= 90``. Media root default: the JSON's folder.
+``0 <= y1 < y2 <= 100`` and ``-90 <= theta <= 90`` (the grammar: :mod:`longllava_plugins.geochat_boxes`,
+shared with the ``geojson`` exporter). Media root default: the JSON's folder.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from longllava_sdk import hookimpl
 from longllava_sdk.importers import ImportedRow, RowIssue
+from longllava_plugins import geochat_boxes
 from longllava_plugins.import_llava import LlavaImporter
-
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
-#: One GeoChat box: ``{<x1><y1><x2><y2>|<theta>}`` (the angle part optional).
-BOX = re.compile(r"\{<" + r"><".join([_NUMBER] * 4) + r">(?:\|<" + _NUMBER + r">)?\}")
-GRID = 100.0
-
 
 def parse_boxes(text: str) -> list[tuple[float, float, float, float, float]]:
     """Every box in ``text`` as ``(x1, y1, x2, y2, theta)``, validated (raises :class:`RowIssue`)."""
-    boxes = []
-    starts = [m.start() for m in re.finditer(r"\{<", text)]
-    matched = {m.start(): m for m in BOX.finditer(text)}
-    for start in starts:
-        match = matched.get(start)
-        if match is None:
-            snippet = text[start:start + 40].split("}")[0] + "}"
-            raise RowIssue(f"malformed box {snippet!r}: expected {{<x1><y1><x2><y2>|<theta>}}")
-        x1, y1, x2, y2 = (float(v) for v in match.groups()[:4])
-        theta = float(match.group(5)) if match.group(5) is not None else 0.0
-        if not (0 <= x1 < x2 <= GRID and 0 <= y1 < y2 <= GRID):
-            raise RowIssue(f"box {match.group(0)} is not 0 <= x1 < x2 <= 100 and 0 <= y1 < y2 <= 100")
-        if not -90 <= theta <= 90:
-            raise RowIssue(f"box {match.group(0)}: angle {theta:g} is outside -90..90 degrees")
-        boxes.append((x1, y1, x2, y2, theta))
-    return boxes
+    try:
+        return [(b.x1, b.y1, b.x2, b.y2, b.theta) for b in geochat_boxes.parse_boxes(text)]
+    except geochat_boxes.BoxSyntaxError as exc:
+        raise RowIssue(str(exc)) from None
 
 
 class GeoChatImporter(LlavaImporter):

@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from longllava_sdk import hookimpl
+from longllava_sdk import hookimpl, local_files
 from longllava_sdk.errors import InputError
 from longllava_sdk.importers import ImportedRow, Importer, RowIssue, RowProblem, json_document, required_text
 from longllava_plugins.import_m3d_vqa import m3d_file, m3d_volume
@@ -81,10 +81,10 @@ class M3DCapImporter(Importer):
         size = path.stat().st_size
         if size > MAX_TEXT_BYTES:
             raise RowIssue(f"text file {relative!r} is {size} bytes; a caption is at most {MAX_TEXT_BYTES}")
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError as exc:
-            raise RowIssue(f"text file {relative!r} is not UTF-8 text ({exc.reason})") from None
+        try:  # a regular file only (a FIFO named as the caption is refused, never blocks)
+            text = local_files.read_text(path, what="text file").strip()
+        except InputError as exc:
+            raise RowIssue(f"text file {relative!r}: {exc.problem}") from None
         if not text:
             raise RowIssue(f"text file {relative!r} is empty")
         return text

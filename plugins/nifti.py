@@ -100,12 +100,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -120,9 +121,10 @@ from longllava_sdk.adapters import (
     Source,
     check_limit,
     check_time_budget,
-    confine,
     format_bytes,
     guarded_load,
+    local_source,
+    open_confined,
     sample_indices,
     validate_limit,
 )
@@ -218,6 +220,8 @@ class NiftiVolumeAdapter(InputAdapter):
 
         compressed = _check_container(path)
         version = _check_header_bytes(path, compressed)
+        # nibabel opens the path itself: it is checked again right before (a regular file)
+        local_source(path, what="NIfTI file")
         try:
             img = nib.load(str(path), mmap=False, keep_file_open=True)
         except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, ValueError...
@@ -388,22 +392,24 @@ class NiftiVolumeAdapter(InputAdapter):
 
 # ---------------------------------------------------------------------- validation
 def _single_path(source: Source) -> Path:
-    if isinstance(source, (list, tuple)):
-        if len(source) != 1:
-            raise AdapterError(
-                f"{source[0]} (+{len(source) - 1} more)" if source else "<empty list>",
-                "the NIfTI adapter reads one file per source",
-            )
-        source = source[0]
-    path = Path(source)  # type: ignore[arg-type]
-    if not path.is_file():
-        raise AdapterError(path, "no such file" if not path.exists() else "not a file")
-    return confine(path)
+    if isinstance(source, (list, tuple)) and len(source) != 1:
+        raise AdapterError(
+            f"{source[0]} (+{len(source) - 1} more)" if source else "<empty list>",
+            "the NIfTI adapter reads one file per source",
+        )
+    return local_source(source, "NIfTI", what="NIfTI file")  # local, a regular file, inside the allowed root
+
+
+@contextlib.contextmanager
+def _open_gzip(path: Path) -> Iterator[gzip.GzipFile]:
+    """The decompressed stream of a regular file (opened by :func:`open_confined`)."""
+    with open_confined(path, what="NIfTI file") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        yield stream
 
 
 def _check_container(path: Path) -> bool:
     """True for gzip data; the name and the content must agree."""
-    with open(path, "rb") as handle:
+    with open_confined(path, what="NIfTI file") as handle:
         magic = handle.read(2)
     is_gzip = magic == _GZIP_MAGIC
     named_gzip = path.name.lower().endswith(".gz")
@@ -418,10 +424,10 @@ def _check_header_bytes(path: Path, compressed: bool) -> int:
     """NIfTI version (1 or 2) from ``sizeof_hdr`` and the magic string, else AdapterError."""
     try:
         if compressed:
-            with gzip.open(path, "rb") as handle:
+            with _open_gzip(path) as handle:
                 head = handle.read(544)
         else:
-            with open(path, "rb") as handle:
+            with open_confined(path, what="NIfTI file") as handle:
                 head = handle.read(544)
     except (OSError, EOFError, zlib.error) as exc:
         raise AdapterError(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from exc
@@ -462,7 +468,7 @@ def _check_data_size(path: Path, compressed: bool, needed: int, verify_gzip: boo
     total = 0
     cap = needed + GZIP_SLACK_BYTES
     try:
-        with gzip.open(path, "rb") as stream:
+        with _open_gzip(path) as stream:
             while True:
                 check_time_budget(f"verifying the gzip stream, {format_bytes(total)} decompressed")
                 chunk = stream.read(_CHUNK)
@@ -496,7 +502,7 @@ def _check_gzip_trailer(path: Path, needed: int) -> None:
     compressed = path.stat().st_size
     if compressed < 18:
         raise AdapterError(path, f"truncated: {compressed} bytes cannot hold a gzip member")
-    with open(path, "rb") as handle:
+    with open_confined(path, what="NIfTI file") as handle:
         handle.seek(-4, os.SEEK_END)
         (isize,) = struct.unpack("<I", handle.read(4))
     if compressed * 1032 < 2**32 and isize < needed:

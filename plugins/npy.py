@@ -46,7 +46,6 @@ Example::
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -61,12 +60,11 @@ from longllava_sdk.adapters import (
     Source,
     check_limit,
     check_time_budget,
-    confine,
-    ensure_local_path,
     guarded_claims,
     guarded_load,
+    local_source,
+    open_confined,
     sample_indices,
-    single_source,
     validate_limit,
 )
 from longllava_sdk.errors import AdapterError, ConfigError, UnsupportedSourceError
@@ -128,13 +126,13 @@ class NpyVolumeAdapter(InputAdapter):
         """``.npy`` regular files that start with the NumPy magic bytes."""
         if not path.name.lower().endswith(".npy") or not path.is_file():
             return False
-        with open(confine(path), "rb") as handle:
+        with open_confined(path, what=".npy file") as handle:
             return handle.read(len(NPY_MAGIC)) == NPY_MAGIC
 
     @guarded_load
     def load(self, source: Source, *, max_images: int | None = None) -> Media:
         """Read at most ``max_images`` windowed RGB slices of the volume in ``source``."""
-        path = confine(ensure_local_path(single_source(source, self.name), what="file"))
+        path = local_source(source, self.name, what=".npy file")
         budget = max_images if max_images is not None else self.max_images
         if budget is not None and budget < 1:
             raise ConfigError(f"max_images must be >= 1, got {budget}")
@@ -184,11 +182,8 @@ def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         AdapterError: not a regular file, not NumPy, truncated, an empty or wrongly shaped array.
         UnsupportedSourceError: object / structured / complex dtypes, several channels.
     """
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise AdapterError(path, "not a regular file")
-    size = os.stat(path).st_size
-    with open(path, "rb") as handle:
+    with open_confined(path, what=".npy file") as handle:  # regular files only (fstat of the opened file)
+        size = os.fstat(handle.fileno()).st_size
         if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise AdapterError(path, "not a NumPy .npy file (wrong magic bytes)")
         handle.seek(0)

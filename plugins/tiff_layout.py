@@ -24,12 +24,12 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from longllava_sdk.adapters import check_limit, format_bytes
 from longllava_sdk.errors import AdapterError
+from longllava_sdk.local_files import open_regular
 
 SIGNATURES = {b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True)}
 #: Field type -> (struct code, size) for the integer types the layout tags may use.
@@ -185,7 +185,7 @@ def inspect_tiff(
         ResourceLimitError: a limit is exceeded.
     """
     text = os.fspath(path)
-    with open(text, "rb") as handle:
+    with open_regular(text, what="TIFF file") as handle:  # regular files only: a FIFO never blocks
         size = os.fstat(handle.fileno()).st_size
         head = handle.read(16)
         if head[:4] not in SIGNATURES:
@@ -313,5 +313,5 @@ def _image(reader: _Reader, offset: int, index: int, max_pixels: int | None, max
 
 def is_tiff(path: str | os.PathLike[str]) -> bool:
     """Whether the file starts with a TIFF / BigTIFF signature."""
-    with Path(path).open("rb") as handle:
+    with open_regular(path, what="TIFF file") as handle:
         return handle.read(4) in SIGNATURES

@@ -72,6 +72,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
+import struct
 from array import array
 from fractions import Fraction
 from pathlib import Path
@@ -87,14 +89,13 @@ from longllava_sdk.adapters import (
     Source,
     check_limit,
     check_time_budget,
-    confine,
-    ensure_local_path,
     guarded_load,
+    local_source,
+    open_confined,
     sample_indices,
-    single_source,
     validate_limit,
 )
-from longllava_sdk.errors import AdapterError, ConfigError
+from longllava_sdk.errors import AdapterError, ConfigError, ResourceLimitError
 from longllava_sdk.hookspecs import hookimpl
 from longllava_sdk.media import Media
 
@@ -114,16 +115,68 @@ _OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ALLOWED_DEMUX
 _MANIFESTS = (b"#EXTM3U", b"ffconcat", b"<?xml", b"<MPD", b"<smil", b"[playlist]")
 
 
+#: Most ``trak`` boxes an MP4 / QuickTime ``moov`` may hold (a real file has a handful).
+MAX_TRACKS = 64
+#: Most boxes read at one level of the box tree (top level, ``moov``'s children).
+MAX_BOXES_PER_LEVEL = 4096
+#: The ISO base media file format brands / first boxes that mark an MP4 / QuickTime file.
+_ISO_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp")
+
+
 def _require_local_file(source: Source) -> Path:
-    path = confine(ensure_local_path(single_source(source, "video"), what="video file"))
-    with path.open("rb") as handle:
+    path = local_source(source, "video", what="video file")  # local, regular (a FIFO never blocks), in the root
+    with open_confined(path, what="video file") as handle:
         head = handle.read(64)
-    if not head:
-        raise AdapterError(path, "empty file")
-    if head.lstrip().startswith(_MANIFESTS):
-        raise AdapterError(path, "is a playlist / manifest, not a video; playlists can reference other files "
-                                 "or the network and are refused")
+        if not head:
+            raise AdapterError(path, "empty file")
+        if head.lstrip().startswith(_MANIFESTS):
+            raise AdapterError(path, "is a playlist / manifest, not a video; playlists can reference other files "
+                                     "or the network and are refused")
+        if head[4:8] in _ISO_FIRST_BOXES:
+            _check_iso_boxes(path, handle)
     return path
+
+
+def _box_headers(handle: Any, start: int, end: int, path: Path, where: str) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, body_start, box_end)`` of the boxes in ``[start, end)``, reading 16 header bytes
+    each (never a body); at most :data:`MAX_BOXES_PER_LEVEL`."""
+    offset, count = start, 0
+    while offset + 8 <= end:
+        handle.seek(offset)
+        header = handle.read(16)
+        if len(header) < 8:
+            return
+        size, kind = struct.unpack(">I4s", header[:8])
+        body = offset + 8
+        if size == 1 and len(header) == 16:
+            size = struct.unpack(">Q", header[8:16])[0]
+            body = offset + 16
+        elif size == 0:
+            size = end - offset
+        if size < body - offset:
+            return  # a malformed box: FFmpeg reports what it makes of it
+        count += 1
+        if count > MAX_BOXES_PER_LEVEL:
+            raise ResourceLimitError(path, f"holds more than {MAX_BOXES_PER_LEVEL:,} boxes in {where} (a real "
+                                           "video has a few dozen): refused before FFmpeg parses it")
+        yield kind, body, min(offset + size, end)
+        offset += size
+
+
+def _check_iso_boxes(path: Path, handle: Any) -> None:
+    """Cost before work for MP4 / QuickTime: the box tree is walked by its headers (top level and
+    ``moov``'s children, bounded reads) and a ``moov`` with more than :data:`MAX_TRACKS` tracks,
+    or a level with more than :data:`MAX_BOXES_PER_LEVEL` boxes, is refused before
+    ``av.open``, whose parse of such a file runs for minutes inside one C call."""
+    end = os.fstat(handle.fileno()).st_size
+    for kind, body, box_end in _box_headers(handle, 0, end, path, "the file"):
+        if kind != b"moov":
+            continue
+        tracks = sum(1 for child, _, _ in _box_headers(handle, body, box_end, path, "its moov box")
+                     if child == b"trak")
+        if tracks > MAX_TRACKS:
+            raise ResourceLimitError(path, f"its moov box holds {tracks:,} tracks (trak boxes), more than the "
+                                           f"{MAX_TRACKS} a video may have: refused before FFmpeg parses it")
 
 
 # ---------------------------------------------------------------------------------------

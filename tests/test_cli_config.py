@@ -28,7 +28,8 @@ def _argv(tmp_path: Path) -> dict[str, list[str]]:
         "info": ["info", "--preset", "a13b", "--json-output"],
         "init-model": ["init-model", "out", "--seed", "3", "--overwrite"],
         "infer": ["infer", "--model", "m", "--prompt", "p", "--image", "a.png", "b.png", "--adapter-option",
-                  "window=lung", "--adapter-option", "allow_non_parallel=true", "--dtype", "bf16", "--no-stream"],
+                  "window=lung", "--adapter-option", "allow_non_parallel=true", "--dtype", "bf16", "--no-stream",
+                  "--export", "geojson", "--export-path", "o.geojson"],
         "convert-official": ["convert-official", "src", "dst", "--dtype", "bfloat16", "--allow-pickle"],
         "plugins": ["plugins", "--json", "--adapter", "dicom"],
         "finetune": ["finetune", "--domain", "medical", "--lr", "0.001", "--max-steps", "3", "--no-merge",
@@ -46,6 +47,10 @@ def _argv(tmp_path: Path) -> dict[str, list[str]]:
         "data formats": ["data", "formats", "--json"],
         "data import": ["data", "import", "llava", "src.json", "--output", "o.jsonl", "--strict"],
         "data deidentify": ["data", "deidentify", "in", "--output", "out", "--seed", "s"],
+        "export dicom-sr": ["export", "dicom-sr", "--series", "ct", "--answer", "a", "--output", "o.dcm",
+                            "--model", "m", "--series-number", "12", "--overwrite"],
+        "export geojson": ["export", "geojson", "--raster", "s.tif", "--answer", "a {<0><0><9><9>}", "--output",
+                           "o.geojson"],
     }
 
 
@@ -202,8 +207,8 @@ def _documented_command_lines() -> list[tuple[str, str]]:
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip().removeprefix("$ ")
                 if line.startswith("longllava-sdk "):
-                    line = re.split(r" #| \| | > | && ", line)[0]
-                    found.append((path.name, " ".join(shlex.split(line)[1:])))
+                    line = re.split(r" #| \| | > | && ", line)[0].strip().removesuffix(" &")  # & backgrounds
+                    found.append((path.name, shlex.join(shlex.split(line)[1:])))  # quoted words stay one
     return found
 
 

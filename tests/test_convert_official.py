@@ -25,6 +25,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerF
 from longllava_sdk import LongLLaVAConfig, LongLLaVAForConditionalGeneration, LongLLaVAProcessor, Pipeline
 from longllava_sdk.convert_official import REPORT_FILE, build_sdk_config, convert_official
 from longllava_sdk.errors import CheckpointError, UnsafeCheckpointError
+from trainer_fixtures import assert_auto_files
 
 pytestmark = pytest.mark.compat  # also run on the oldest allowed dependency versions (.ci/run)
 
@@ -341,6 +342,7 @@ def test_transformers4_native_jamba_names_are_accepted(tmp_path):
 def test_converted_model_runs_and_round_trips(moe_case, tmp_path, rgb_images):
     _, _, dst, model = moe_case
     processor = LongLLaVAProcessor.from_pretrained(dst)
+    assert_auto_files(dst)  # transformers' Auto classes load it (tests/test_hf_auto.py)
     assert processor.tokens_per_image == 144 and processor.pad_to_square
     assert processor.image_processor.crop_size["height"] == 336
     batch = processor(messages=[{"role": "user", "content": "What is shown in the image?",

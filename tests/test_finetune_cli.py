@@ -20,7 +20,7 @@ import pytest
 
 from longllava_sdk.cli import main
 from trainer_fixtures import builtin_plugins, one_torch_thread  # noqa: F401  (autouse fixtures)
-from trainer_fixtures import write_colour_dataset, write_micro_model
+from trainer_fixtures import assert_auto_files, write_colour_dataset, write_micro_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +83,8 @@ def test_merge_writes_a_standalone_model_equal_to_the_run_export(classify_run, c
     assert "Pipeline.from_pretrained" in capsys.readouterr().out
     assert {"model.safetensors", "config.json", "tokenizer.json", "head_config.json", "head.safetensors"} <= \
         {p.name for p in merged.iterdir()}
+    assert_auto_files(merged)  # loads with transformers' Auto classes (trust_remote_code=True) without the SDK import
+    assert_auto_files(out / "merged")
     image = square_image("blue", seed=3)
     a = Pipeline.from_pretrained(out / "model", device="cpu").classify("What colour is the square?", images=[image])
     b = Pipeline.from_pretrained(merged, device="cpu").classify("What colour is the square?", images=[image])
@@ -145,6 +147,7 @@ def test_full_finetune_generate_head_and_overwrite(tmp_path, capsys):
     assert "stage domain, full, head generate, 2 steps" in printed
     assert not (out / "adapter").exists() and not (out / "stale.txt").exists()
     assert (out / "model" / "model.safetensors").is_file()
+    assert_auto_files(out / "model")
     namespace: dict = {}
     exec(snippet_from(printed), namespace)  # noqa: S102
     assert capsys.readouterr().out.strip() != ""  # the generated answer (random weights: any text)

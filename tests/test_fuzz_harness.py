@@ -17,7 +17,7 @@ from fuzz.targets import TARGET_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 SMOKE_ITERATIONS = 20
-ADAPTERS = ("dicom", "nifti", "geotiff", "video", "images")
+ADAPTERS = ("dicom", "nifti", "geotiff", "video", "images", "hostile")
 
 
 @pytest.mark.timeout(300)

@@ -104,7 +104,7 @@ def test_adapter_and_head_examples_work(tmp_path):
     import torch
     from PIL import Image
 
-    (adapter_example,) = _example_plugins("longllava_register_adapters", tmp_path)
+    adapter_example, tiled_example = _example_plugins("longllava_register_adapters", tmp_path)
     for index, color in enumerate(["red", "green", "blue"]):
         Image.new("RGB", (20, 10), color).save(tmp_path / f"img{index}.png")
     listing = tmp_path / "scans.txt"
@@ -112,6 +112,26 @@ def test_adapter_and_head_examples_work(tmp_path):
     media = adapter_example.ImageListAdapter().load(listing, max_images=2)
     assert media.kind == "images" and [m["file"] for m in media.metadata] == ["img0.png", "img2.png"]
     assert media.images[1].getpixel((0, 0)) == (0, 0, 255)
+
+    # the tiled example: global view + tiles row-major, a dropped tile placed by its row/col,
+    # reported in info["warnings"]; confine keeps it inside the allowed root
+    from longllava_sdk.adapters import allowed_root
+    from longllava_sdk.errors import OutsideRootError
+
+    scene = tmp_path / "scene.tiles"
+    scene.mkdir()
+    Image.new("RGB", (30, 30), "white").save(scene / "overview.png")
+    for row, col in [(0, 0), (0, 1), (1, 1)]:
+        Image.new("RGB", (8, 8), (row * 100, col * 100, 0)).save(scene / f"r{row}_c{col}.png")
+    tiled = tiled_example.TileFolderAdapter().load(scene)
+    assert tiled.kind == "tiled" and tiled.grid == (2, 2) and len(tiled.images) == 4
+    assert [(m["row"], m["col"]) for m in tiled.metadata[1:]] == [(0, 0), (0, 1), (1, 1)]
+    assert tiled.info["warnings"] == ["1 tile(s) missing"]
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8), "black").save(outside)
+    (scene / "r1_c0.png").symlink_to(outside)
+    with allowed_root(scene), pytest.raises(OutsideRootError):
+        tiled_example.TileFolderAdapter().load(scene)
 
     (head_example,) = _example_plugins("longllava_register_heads", tmp_path)
     head = head_example.MultiLabelHead(hidden_size=6, labels=["a", "b", "c"])

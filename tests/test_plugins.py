@@ -355,9 +355,9 @@ def test_autoload_disabled_by_environment_variable(make_dist, monkeypatch):
 class _AllHooks:
     """A programmatic plugin implementing every hook, recording what it was given."""
 
-    def __init__(self, adapter_cls, head_cls, command, callback, importer_cls=None):
+    def __init__(self, adapter_cls, head_cls, command, callback, importer_cls=None, exporter_cls=None):
         self.adapter_cls, self.head_cls, self.command, self.callback = adapter_cls, head_cls, command, callback
-        self.importer_cls = importer_cls
+        self.importer_cls, self.exporter_cls = importer_cls, exporter_cls
         self.seen: dict[str, tuple] = {}
 
     @hookimpl
@@ -381,6 +381,10 @@ class _AllHooks:
         return [self.importer_cls]
 
     @hookimpl
+    def longllava_register_exporters(self):
+        return [self.exporter_cls]
+
+    @hookimpl
     def longllava_model_loaded(self, model, config):
         self.seen["model_loaded"] = (model, config)
         model.seen_by_plugin = True
@@ -397,12 +401,13 @@ class _AllHooks:
         return [self.callback]
 
 
-def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
+def test_every_hook_is_called_through_the_manager(monkeypatch, capsys, tmp_path):
     from transformers import TrainerCallback
 
     from longllava_sdk.adapters import InputAdapter
+    from longllava_sdk.exporters import ExportOption, Exporter, ExportResult
     from longllava_sdk.importers import ImportedRow, Importer
-    from longllava_sdk.registry import available_adapters, available_importers
+    from longllava_sdk.registry import available_adapters, available_exporters, available_importers
 
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
 
@@ -446,8 +451,21 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
             for number, line in enumerate(source.read_text().splitlines(), start=1):
                 yield ImportedRow(number, f"q{number}", [("human", line), ("gpt", "ok")])
 
+    class ShoutExporter(Exporter):
+        name = "all-hooks-shout"
+        description = "the answer in capitals, in a text file"
+        source_kind = "images"
+        source_option = "image"
+        source_help = "the image the answer is about"
+        suffixes = (".txt",)
+        options = {"times": ExportOption(int, 1, "how often")}
+
+        def export(self, source, answer, output, *, times=1):
+            output.write_text("\n".join([answer.upper()] * times))
+            return ExportResult(self.name, output, f"{times} line(s)")
+
     callback = TrainerCallback()
-    plugin = _AllHooks(TxtAdapter, Head, shout_twice, callback, LinesImporter)
+    plugin = _AllHooks(TxtAdapter, Head, shout_twice, callback, LinesImporter, ShoutExporter)
     pm = get_plugin_manager()
     assert pm.register(plugin, name="all_hooks") == "all_hooks"
     assert _record(pm, "all_hooks").hooks == sorted(hook_names())
@@ -460,6 +478,8 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     assert pm.hook.longllava_register_commands() == [[shout_twice]]
     assert pm.hook.longllava_register_importers() == [[LinesImporter]]
     assert available_importers() == {"all_hooks_lines": LinesImporter}
+    assert pm.hook.longllava_register_exporters() == [[ShoutExporter]]
+    assert available_exporters() == {"all-hooks-shout": ShoutExporter}
 
     model, config = torch.nn.Linear(2, 2), {"preset": "tiny"}
     assert pm.hook.longllava_model_loaded(model=model, config=config) == []
@@ -493,6 +513,12 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys):
     capsys.readouterr()
     assert main(["shout-twice", "hello", "--times", "3"]) == 0
     assert capsys.readouterr().out.strip() == "HELLO HELLO HELLO"
+    # A plugin exporter is a real `longllava-sdk export NAME` sub-command, flags from its declaration.
+    source, target = tmp_path / "scan.png", tmp_path / "answer.txt"
+    source.write_bytes(b"x")
+    assert main(["export", "all-hooks-shout", "--image", str(source), "--answer", "ok", "--output", str(target),
+                 "--times", "2"]) == 0
+    assert target.read_text() == "OK\nOK"
 
 
 def test_collect_rejects_unknown_hooks_and_bad_arguments():

@@ -18,7 +18,7 @@ import torch
 
 from longllava_sdk import Pipeline
 from longllava_sdk.serving import ServerSettings, create_app
-from serving_fixtures import SECRET, data_url, make_root, png_bytes, running_server, user
+from serving_fixtures import SECRET, data_url, make_root, png_bytes, running_server, user, wait_ready
 
 # Part of the compatibility subset: CI also runs it on the oldest allowed server stack.
 pytestmark = pytest.mark.compat
@@ -69,7 +69,7 @@ def test_models_lists_the_served_model_and_health_is_open(server, client):
     assert [m.id for m in models.data] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
     health = httpx.get(f"{server.url}/health")  # no key: /health stays open for load balancers
-    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert health.status_code == 200 and health.json() == {"status": "ready"}
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_the_adapters_confine_what_they_open_to_the_root_too(client, root, monke
     """A link the jail's walk did not see (one made after it) is still refused, by the adapter."""
     from longllava_sdk.serving.security import RootJail
 
-    monkeypatch.setattr(RootJail, "_check_folder", lambda self, folder, param: None)
+    monkeypatch.setattr(RootJail, "_check_folder", lambda self, folder, param, redact: None)
     error = _refused(client, {"type": "volume", "volume": {"path": "ct_trap"}})
     assert error.body["code"] == "path_outside_root"
     assert error.body["message"] == "the path is outside the server's allowed root"
@@ -368,13 +368,16 @@ def test_serve_quantize_int8_serves_the_int8_model(tiny_checkpoint, root, monkey
     from longllava_sdk.serving import serve
 
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kwargs: served.update(app=self.config.app,
+                                                                                  host=self.config.host))
     serve(str(tiny_checkpoint), root=str(root), model_name=MODEL, quantize="int8", port=0)
-    pipeline = served["app"].state.server.pipeline
-    assert pipeline.model.config.quantization["mode"] == "int8"
+    monkeypatch.undo()
     assert served["host"] == "127.0.0.1"
     int8 = Pipeline.from_pretrained(tiny_checkpoint, quantize="int8")
     with running_server(served["app"]) as server:
+        wait_ready(server.url)  # serve() loads the model once the server listens
+        pipeline = served["app"].state.server.pipeline
+        assert pipeline.model.config.quantization["mode"] == "int8"
         answer = chat(server.client(), user("Describe.", {"type": "image", "image": {"path": "images/ihc_01.png"}}))
     expected = int8("Describe.", images=[root / "images/ihc_01.png"], max_new_tokens=12)
     assert answer.choices[0].message.content == expected

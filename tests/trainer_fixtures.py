@@ -8,6 +8,7 @@ same as with 336 px / 144 tokens.
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def write_micro_model(directory: Path, seed: int = 0, **overrides) -> Path:
 
     model, processor = make_micro_model(seed, **overrides)
     return save_model(model, processor, directory)
+
+
+def assert_auto_files(folder: Path) -> None:
+    """``folder`` loads through transformers' Auto classes without the SDK's import (longllava_sdk/hf_auto.py)."""
+    from longllava_sdk.hf_auto import AUTO_MAP, PROCESSOR_AUTO_MAP, SHIM_FILES
+
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        data = json.loads((folder / name).read_text())
+        assert data["processor_class"] == "LongLLaVAProcessor" and data["auto_map"] == PROCESSOR_AUTO_MAP, name
+    for name in SHIM_FILES:
+        assert (folder / name).is_file(), name
+    assert (folder / "README.md").read_text().startswith("`import longllava_sdk`")
 
 
 def square_image(colour: str, size: int = 56, seed: int = 0) -> Image.Image:

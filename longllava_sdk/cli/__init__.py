@@ -374,17 +374,26 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+class _Lines(logging.Formatter):
+    """Bare messages; a WARNING as ``warning: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
+
+
 def _show_sdk_info_logs() -> None:
     """Print the SDK's own INFO lines (which kernels run, which checkpoint a resume picked).
 
-    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr: other libraries'
-    loggers keep their own levels. Records still propagate (an application's or pytest's root
-    handlers see them); the root logger has no handler of its own in a CLI process.
+    Only the ``longllava_sdk`` logger hierarchy, as bare messages on stderr (warnings, such as
+    the ones adapters record about a source, as ``warning: ...``, one line each): other
+    libraries' loggers keep their own levels. Records still propagate (an application's or
+    pytest's root handlers see them); the root logger has no handler of its own in a CLI process.
     """
     sdk = logging.getLogger("longllava_sdk")
     if not any(isinstance(h, _CurrentStderrHandler) for h in sdk.handlers):
         handler = _CurrentStderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_Lines("%(message)s"))
         sdk.addHandler(handler)
     if sdk.level == logging.NOTSET or sdk.level > logging.INFO:
         sdk.setLevel(logging.INFO)

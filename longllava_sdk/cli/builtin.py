@@ -142,9 +142,10 @@ def recipe_config(path: Path, data: Any) -> dict[str, Any] | None:
 
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
-    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench, data."""
+    """The SDK's own commands: info, init-model, infer, convert-official, plugins, finetune, merge, eval, serve, plan, bench, data, export."""
     from .cmd_bench import bench
     from .cmd_data import formats, present_deidentify, present_import
+    from .cmd_export import exporter_commands
     from .cmd_infer import infer
     from .cmd_info import info
     from .cmd_model import init_model
@@ -170,6 +171,7 @@ def longllava_register_commands() -> list[Callable[..., Any]]:
             formats,
             LazyCommand("longllava_sdk.deidentify:deidentify", present=present_deidentify),
         ]),
+        command_group("export", EXPORT_HELP, exporter_commands()),
     ]
 
 
@@ -189,3 +191,12 @@ DATA_HELP = """Bring datasets in: import a public dataset layout into a manifest
     longllava-sdk data deidentify dicom_in/ --output dicom_out/     DICOM PS3.15 Basic Profile + a report
 
 Bad rows are listed with their row number and reason; the good ones are written atomically."""
+
+
+EXPORT_HELP = """Write an answer back into the team's own systems: a DICOM SR in the study, GeoJSON on the map.
+
+    longllava-sdk export dicom-sr --series ct/ --answer "..." --output answer_sr.dcm [--model DIR]
+    longllava-sdk export geojson --raster scene.tif --answer "... {<10><20><30><40>|<0>}" --output boxes.geojson
+
+One sub-command per installed exporter (a plugin adds more through longllava_register_exporters);
+`infer --export NAME --export-path FILE` does the same in one step. Outputs are written atomically."""

@@ -1,30 +1,39 @@
 """The needle-in-a-haystack heatmap: accuracy by number of images (x) and needle depth (y).
 
-Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend switch,
-so it never disturbs an interactive session), red (0 %) to green (100 %) like the paper's
-figure, every cell annotated with its percentage. matplotlib is the ``[eval]`` extra.
+Drawn with Pillow (a core dependency, so ``eval niah`` draws it on the plain install), red
+(0 %) through yellow to green (100 %) like the paper's figure, every cell annotated with its
+percentage, a colour bar on the right; a cell without a value stays grey.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, option_hint
+from PIL import Image, ImageDraw, ImageFont
+
 from .store import atomic_write_bytes
 
-__all__ = ["write_heatmap", "require_matplotlib"]
+__all__ = ["write_heatmap", "cell_colour"]
+
+#: red (0 %) -> light orange (50 %) -> green (100 %), the paper's scale
+_STOPS = ((0.0, (215, 48, 31)), (0.5, (253, 212, 158)), (1.0, (26, 152, 80)))
+_CELL = (64, 30)  # width, height of one cell in pixels
+_MARGIN = (90, 40, 110, 60)  # left, top, right (colour bar), bottom
+_INK, _EMPTY = (40, 40, 40), (200, 200, 200)
 
 
-def require_matplotlib() -> None:
-    """Raise :class:`ConfigError` (with the fix) when matplotlib is not installed."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError("the heatmap needs matplotlib: pip install 'longllava-sdk[eval]', or pass "
-                          f"{option_hint('heatmap', False)}") from exc
+def cell_colour(value: float) -> tuple[int, int, int]:
+    """The colour of a cell holding ``value`` (0..1, clipped): linear between the scale's stops."""
+    value = min(1.0, max(0.0, float(value)))
+    for (low, a), (high, b) in zip(_STOPS, _STOPS[1:]):
+        if value <= high:
+            t = (value - low) / (high - low)
+            return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+    return _STOPS[-1][1]
 
 
 def write_heatmap(cells: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, metric: str = "accuracy",
@@ -35,36 +44,46 @@ def write_heatmap(cells: Sequence[dict[str, Any]], path: str | os.PathLike[str],
         cells: one dict per cell with ``num_images``, ``depth`` and ``metric`` (0..1).
         title: drawn above the plot.
     """
-    require_matplotlib()
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.figure import Figure
-
     counts = sorted({int(c["num_images"]) for c in cells})
     depths = sorted({float(c["depth"]) for c in cells})
-    grid = np.full((len(depths), len(counts)), np.nan)
+    grid: dict[tuple[int, int], float] = {}
     for cell in cells:
         value = cell.get(metric)
-        if value is not None:
+        if value is not None and math.isfinite(float(value)):
             grid[depths.index(float(cell["depth"])), counts.index(int(cell["num_images"]))] = float(value)
-    figure = Figure(figsize=(max(4.0, 0.8 * len(counts) + 2.0), max(3.0, 0.5 * len(depths) + 1.8)), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    colours = LinearSegmentedColormap.from_list("niah", ["#d7301f", "#fdd49e", "#1a9850"])
-    image = axes.imshow(grid, cmap=colours, vmin=0.0, vmax=1.0, aspect="auto")
+    left, top, right, bottom = _MARGIN
+    width = left + _CELL[0] * max(1, len(counts)) + right
+    height = top + _CELL[1] * max(1, len(depths)) + bottom
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
     for row in range(len(depths)):
         for col in range(len(counts)):
-            if not np.isnan(grid[row, col]):
-                axes.text(col, row, f"{100 * grid[row, col]:.0f}", ha="center", va="center", fontsize=8)
-    axes.set_xticks(range(len(counts)), [str(n) for n in counts])
-    axes.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths])
-    axes.set_xlabel("number of images")
-    axes.set_ylabel("needle depth")
+            x0, y0 = left + col * _CELL[0], top + row * _CELL[1]
+            value = grid.get((row, col))
+            draw.rectangle([x0, y0, x0 + _CELL[0] - 1, y0 + _CELL[1] - 1],
+                           fill=_EMPTY if value is None else cell_colour(value), outline="white")
+            if value is not None:
+                draw.text((x0 + _CELL[0] / 2, y0 + _CELL[1] / 2), f"{100 * value:.0f}", fill=_INK, font=font,
+                          anchor="mm")
+    plot_right, plot_bottom = left + _CELL[0] * len(counts), top + _CELL[1] * len(depths)
+    for col, count in enumerate(counts):
+        draw.text((left + (col + 0.5) * _CELL[0], plot_bottom + 6), str(count), fill=_INK, font=font, anchor="mt")
+    for row, depth in enumerate(depths):
+        draw.text((left - 6, top + (row + 0.5) * _CELL[1]), f"{100 * depth:.0f}%", fill=_INK, font=font, anchor="rm")
+    draw.text(((left + plot_right) / 2, height - 18), "number of images", fill=_INK, font=font, anchor="mm")
+    draw.text((8, top - 22), "needle depth", fill=_INK, font=font)
     if title:
-        axes.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=axes, label=metric)
-    figure.tight_layout()
+        draw.text((width / 2, 8), title, fill=_INK, font=font, anchor="mt")
+    # colour bar: 0 at the bottom, 1 at the top
+    bar_x = plot_right + 30
+    bar_height = max(60, plot_bottom - top)
+    for y in range(bar_height):
+        draw.line([(bar_x, top + y), (bar_x + 14, top + y)], fill=cell_colour(1 - y / max(1, bar_height - 1)))
+    for fraction in (0.0, 0.5, 1.0):
+        y = top + (1 - fraction) * (bar_height - 1)
+        draw.text((bar_x + 20, y), f"{100 * fraction:.0f}%", fill=_INK, font=font, anchor="lm")
+    draw.text((bar_x, top + bar_height + 6), metric, fill=_INK, font=font)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    image.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())

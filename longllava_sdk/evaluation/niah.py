@@ -284,7 +284,7 @@ def evaluate_niah(
         samples_per_cell: items per (N, depth) cell.
         answer_format: open (the model writes the answer) or choice (options A-D, answer a letter).
         insertion: insert (the needle is an extra image) or overlay (pasted onto a real frame).
-        heatmap: write heatmap.png (needs matplotlib, the [eval] extra).
+        heatmap: write heatmap.png (drawn with Pillow).
         haystack_options: the haystack and its needles (:class:`HaystackOptions`; flat flags on the CLI).
         load: device / dtype of the model (:class:`~longllava_sdk.options.LoadOptions`).
         overwrite: discard a previous run with other settings in --output and start again.
@@ -295,10 +295,8 @@ def evaluate_niah(
     opts = take_options(fields, HaystackOptions, haystack_options)
     load = take_options(fields, LoadOptions, load)
     reject_unknown(fields, "evaluate_niah")
-    from .heatmap import require_matplotlib, write_heatmap
+    from .heatmap import write_heatmap
 
-    if heatmap:
-        require_matplotlib()
     predictor = Predictor.from_model_folder(model, load=load, max_new_tokens=opts.max_new_tokens)
     pipeline = predictor.pipeline
     size = int(opts.frame_size or pipeline.config.vision_config.image_size)

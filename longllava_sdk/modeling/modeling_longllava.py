@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, CLIPVisionModel
+from transformers import CLIPVisionModel
 from transformers import GenerationMixin, JambaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from ..config import LongLLaVAConfig
 from ..context_limit import check_input_ids
 from ..errors import ProtocolError
+from ..hf_auto import register_auto_class
 from . import cache_access
 from .cache_access import JAMBA_CACHE_ARGUMENT
 from .chunked_prefill import PrefillOutput, chunked_prefill, resolve_chunk_size
@@ -98,6 +99,14 @@ class LongLLaVAPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     # Mamba layers carry recurrent state: no assisted decoding / cache cropping.
     _is_stateful = True
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str | type = "AutoModel") -> None:
+        """Nothing to do: the config's ``save_pretrained`` writes the ``auto_map`` and module files.
+
+        transformers calls this on a class loaded with ``trust_remote_code=True``; its own
+        version would make every later save copy the SDK's modeling sources into the folder.
+        """
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -421,6 +430,4 @@ class LongLLaVAForConditionalGeneration(LongLLaVAPreTrainedModel, GenerationMixi
         return not bool((input_ids[:, -1] == self.config.image_token_id).any())
 
 
-AutoModel.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
-AutoModelForCausalLM.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
-AutoModelForImageTextToText.register(LongLLaVAConfig, LongLLaVAForConditionalGeneration)
+register_auto_class(LongLLaVAForConditionalGeneration)

@@ -38,12 +38,14 @@ import torch
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
-from transformers import (AutoProcessor, AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
+from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, PreTrainedTokenizerBase,
                           PreTrainedTokenizerFast, ProcessorMixin)
 
 from ..config import LongLLaVAConfig
-from ..errors import InputError, ProtocolError
-from ..highres import expand_to_square, mean_colour
+from ..checkpoint import model_file_names
+from ..errors import CheckpointError, InputError, ProtocolError
+from ..hf_auto import PROCESSOR_AUTO_MAP, add_processor_auto_map, register_auto_class, write_auto_files
+from ..highres import mean_colour, square_view, trim_to_aspect
 from ..media import DeferredImage, Media, load_image
 from . import protocol
 from .tokenizer import build_tokenizer
@@ -54,6 +56,8 @@ PROCESSOR_CONFIG = "longllava_processor.json"
 #: transformers' processor config: ``processor_class`` (what ``AutoProcessor`` dispatches on)
 #: and the same settings.
 HF_PROCESSOR_CONFIG = "processor_config.json"
+#: the CLIP image processor's settings (transformers' name)
+IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 #: The settings both files hold; a folder whose two files disagree is refused.
 _SETTINGS = ("tokens_per_image", "image_token_id", "pad_to_square")
@@ -164,8 +168,9 @@ class LongLLaVAProcessor(ProcessorMixin):
 
         Writes the tokenizer files, ``preprocessor_config.json`` (CLIP settings),
         ``longllava_processor.json`` (the SDK's settings), ``processor_config.json`` (the same
-        settings and ``processor_class``, which ``AutoProcessor`` reads) and
-        ``chat_template.jinja``. Returns the paths of the processor config files.
+        settings, ``processor_class`` and ``auto_map``, which ``AutoProcessor`` reads; the image
+        processor and tokenizer configs name them too), ``chat_template.jinja`` and the
+        Auto-class module files (:func:`longllava_sdk.hf_auto.write_auto_files`). Returns the paths of the processor config files.
         """
         if push_to_hub:
             raise InputError(save_directory, "the SDK saves processors locally only; upload the folder yourself")
@@ -174,11 +179,24 @@ class LongLLaVAProcessor(ProcessorMixin):
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
         (directory / PROCESSOR_CONFIG).write_text(json.dumps(self.settings, indent=2) + "\n")
-        hf_config = {"processor_class": type(self).__name__, **self.settings}
+        hf_config = {"processor_class": LongLLaVAProcessor.__name__, "auto_map": PROCESSOR_AUTO_MAP, **self.settings}
         (directory / HF_PROCESSOR_CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
+        # AutoProcessor reads processor_class / auto_map from whichever config it finds first:
+        # every one of them names this processor, so it never falls back to a bare tokenizer.
+        for name in (IMAGE_PROCESSOR_CONFIG, "tokenizer_config.json"):
+            if (directory / name).is_file():
+                add_processor_auto_map(directory / name, LongLLaVAProcessor.__name__)
+        write_auto_files(directory)
         # Written after the tokenizer, which writes its own template (if it has one) to this name.
         (directory / CHAT_TEMPLATE_FILE).write_text(self.chat_template)
         return [str(directory / PROCESSOR_CONFIG), str(directory / HF_PROCESSOR_CONFIG)]
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """Nothing to do: :meth:`save_pretrained` writes the ``auto_map`` and module files.
+
+        transformers calls this on a class loaded with ``trust_remote_code=True``.
+        """
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], config: Any | None = None,
@@ -200,6 +218,10 @@ class LongLLaVAProcessor(ProcessorMixin):
         directory = Path(directory) / str(kwargs.get("subfolder") or "")
         if not directory.is_dir():
             raise InputError(directory, "processor directory does not exist (processors load from local folders only)")
+        try:  # tokenizers opens its files by path: a FIFO among them would block it
+            model_file_names(directory)
+        except CheckpointError as exc:
+            raise InputError(directory, str(exc)) from None
         if (directory / "tokenizer.json").exists():
             # The generic fast class reads tokenizer.json as written. The class named in the
             # released tokenizer_config.json (LlamaTokenizer) would, in transformers 5, rebuild
@@ -254,12 +276,28 @@ class LongLLaVAProcessor(ProcessorMixin):
         return settings
 
     # -- images ------------------------------------------------------------------------------------
+    @property
+    def image_side(self) -> int:
+        """``S``: the side of the square the vision tower reads (336 for LongLLaVA)."""
+        crop = self.image_processor.crop_size  # a dict in older transformers, a SizeDict in 5.x
+        return int(crop["height"] if isinstance(crop, Mapping) else crop.height)
+
     def preprocess_images(self, images: Sequence[Image.Image | DeferredImage]) -> torch.Tensor:
-        """``(N, 3, S, S)`` CLIP-normalised pixels for ``N`` RGB images (pad-to-square first)."""
+        """``(N, 3, S, S)`` CLIP-normalised pixels for ``N`` RGB images (pad-to-square first).
+
+        Each image becomes its ``S x S`` view before the CLIP processor sees it
+        (:func:`~longllava_sdk.highres.square_view`: the released model's pad-to-square in the
+        CLIP mean, then resize), so the memory of one image is its decoded pixels plus a view,
+        whatever its aspect ratio: a 20000 x 20 image is never padded to 20000 x 20000.
+        Images are decoded (deferred ones) and converted one at a time.
+        """
         background = mean_colour(self.image_processor.image_mean)
-        prepared = [load_image(img).convert("RGB") for img in images]  # deferred images are decoded here
-        if self.pad_to_square:
-            prepared = [expand_to_square(img, background) for img in prepared]
+        side = self.image_side
+        prepared = []
+        for item in images:
+            image = load_image(item).convert("RGB")  # deferred images are decoded here, one at a time
+            prepared.append(square_view(image, side, background) if self.pad_to_square else trim_to_aspect(image, 2.0))
+            del image
         return self.image_processor(images=prepared, return_tensors="pt")["pixel_values"]
 
     # -- text ----------------------------------------------------------------------------------------
@@ -673,6 +711,6 @@ def _folder_config(directory: Path) -> LongLLaVAConfig | None:
 
 
 # ``AutoProcessor.from_pretrained(folder)`` finds this class by the folder's config (model type
-# ``longllava``) or by ``processor_class`` in its processor_config.json; the model classes
-# register with their Auto classes in modeling_longllava.py, the config in config.py.
-AutoProcessor.register(LongLLaVAConfig, LongLLaVAProcessor)
+# ``longllava``) or by ``processor_class`` in its processor_config.json; the model and config
+# classes register in their own modules, through the same function (longllava_sdk/hf_auto.py).
+register_auto_class(LongLLaVAProcessor, config_class=LongLLaVAConfig)

@@ -16,7 +16,7 @@ the ``serve`` extra; only :func:`create_app` and :func:`serve` need them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .server import API_KEY_ENV, serve
 from .settings import ServerSettings
@@ -27,14 +27,15 @@ if TYPE_CHECKING:
     from ..pipeline import Pipeline
 
 
-def create_app(pipeline: "Pipeline", settings: ServerSettings | None = None) -> "Starlette":
-    """The ASGI app serving ``pipeline`` (see :func:`longllava_sdk.serving.app.create_app`)."""
+def create_app(pipeline: "Pipeline | None", settings: ServerSettings | None = None, **loading: Any) -> "Starlette":
+    """The ASGI app serving ``pipeline`` (see :func:`longllava_sdk.serving.app.create_app`; ``loading``:
+    its ``load`` / ``address`` / ``on_load_error`` arguments)."""
     from .server import require_serve_extra
 
     require_serve_extra()
     from .app import create_app as build
 
-    return build(pipeline, settings)
+    return build(pipeline, settings, **loading)
 
 
 __all__ = ["API_KEY_ENV", "ServerSettings", "create_app", "serve"]

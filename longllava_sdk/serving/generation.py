@@ -16,7 +16,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import LongLLaVAError
-from ..pipeline import Pipeline
+from ..media import Media
+from ..pipeline import Pipeline, media_warnings
 from .api_errors import APIError, from_sdk_error
 from .detokenize import TextAssembler
 from .engine import Job
@@ -82,6 +83,15 @@ class _UntilJobSaysStop(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+def request_media_warnings(messages: list[dict[str, Any]], redact: Callable[[str], str]) -> list[str]:
+    """What the adapters recorded about the request's media (gaps, skipped files...), paths as the client named them.
+
+    Returned in the response's ``longllava.media_warnings`` (docs/serving.md).
+    """
+    return [redact(line) for message in messages for media in message.get("media") or ()
+            if isinstance(media, Media) for line in media_warnings(media)]
+
+
 def run_chat(job: Job, pipeline: Pipeline, read_messages: MessageReader, params: GenerationParams) -> None:
     """Read the media, check the context, generate; emits ``ready``, ``delta``s and ``done``."""
     messages = read_messages()
@@ -129,7 +139,8 @@ def run_chat(job: Job, pipeline: Pipeline, read_messages: MessageReader, params:
         job.outcome, finish_reason = "length", "length"
     job.emit("done", {"finish_reason": finish_reason,
                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": job.steps,
-                                "total_tokens": prompt_tokens + job.steps}})
+                                "total_tokens": prompt_tokens + job.steps},
+                      "media_warnings": request_media_warnings(messages, job.redact)})
 
 
 def run_classify(job: Job, pipeline: Pipeline, read_messages: MessageReader) -> None:
@@ -144,7 +155,7 @@ def run_classify(job: Job, pipeline: Pipeline, read_messages: MessageReader) -> 
     except LongLLaVAError as exc:
         raise from_sdk_error(exc, job.redact) from None
     job.outcome = "done"
-    job.emit("done", {"result": result})
+    job.emit("done", {"result": result, "media_warnings": request_media_warnings(messages, job.redact)})
 
 
 def _end_early(job: Job) -> None:

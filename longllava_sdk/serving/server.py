@@ -59,7 +59,9 @@ def serve(
 
     Binds 127.0.0.1 unless told otherwise; see docs/serving.md for the endpoints, the
     content-part extension (volume / video / tiled / image paths) and the security defaults.
-    Runs until interrupted (Ctrl-C). `serve DIR` is accepted for `serve --model DIR`.
+    Runs until interrupted (Ctrl-C). `serve DIR` is accepted for `serve --model DIR`. The server
+    listens while the model loads (``GET /health`` answers ``loading`` with 503, then ``ready``)
+    and logs ``ready: http://HOST:PORT (model NAME, N parameters)`` when it can answer.
 
     Args:
         model: model folder (safetensors), from init-model, finetune or convert-official.
@@ -88,13 +90,33 @@ def serve(
         settings = settings.model_copy(update={"api_key": os.environ[API_KEY_ENV]})
     import uvicorn
 
+    from ..model_folders import check_model_folder
     from ..pipeline import Pipeline
     from .app import create_app
+    from .connections import uvicorn_options
     from .remote import RemotePolicy
 
     RemotePolicy(settings.allow_remote)  # a malformed entry fails here, before the model loads
-    pipeline = Pipeline.from_pretrained(model, **load.kwargs())
-    app = create_app(pipeline, settings)
+    check_model_folder(model)  # a wrong folder fails in a second, before the server listens
+
+    load_options = load.kwargs()
+
+    def load_pipeline() -> Pipeline:
+        pipeline = Pipeline.from_pretrained(model, **load_options)
+        if settings.isolate_decoding:
+            from ..isolation import warm_up
+
+            warm_up()  # the decoding workers' fork server imports the SDK once: before "ready"
+        return pipeline
+
+    def failed(exc: BaseException) -> None:  # the load failed: stop listening, serve() raises it
+        runner.should_exit = True
+
+    # The server listens while the model loads (GET /health: "loading", 503); the app logs
+    # "ready: http://HOST:PORT (model NAME, N parameters)" when both are done.
+    app = create_app(None, settings, load=load_pipeline, address=lambda: listening_url(runner), on_load_error=failed)
+    runner = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                                           **uvicorn_options(settings)))
     if not _is_loopback(host) and settings.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use the model "
                        "(set %s or pass %s)", host, API_KEY_ENV, option_hint("api_key", "KEY"))
@@ -102,5 +124,21 @@ def serve(
                 f"under {settings.root}" if settings.root else "refused",
                 ", ".join(settings.allow_remote) if settings.allow_remote else "refused",
                 "required" if settings.api_key else "not required")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, server_header=False,
-                timeout_keep_alive=5)
+    try:
+        runner.run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly and re-raised the signal (as uvicorn.run does)
+        pass
+    error = app.state.server.load_error
+    if error is not None:
+        raise error
+
+
+def listening_url(runner: object) -> str | None:
+    """``http://HOST:PORT`` of a started ``uvicorn.Server`` (the port it really bound: ``--port 0``); ``None`` before."""
+    if not getattr(runner, "started", False):
+        return None
+    for server in getattr(runner, "servers", ()):
+        for sock in server.sockets or ():
+            host, port = sock.getsockname()[:2]
+            return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return None

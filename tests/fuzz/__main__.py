@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_mb=args.memory_mb, cases=args.case, progress=None if args.quiet else print,
         )
         keys = ("target", "seed", "iterations", "outcomes", "findings", "typed_not_naming_the_file",
-                "translated_by_guard", "slowest_case", "largest_rss_growth", "elapsed_s")
+                "translated_by_guard", "categories", "slowest_case", "largest_rss_growth", "elapsed_s")
         shown = {k: summary[k] for k in keys}
         print(json.dumps(shown))
         failed |= bool(summary["findings"])

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .mutate import mutate, mutate_manifest
 from .sandbox import ACCEPTABLE, OUTCOMES, run_job
-from .targets import Target, build_target, ensure_tests_on_path
+from .targets import Seed, Target, build_target, ensure_tests_on_path
 
 
 def _case(target: Target, seed: int, index: int) -> tuple[Any, bytes, list[str]]:
@@ -60,30 +60,46 @@ def run_campaign(
     findings: list[dict[str, Any]] = []
     typed_examples: list[dict[str, Any]] = []
     translated: Counter[str] = Counter()
+    by_category: dict[str, Counter[str]] = {}  # built targets: outcomes per category (steps[0])
     slowest = {"wall_s": 0.0}
     biggest = {"rss_growth_mb": 0.0}
     started = time.monotonic()
     indices = list(cases) if cases is not None else list(range(iterations))
     for done, index in enumerate(indices, start=1):
-        chosen, data, steps = _case(target, seed, index)
         case_dir = work / "case"
         shutil.rmtree(case_dir, ignore_errors=True)
         case_dir.mkdir()
-        path = case_dir / chosen.name
-        path.write_bytes(data)
-        if target.name == "manifest":
+        alive: list[Any] = []  # objects a built case needs alive while it runs (a bound socket)
+        if target.build is not None:  # built whole (special files, costly inputs), not mutated
+            job, steps = target.build(random.Random(f"{target.name}:{seed}:{index}"), case_dir, work, alive)
+            chosen, data = Seed(steps[0], b"", "built"), None
+            path = Path(job["source"])
+        else:
+            chosen, data, steps = _case(target, seed, index)
+            path = case_dir / chosen.name
+            path.write_bytes(data)
+        if target.build is not None:
+            pass  # the builder made the job
+        elif target.name == "manifest":
             job = {"kind": "manifest", "manifest": str(path), **extra}
             job["watch"] = [*extra.get("watch", []), str(case_dir)]
         else:
             job = {"kind": "adapter", "adapter": target.name, "options": {**target.options, **chosen.options},
                    "source": str(path), "max_images": target.max_images, "watch": [str(case_dir)]}
-        result = run_job(job, timeout_s=timeout_s, memory_mb=memory_mb)
+        try:
+            result = run_job(job, timeout_s=timeout_s, memory_mb=memory_mb)
+        finally:
+            for item in alive:
+                item.close()
         counts[result.outcome] += 1
+        if target.build is not None:
+            by_category.setdefault(steps[0], Counter())[result.outcome] += 1
         if result.error_type:
             errors[result.error_type.rsplit(".", 1)[-1]] += 1
         if result.outcome == "typed" and target.name != "manifest":
+            inputs = [Path(a) for a in (job.get("args") or [[]])[0]] if isinstance((job.get("args") or [None])[0], list) else []
             named = result.error_path is not None and (
-                Path(result.error_path) == path or case_dir in Path(result.error_path).parents
+                Path(result.error_path) in (path, *inputs) or case_dir in Path(result.error_path).parents
             )
             unnamed += not named
         if result.wall_s > slowest["wall_s"]:
@@ -95,7 +111,8 @@ def run_campaign(
             repro.mkdir(parents=True, exist_ok=True)
             stem = f"{target.name}-s{seed}-{index:06d}-{result.outcome}"
             suffix = "".join(Path(chosen.name).suffixes)
-            (repro / f"{stem}{suffix}").write_bytes(data)
+            if data is not None:  # a built case is described by its steps (a FIFO cannot be saved)
+                (repro / f"{stem}{suffix}").write_bytes(data)
             (repro / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str))
             findings.append({k: record[k] for k in ("case", "seed_file", "outcome", "error_type", "message", "steps")})
             if progress:
@@ -110,7 +127,8 @@ def run_campaign(
                     keep = repro / "translated"
                     keep.mkdir(parents=True, exist_ok=True)
                     stem = f"{target.name}-s{seed}-{index:06d}-{result.translated_from.rsplit('.', 1)[-1]}"
-                    (keep / f"{stem}{''.join(Path(chosen.name).suffixes)}").write_bytes(data)
+                    if data is not None:
+                        (keep / f"{stem}{''.join(Path(chosen.name).suffixes)}").write_bytes(data)
                     (keep / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str))
             if result.outcome == "typed" and len(typed_examples) < keep_typed_examples:
                 typed_examples.append({k: record[k] for k in ("case", "seed_file", "error_type", "message")})
@@ -128,6 +146,7 @@ def run_campaign(
         "typed_not_naming_the_file": unnamed,
         "error_types": dict(errors.most_common()),
         "translated_by_guard": dict(translated.most_common()),
+        "categories": {name: dict(found) for name, found in sorted(by_category.items())},
         "slowest_case": slowest,
         "largest_rss_growth": biggest,
         "elapsed_s": round(time.monotonic() - started, 1),

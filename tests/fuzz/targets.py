@@ -43,6 +43,8 @@ class Target:
     options: dict[str, Any]
     max_images: int | None = None
     setup: Callable[[Path], dict[str, Any]] | None = None  # extra job fields (data root...)
+    #: builds a whole case instead of mutating a seed: ``(rng, case_dir, work, alive) -> (job, steps)``
+    build: Callable[..., tuple[dict[str, Any], list[str]]] | None = None
 
 
 def _package_dir(name: str) -> Path:
@@ -306,7 +308,7 @@ def manifest_seeds() -> list[Seed]:
 
 
 # ------------------------------------------------------------------------------------------
-TARGET_NAMES = ("dicom", "nifti", "geotiff", "video", "images", "manifest")
+TARGET_NAMES = ("dicom", "nifti", "geotiff", "video", "images", "manifest", "hostile")
 
 
 def build_target(name: str, workdir: Path) -> Target:
@@ -326,6 +328,10 @@ def build_target(name: str, workdir: Path) -> Target:
         return Target(name, image_seeds(), {}, max_images=8)
     if name == "manifest":
         return Target(name, manifest_seeds(), {}, setup=manifest_root)
+    if name == "hostile":  # special files and costly inputs, built whole (see hostile.py)
+        from .hostile import build_case
+
+        return Target(name, [], {}, build=build_case)
     raise ValueError(f"unknown fuzz target {name!r}; one of {', '.join(TARGET_NAMES)}")
 
 
