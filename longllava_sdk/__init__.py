@@ -7,21 +7,23 @@ Public API::
 
 Importing the package is light (no torch, transformers or numba): every name loads on first
 use. The model is registered with transformers' Auto classes (``AutoConfig``, ``AutoModel``,
-``AutoModelForCausalLM``, ``AutoModelForImageTextToText``, ``AutoProcessor``) by
-:func:`register_auto_classes`, which the SDK calls whenever it loads or builds a model, and
-``import longllava_sdk`` calls when transformers is already imported (``import transformers``
-first, then ``import longllava_sdk``: a saved folder loads with plain transformers + peft).
-Otherwise call ``longllava_sdk.register_auto_classes()`` before the Auto classes.
+``AutoModelForCausalLM``, ``AutoModelForImageTextToText``, ``AutoProcessor``) as soon as both
+this package and transformers are imported, in either order: ``import longllava_sdk`` and a
+saved folder loads with plain transformers + peft. (A post-import hook on ``transformers``
+calls :func:`register_auto_classes`; a process that never imports transformers, such as
+``longllava-sdk --help``, never pays for torch.)
 """
 
 from __future__ import annotations
 
-import importlib
 import sys as _sys
 from typing import Any
 
+import wrapt as _wrapt
+
 from .errors import LongLLaVAError
 from .hookspecs import hookimpl
+from .lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -52,17 +54,29 @@ def register_auto_classes() -> None:
     from .processing import processor  # noqa: F401  (registers AutoProcessor on import)
 
 
-if "transformers" in _sys.modules:  # the caller uses transformers already: the Auto classes work at once
+#: the SDK's modules that register their class with the Auto classes when they are imported
+_SELF_REGISTERING = {
+    "longllava_sdk.config": "LongLLaVAConfig",
+    "longllava_sdk.modeling.modeling_longllava": "LongLLaVAForConditionalGeneration",
+    "longllava_sdk.processing.processor": "LongLLaVAProcessor",
+}
+
+
+def _register_when_transformers_loads(_transformers: Any) -> None:
+    """Post-import hook on ``transformers``: register the Auto classes, unless the SDK is the importer.
+
+    When one of the SDK's own class modules imports transformers, that module is still running
+    (its class is not defined yet) and registers itself when it finishes; importing it again
+    from here would meet a half-initialised module.
+    """
+    for module, name in _SELF_REGISTERING.items():
+        loaded = _sys.modules.get(module)
+        if loaded is not None and not hasattr(loaded, name):
+            return
     register_auto_classes()
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Runs at once if transformers is already imported, else right after the caller imports it.
+_wrapt.register_post_import_hook(_register_when_transformers_loads, "transformers")
 
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

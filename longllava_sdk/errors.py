@@ -123,6 +123,17 @@ class ResourceLimitError(AdapterError):
     names the adapter option (a keyword argument) that raises the limit."""
 
 
+class DecodeLimitError(ResourceLimitError):
+    """Decoding a source in an isolated worker process ran past its limits (see
+    :mod:`longllava_sdk.isolation`): ``limit`` is ``timeout`` (wall clock or CPU time),
+    ``memory`` (address space), ``crashed`` (the decoder killed its process) or ``stopped``
+    (the caller gave up)."""
+
+    def __init__(self, path: str | PathLike[str] | None, problem: str, *, limit: str = "timeout"):
+        super().__init__(path, problem)
+        self.limit = limit
+
+
 class OutsideRootError(AdapterError):
     """A file an adapter would open lies outside the allowed root (symlinks resolved); see
     :func:`longllava_sdk.adapters.allowed_root`."""

@@ -4,8 +4,8 @@ LongLLaVA is an architecture outside transformers. Two ways load a saved folder 
 Auto classes (``AutoConfig``, ``AutoModel``, ``AutoModelForCausalLM``,
 ``AutoModelForImageTextToText``, ``AutoProcessor``):
 
-* ``import longllava_sdk`` (which registers at once when transformers is already imported)
-  or ``longllava_sdk.register_auto_classes()``: the SDK's classes register themselves
+* ``import longllava_sdk`` (which registers as soon as transformers is imported too, in either
+  order) or ``longllava_sdk.register_auto_classes()``: the SDK's classes register themselves
   (:func:`register_auto_class`, called by each class's module when it is imported), no
   remote code involved;
 * ``trust_remote_code=True`` without the import: every folder the SDK writes carries an
@@ -66,7 +66,7 @@ from {module} import {name}  # noqa: F401
 '''
 
 #: first lines of the ``README.md`` written into every model folder
-MODEL_CARD = """`import longllava_sdk` (after transformers, or call `longllava_sdk.register_auto_classes()`) before loading this folder with transformers' Auto classes, or pass `trust_remote_code=True`.
+MODEL_CARD = """`import longllava_sdk` (in any order with transformers) before loading this folder with transformers' Auto classes, or pass `trust_remote_code=True`.
 
 # LongLLaVA model folder
 
@@ -84,9 +84,7 @@ or with transformers' Auto classes:
 ```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import longllava_sdk
-
-longllava_sdk.register_auto_classes()  # LongLLaVA in AutoConfig / AutoModel* / AutoProcessor (any import order)
+import longllava_sdk  # noqa: F401  (LongLLaVA in AutoConfig / AutoModel* / AutoProcessor, any import order)
 
 model = AutoModelForImageTextToText.from_pretrained("path/to/this/folder")
 processor = AutoProcessor.from_pretrained("path/to/this/folder")

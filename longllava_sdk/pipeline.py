@@ -22,6 +22,7 @@ keyword asks for adapters of that media kind (``volume=`` only considers adapter
 
 from __future__ import annotations
 
+import copy
 import glob
 import logging
 import os
@@ -35,8 +36,10 @@ from PIL import Image
 from .config import LongLLaVAConfig
 from .context_limit import check_context, max_images_for
 from .errors import ConfigError, InputError
+from .adapters import allowed_root, current_allowed_root
 from .experts import check_experts, selected_experts
 from .heads import TaskHead
+from .isolation import DecodeLimits, run_isolated
 from .media import Media
 from .model_folders import load_head, load_model
 from .modeling.modeling_longllava import LongLLaVAForConditionalGeneration
@@ -175,32 +178,50 @@ class Pipeline:
         head: a fine-tuned task head other than ``generate`` (see :meth:`classify`);
             ``from_pretrained`` restores it from ``head_config.json`` + ``head.safetensors``
             through the installed plugins, whichever plugin provides it.
+        isolate_decoding: read every source in a killable worker process under OS limits
+            (:mod:`~longllava_sdk.isolation`; ``True``: the default :class:`DecodeLimits`), for
+            files you do not trust; the worker hands back each image as the vision encoder
+            sees it (336 px), so the model's input is bit-identical to in-process decoding.
+            Off by default: it costs a process fork per source (see docs/reliability.md).
         experts: the expert plugins whose findings enter each user turn before the question
             (:mod:`longllava_sdk.experts`): ``None`` every installed one, ``[]`` none.
     """
 
     def __init__(self, model: LongLLaVAForConditionalGeneration, processor: LongLLaVAProcessor,
-                 head: TaskHead | None = None, experts: Sequence[str] | None = None) -> None:
+                 head: TaskHead | None = None, isolate_decoding: bool | DecodeLimits = False,
+                 experts: Sequence[str] | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
         self.head = head
         self.experts = check_experts(experts)
         self.history: list[dict[str, Any]] = []
+        self.isolation: DecodeLimits | None = (
+            (DecodeLimits() if isolate_decoding is True else isolate_decoding) or None)
 
     @classmethod
     def from_pretrained(cls, path: PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
                         allow_pickle: bool = False, quantize: str | None = None,
+                        isolate_decoding: bool | DecodeLimits = False,
                         experts: Sequence[str] | None = None) -> "Pipeline":
         """Load model, processor and task head from a local model folder (safetensors only unless ``allow_pickle``).
 
         ``quantize="int8"`` runs the language model's linear layers in 8 bits (Mamba and the
-        vision path kept; :mod:`longllava_sdk.quantization`). ``experts``: as for the constructor.
+        vision path kept; :mod:`longllava_sdk.quantization`). ``isolate_decoding`` and
+        ``experts``: as for the constructor.
         """
         model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
         get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                           model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
-        return cls(model, processor, head=None if head is None or head.generates else head, experts=experts)
+        return cls(model, processor, head=None if head is None or head.generates else head,
+                   isolate_decoding=isolate_decoding, experts=experts)
+
+    def isolated(self, limits: DecodeLimits) -> "Pipeline":
+        """This pipeline (same model and processor, no chat history) decoding in worker processes under ``limits``."""
+        clone = copy.copy(self)
+        clone.history = []
+        clone.isolation = limits
+        return clone
 
     @property
     def config(self) -> LongLLaVAConfig:
@@ -221,20 +242,18 @@ class Pipeline:
 
         With ``defer_decoding``, an adapter that declares that option gets it (unless
         ``options`` set it): its images are checked now and decoded when the model reads
-        their pixels, one prefill chunk at a time.
+        their pixels, one prefill chunk at a time. With :attr:`isolation` the whole read runs
+        in a worker process (:func:`_load_reduced`) and comes back decoded, reduced to what the
+        vision encoder sees.
         """
         options = dict(options or {})
-        reader = resolve_adapter(source, adapter, kind=kind, options=options)
-        declared = type(reader).options()
-        extra: dict[str, Any] = {}
-        if (defer_decoding and DEFER_OPTION in declared and DEFER_OPTION not in options
-                and not options.get("high_res")):
-            extra[DEFER_OPTION] = True
-        if reader.kind == "images" and DECODE_BUDGET_OPTION in declared and DECODE_BUDGET_OPTION not in options:
-            extra[DECODE_BUDGET_OPTION] = PIPELINE_IMAGE_DECODE_BYTES
-        if extra:
-            reader = resolve_adapter(source, reader.name, options={**options, **extra})
-        media = reader.load(source, max_images=max_images or self.default_max_images)
+        max_images = max_images or self.default_max_images
+        if self.isolation is not None:
+            name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else os.fspath(source[0])
+            media = run_isolated(_load_reduced, self.processor, source, kind, adapter, max_images, options,
+                                 current_allowed_root(), limits=self.isolation, source=name)
+        else:
+            media = _read(source, kind, adapter, max_images, options, defer_decoding)
         for line in media_warnings(media):
             logger.warning("%s", line)
         return media
@@ -417,4 +436,45 @@ class Pipeline:
     def reset(self) -> None:
         """Forget the chat history."""
         self.history.clear()
+
+
+def _read(source: PathLike | Sequence[PathLike], kind: str | None, adapter: str | None, max_images: int,
+          options: dict[str, Any], defer_decoding: bool) -> Media:
+    reader = resolve_adapter(source, adapter, kind=kind, options=options)
+    declared = type(reader).options()
+    extra: dict[str, Any] = {}
+    if (defer_decoding and DEFER_OPTION in declared and DEFER_OPTION not in options
+            and not options.get("high_res")):
+        extra[DEFER_OPTION] = True
+    if reader.kind == "images" and DECODE_BUDGET_OPTION in declared and DECODE_BUDGET_OPTION not in options:
+        extra[DECODE_BUDGET_OPTION] = PIPELINE_IMAGE_DECODE_BYTES
+    if extra:
+        reader = resolve_adapter(source, reader.name, options={**options, **extra})
+    return reader.load(source, max_images=max_images)
+
+
+def _load_reduced(processor: LongLLaVAProcessor, source: PathLike | Sequence[PathLike], kind: str | None,
+                  adapter: str | None, max_images: int, options: dict[str, Any], root: Any) -> Media:
+    """In an isolated worker: read ``source`` and reduce every image to what the vision encoder sees.
+
+    Images are decoded one at a time (deferred where the adapter can) and each becomes the
+    ``(336, 336)`` RGB image the processor's padding, resize and crop make of it: the
+    processor's own :meth:`~LongLLaVAProcessor.preprocess_images` output with its rescale and
+    normalisation undone (exact: those intermediate pixels are 8-bit), so preprocessing it
+    again in the parent gives the same tensor. A 36-MP image comes back as 339 KB.
+    """
+    import numpy as np
+
+    with allowed_root(root):
+        media = _read(source, kind, adapter, max_images, options, defer_decoding=True)
+        ip = processor.image_processor
+        mean = np.asarray(ip.image_mean, dtype=np.float64).reshape(3, 1, 1)
+        std = np.asarray(ip.image_std, dtype=np.float64).reshape(3, 1, 1)
+        reduced = []
+        for image in media.images:
+            pixels = processor.preprocess_images([image])[0].double().numpy()  # (3, S, S), normalised
+            levels = np.rint((pixels * std + mean) / ip.rescale_factor).clip(0, 255).astype(np.uint8)
+            reduced.append(Image.fromarray(levels.transpose(1, 2, 0), "RGB"))
+    media.images = reduced
+    return media
 

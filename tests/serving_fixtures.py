@@ -48,13 +48,17 @@ class RunningServer:
 
 @contextmanager
 def running_server(app: Any) -> Iterator[RunningServer]:
-    """``app`` served by uvicorn in a thread on 127.0.0.1:<free port>; stopped on exit."""
+    """``app`` served by uvicorn in a thread on 127.0.0.1:<free port>, with the connection limits
+    ``serve`` sets (:func:`~longllava_sdk.serving.connections.uvicorn_options`); stopped on exit."""
     import uvicorn
+
+    from longllava_sdk.serving.connections import uvicorn_options
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                           **uvicorn_options(app.state.server.settings)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -33,9 +33,9 @@ AUTO_CLASSES = ("AutoConfig", "AutoProcessor", "AutoModelForImageTextToText", "A
 LOAD = textwrap.dedent("""
     import json, sys
     folder, mode, trust = sys.argv[1], sys.argv[2], sys.argv[3] == "trust"
-    if mode == "import":  # the SDK first (import order as isort writes it), then its registration call
-        import longllava_sdk
-        longllava_sdk.register_auto_classes()
+    if mode == "import":  # the SDK first (import order as isort writes it): registers once transformers loads
+        import longllava_sdk  # noqa: F401
+        assert "torch" not in sys.modules  # still light until transformers is imported
     import transformers
     if mode == "import-after":  # after transformers: the import alone registers
         import longllava_sdk  # noqa: F401
@@ -79,7 +79,7 @@ def test_folder_carries_auto_map_module_files_and_model_card(folder):
         assert len(statements) == 1 and isinstance(statements[0], ast.ImportFrom), name
         assert statements[0].module.startswith("longllava_sdk"), name
     first = (folder / "README.md").read_text().splitlines()[0]
-    assert first.startswith("`import longllava_sdk`") and "register_auto_classes()" in first
+    assert first.startswith("`import longllava_sdk`") and "trust_remote_code=True" in first
 
 
 def test_trust_remote_code_loads_without_importing_the_sdk(folder, tmp_path):

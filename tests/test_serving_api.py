@@ -240,7 +240,7 @@ def test_the_adapters_confine_what_they_open_to_the_root_too(client, root, monke
     """A link the jail's walk did not see (one made after it) is still refused, by the adapter."""
     from longllava_sdk.serving.security import RootJail
 
-    monkeypatch.setattr(RootJail, "_check_folder", lambda self, folder, param: None)
+    monkeypatch.setattr(RootJail, "_check_folder", lambda self, folder, param, redact: None)
     error = _refused(client, {"type": "volume", "volume": {"path": "ct_trap"}})
     assert error.body["code"] == "path_outside_root"
     assert error.body["message"] == "the path is outside the server's allowed root"

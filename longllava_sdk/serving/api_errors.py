@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import (AdapterError, ConfigError, InputError, LongLLaVAError, MissingDependencyError,
-                      OutsideRootError, ProtocolError, UnsupportedSourceError)
+from ..errors import (AdapterError, ConfigError, DecodeLimitError, InputError, LongLLaVAError,
+                      MissingDependencyError, OutsideRootError, ProtocolError, UnsupportedSourceError)
 
 #: ``<PIL.Image.Image image mode=RGB size=1x1 at 0x7F...>``, ``<class 'x'>``, ``<function f at 0x..>``...
 _REPRS = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>|<(?:class|module|function|built-in function) [^<>]*>")
@@ -38,10 +38,13 @@ class APIError(Exception):
         code: a stable machine-readable code (``path_outside_root``, ``server_busy``...).
         param: the request field at fault (``messages[0].content[1]``), when there is one.
         headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+        details: extra fields of the error object (a refused request's planned memory and
+            the limit, in bytes).
     """
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = scrub_reprs(message)
@@ -49,9 +52,12 @@ class APIError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
+        self.details = dict(details or {})
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+        body = error_body(self.message, type=self.type, code=self.code, param=self.param)
+        body["error"].update(self.details)
+        return body
 
 
 def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
@@ -96,5 +102,7 @@ def from_sdk_error(exc: LongLLaVAError, redact: PathRedactor, *, param: str | No
     """An SDK error (bad input, adapter refusal, protocol mismatch) as a 400 naming the problem."""
     if isinstance(exc, OutsideRootError):  # the jail's answer: nothing about what lies outside
         return APIError(400, "the path is outside the server's allowed root", code="path_outside_root", param=param)
+    if isinstance(exc, DecodeLimitError):  # the file was fine to accept, but decoding it was not
+        return APIError(422, redact(str(exc)), code=f"decode_{exc.limit}", param=param)
     code = next((code for kind, code in _SDK_CODES if isinstance(exc, kind)), "invalid_request")
     return APIError(400, redact(str(exc)), code=code, param=param)

@@ -9,9 +9,11 @@ Routes (docs/serving.md):
   with server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
 * ``POST /v1/classify``: the fine-tuned task head of a model folder that has one.
 
-Request life: the body is read under a size cap and validated; the content is checked
-(paths, images, remote URLs) before the request takes a place; the engine queues it or
-answers 429; events from the worker become the response. A client that goes away cancels
+Request life: a full server answers 429 before the body is read; the body is read under a
+size cap and a time limit and validated; the prompt's size is checked in bytes (413) before
+anything tokenises it; the content is checked (paths, images, remote URLs) and the request's
+peak memory planned before anything is decoded; the engine queues it or answers 413 / 429
+(:meth:`Server.plan_memory`); events from the worker become the response. A client that goes away cancels
 its generation: before the answer starts a watcher on the ASGI ``receive`` channel notices,
 while streaming Starlette's own disconnect listener cancels the stream.
 """
@@ -39,13 +41,15 @@ from starlette.types import Receive
 
 from ..errors import RegistryLookupError
 from ..experts import check_experts
+from ..isolation import DecodeLimits, stopping_when
 from ..pipeline import Pipeline
+from ..planner import RequestCost
 from .api_errors import APIError, PathRedactor, error_body
 from .content import ContentReader, Conversation
 from .engine import Event, GenerationEngine, Job
 from .generation import GenerationParams, MessageReader, run_chat, run_classify
 from .remote import RemoteFetcher, RemotePolicy
-from .schemas import ChatCompletionRequest, ClassifyRequest
+from .schemas import ChatCompletionRequest, ChatMessage, ClassifyRequest, TextPart
 from .security import APIKeyMiddleware, RootJail
 from .settings import ServerSettings
 
@@ -59,16 +63,44 @@ CLIENT_CLOSED = 499
 #: interrupted (media reading has no step at which to stop) before answering 504 itself.
 TIMEOUT_GRACE = 5.0
 _TYPE_NAME = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|[\w-]+\[.*\])$")
+#: Share of the memory available at start (model loaded) that requests may plan to hold
+#: together, when ``max_request_memory`` is not set; the rest is the decoding workers', the
+#: allocator's and the machine's.
+DEFAULT_BUDGET_SHARE = 0.5
+#: Bytes of prompt text per token of the model's context (``max_prompt_kb`` unset): prompts
+#: average 3-5 bytes per token, so a longer one cannot fit the context anyway.
+PROMPT_BYTES_PER_TOKEN = 8
+#: What the server holds per image once decoded: the 336 x 336 RGB image the vision encoder
+#: sees (the decoding worker reduces it; the pixels of one vision batch are the planner's).
+REDUCED_IMAGE_BYTES = 336 * 336 * 3
+
+
+def default_memory_budget() -> int:
+    """:data:`DEFAULT_BUDGET_SHARE` of the memory available now (``psutil``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available * DEFAULT_BUDGET_SHARE)
+
+
+def _plan_dtype(pipeline: Pipeline) -> tuple[str, str]:
+    """(device, dtype) of the served model in the planner's terms."""
+    parameter = next(pipeline.model.parameters())
+    device = "cuda" if parameter.device.type == "cuda" else "cpu"
+    if (getattr(pipeline.config, "quantization", None) or {}).get("mode") == "int8":
+        return device, "int8"
+    return device, {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(parameter.dtype), "fp32")
 
 
 class Server:
     """The state behind the routes: pipeline, settings, engine, content reader.
 
     Attributes:
-        pipeline: the model.
+        pipeline: the model (decoding in worker processes unless ``isolate_decoding`` is off).
         settings: limits and security switches.
         engine: admission and worker threads (its ``records`` tell how jobs ended).
         reader: request content checks and media reading.
+        cost: the planner's model of a request's memory on this model.
+        max_prompt_bytes: the largest prompt text, in UTF-8 bytes.
         created: when the server started (the model's ``created``).
     """
 
@@ -77,19 +109,36 @@ class Server:
                  on_load_error: Callable[[BaseException], None] | None = None) -> None:
         if pipeline is None and load is None:
             raise ValueError("give the server a pipeline or a function that loads one")
-        self._pipeline = pipeline
+        self._pipeline: Pipeline | None = None
         self._load = load
         self._address = address
         self._on_load_error = on_load_error
         #: the exception that ended the model's load (the server then shuts down)
         self.load_error: BaseException | None = None
         self.settings = settings
-        self.engine = GenerationEngine(settings)
+        self.engine = GenerationEngine(settings, 0)  # its memory budget is set with the model (_adopt)
+        self.cost: RequestCost | None = None
+        self.max_prompt_bytes = 0
         policy = RemotePolicy(settings.allow_remote)
         fetcher = (RemoteFetcher(policy, max_bytes=settings.max_image_bytes, timeout=settings.remote_timeout,
                                  max_redirects=settings.max_redirects) if policy.enabled else None)
         self.reader = ContentReader(settings, RootJail(settings.root, settings.max_folder_entries), fetcher)
         self.created = int(time.time())
+        if pipeline is not None:
+            self._adopt(pipeline)
+
+    def _adopt(self, pipeline: Pipeline) -> None:
+        """Serve ``pipeline``: its decoding isolated, its request cost model, the memory budget, the prompt cap."""
+        settings = self.settings
+        device, dtype = _plan_dtype(pipeline)
+        self.cost = RequestCost(pipeline.config, device=device, dtype=dtype)
+        budget = settings.request_memory_bytes
+        # Measured now, the model loaded: what is available is what requests can have.
+        self.engine.memory_budget = budget if budget is not None else default_memory_budget()
+        self.max_prompt_bytes = (int(settings.max_prompt_kb * 1024) if settings.max_prompt_kb is not None
+                                 else PROMPT_BYTES_PER_TOKEN * int(pipeline.config.max_context))
+        limits = DecodeLimits(timeout_s=settings.decode_timeout, memory_mb=settings.decode_memory_mb)
+        self._pipeline = pipeline.isolated(limits) if settings.isolate_decoding else pipeline
 
     # -- model life --------------------------------------------------------------------------------
     @property
@@ -117,7 +166,8 @@ class Server:
         if self._pipeline is None:
             assert self._load is not None
             try:
-                self._pipeline = await asyncio.to_thread(self._load)
+                load = self._load
+                await asyncio.to_thread(lambda: self._adopt(load()))
             except BaseException as exc:  # noqa: BLE001 - reported to the operator, then the server stops
                 self.load_error = exc
                 if self._on_load_error is not None:
@@ -143,7 +193,7 @@ class Server:
                                 f"{self.settings.model_name!r}", code="model_not_found", param="model")
 
     async def read_body(self, request: Request, schema: type[Body]) -> Body:
-        """The JSON body as ``schema``; 413 past ``max_body_bytes``, 400 when invalid."""
+        """The JSON body as ``schema``; 413 past ``max_body_bytes``, 408 past ``body_timeout``, 400 when invalid."""
         limit = self.settings.max_body_bytes
         too_large = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
                              code="request_too_large")
@@ -151,14 +201,47 @@ class Server:
         if declared.isdigit() and int(declared) > limit:
             raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large
+        except TimeoutError:
+            raise APIError(408, f"the request body took longer than this server's limit of "
+                                f"{self.settings.body_timeout:g} s to arrive", code="body_timeout",
+                           headers={"Connection": "close"}) from None
+        request.state.body_bytes = len(body)
         try:
             return schema.model_validate_json(bytes(body))
         except ValidationError as exc:
             raise APIError(400, describe_validation_error(exc), code="invalid_request") from None
+
+    def check_prompt(self, messages: list[ChatMessage]) -> None:
+        """413 when the messages' text is over ``max_prompt_bytes`` (UTF-8), before anything tokenises it."""
+        _ = self.pipeline  # 503 while the model loads (the cap is the model's)
+        size = sum(len(part.text.encode("utf-8", "surrogatepass")) for message in messages
+                   for part in message.content if isinstance(part, TextPart))
+        if size > self.max_prompt_bytes:
+            raise APIError(413, f"the prompt's text is {size} bytes, over this server's limit of "
+                                f"{self.max_prompt_bytes} bytes", code="prompt_too_large", param="messages",
+                           details={"prompt_bytes": size, "limit_bytes": self.max_prompt_bytes})
+
+    def plan_memory(self, conversation: Conversation, max_new_tokens: int, body_bytes: int = 0) -> int:
+        """Bytes a request will hold at its peak, planned before anything is decoded.
+
+        The planner's request lines (:class:`~longllava_sdk.planner.RequestCost`: KV cache
+        and Mamba states of prompt + answer, one vision batch, a prefill chunk's
+        activations...) for the most images the media can become and at most one token per
+        byte of prompt text (capped by the context), plus what the server itself holds: the
+        request body and every image reduced to 336 px.
+        """
+        images = self.reader.planned_images(self.pipeline, conversation)
+        assert self.cost is not None  # set with the pipeline
+        text_bytes = sum(len(turn.text.encode("utf-8", "surrogatepass")) for turn in conversation.turns)
+        tokens = min(text_bytes + 64, int(self.pipeline.config.max_context)) + max_new_tokens  # + chat template
+        data = sum(len(item.data or b"") for turn in conversation.turns for item in turn.media)
+        return self.cost.peak(images=images, text_tokens=tokens) + images * REDUCED_IMAGE_BYTES + body_bytes + data
 
     def generation_params(self, payload: ChatCompletionRequest) -> GenerationParams:
         unsupported = {
@@ -189,13 +272,19 @@ class Server:
                                 temperature=payload.temperature, top_p=payload.top_p, stop=stop, experts=experts)
 
     def submit(self, kind: str, work: Callable[[Job, MessageReader], None], conversation: Conversation,
-               redact: PathRedactor, max_new_tokens: int = 0) -> Job:
-        """Queue ``work(job, read_messages)`` (429 when full); ``read_messages`` reads the media in the worker."""
+               redact: PathRedactor, request: Request, max_new_tokens: int = 0) -> Job:
+        """Queue ``work(job, read_messages)`` (413 / 429 by its planned memory); ``read_messages``
+        reads the media in the worker (decoding stops when the job should)."""
         prefix = "chatcmpl" if kind == "chat" else "clf"
-        read: MessageReader = partial(self.reader.read, self.pipeline, conversation, redact)
-        job = Job(f"{prefix}-{uuid.uuid4().hex}", kind, lambda job: work(job, read), redact=redact,
+        memory = self.plan_memory(conversation, max_new_tokens, getattr(request.state, "body_bytes", 0))
+
+        def read(job: Job) -> list[dict[str, Any]]:
+            with stopping_when(job.should_stop):
+                return self.reader.read(self.pipeline, conversation, redact)
+
+        job = Job(f"{prefix}-{uuid.uuid4().hex}", kind, lambda job: work(job, partial(read, job)), redact=redact,
                   max_new_tokens=max_new_tokens)
-        self.engine.submit(job)
+        self.engine.submit(job, memory)
         return job
 
     async def next_event(self, job: Job, gone: asyncio.Task[None]) -> Event | None:
@@ -271,14 +360,16 @@ async def get_model(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     server: Server = request.app.state.server
+    server.engine.check_capacity()  # a full server answers before reading anything
     payload = await server.read_body(request, ChatCompletionRequest)
     server.check_model(payload.model)
     params = server.generation_params(payload)
+    server.check_prompt(payload.messages)
     redact = PathRedactor(server.settings.root)
     conversation = await server.reader.parse(payload.messages, redact)
     pipeline = server.pipeline
     job = server.submit("chat", lambda job, read: run_chat(job, pipeline, read, params), conversation, redact,
-                        params.max_new_tokens)
+                        request, params.max_new_tokens)
     created = int(time.time())
     gone = asyncio.create_task(_client_gone(request.receive))
     streaming = False
@@ -353,17 +444,20 @@ async def _stream(job: Job, model: str, created: int, include_usage: bool) -> As
 
 async def classify(request: Request) -> Response:
     server: Server = request.app.state.server
+    server.engine.check_capacity()
     payload = await server.read_body(request, ClassifyRequest)
     server.check_model(payload.model)
     if server.pipeline.head is None:
         raise APIError(404, "this model has no task head; use /v1/chat/completions", code="no_task_head")
+    server.check_prompt(payload.messages)
     redact = PathRedactor(server.settings.root)
     conversation = await server.reader.parse(payload.messages, redact)
     if [turn.role for turn in conversation.turns] != ["user"]:
         raise APIError(400, "classify takes exactly one user message (its text and media)", code="invalid_request",
                        param="messages")
     pipeline = server.pipeline
-    job = server.submit("classification", lambda job, read: run_classify(job, pipeline, read), conversation, redact)
+    job = server.submit("classification", lambda job, read: run_classify(job, pipeline, read), conversation, redact,
+                        request)
     gone = asyncio.create_task(_client_gone(request.receive))
     try:
         while True:

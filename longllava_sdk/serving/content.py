@@ -8,6 +8,9 @@ Two steps, on purpose in two places:
   bad request is refused at once, without waiting for a worker.
 * :meth:`ContentReader.read` runs in the worker thread once the request has its turn: the
   adapters read and decode the media (the expensive part), inside the request's image budget.
+  With ``isolate_decoding`` (the default) every media part is read in a killable worker
+  process (:mod:`longllava_sdk.isolation`) that hands back each image as the vision encoder
+  sees it (336 px), so the server never holds a full-resolution decode.
 
 Media placement follows the processor: without ``<image>`` markers in the text a turn's media
 go before its text (the layout the model was trained on); with markers, one per media part,
@@ -52,6 +55,7 @@ class MediaItem:
         adapter: an adapter forced by name.
         adapter_options: options for the adapter.
         max_images: images this part may become (the request budget caps it too).
+        files: image files found (a file: 1, a folder: its images), for the memory plan.
     """
 
     kind: str
@@ -64,6 +68,7 @@ class MediaItem:
     adapter: str | None = None
     adapter_options: dict[str, Any] = field(default_factory=dict)
     max_images: int | None = None
+    files: int = 0
 
 
 @dataclass
@@ -148,21 +153,25 @@ class ContentReader:
                 if path.is_file():
                     check_image(path, max_pixels=self.settings.max_image_pixels, param=item.param,
                                 name=redact.public(path))
+                    item.files += 1
                 else:
-                    self._check_folder_images(path, item.param, redact)
+                    item.files += self._check_folder_images(path, item.param, redact)
         return item
 
-    def _check_folder_images(self, folder: Path, param: str, redact: PathRedactor) -> None:
+    def _check_folder_images(self, folder: Path, param: str, redact: PathRedactor) -> int:
         """The pixel cap for every image in a folder of images (files that are not images are
-        left to the adapter, which skips them)."""
+        left to the adapter, which skips them); how many images it holds."""
+        found = 0
         for path in sorted(folder.iterdir()):
             if not path.is_file():
                 continue
             try:
                 check_image(path, max_pixels=self.settings.max_image_pixels, param=param, name=redact.public(path))
+                found += 1
             except APIError as exc:
                 if exc.code != "invalid_image":
                     raise
+        return found
 
     async def _image_url(self, part: ImageURLPart, param: str, redact: PathRedactor) -> MediaItem:
         url = part.image_url.url.strip()
@@ -184,7 +193,7 @@ class ContentReader:
             return await asyncio.to_thread(self._server_path, item, url, redact)
         header = await asyncio.to_thread(check_image, data, max_pixels=self.settings.max_image_pixels, param=param,
                                          name=item.name)
-        item.data, item.suffix = data, header.suffix
+        item.data, item.suffix, item.files = data, header.suffix, 1
         return item
 
     def _check_options(self, options: dict[str, Any], param: str, kind: str, adapter: str | None) -> None:
@@ -203,6 +212,18 @@ class ContentReader:
             allowed = ", ".join(allowed_names) or "none"
             raise APIError(400, f"adapter option(s) {', '.join(refused)} are fixed by this server's operator; "
                                 f"clients may set: {allowed}", code="adapter_option_refused", param=param)
+
+    def planned_images(self, pipeline: Pipeline, conversation: Conversation) -> int:
+        """The most images the conversation's media can become (before any is decoded): a plain
+        image part its files, any other part its budget; the request's cap over all."""
+        planned = 0
+        for turn in conversation.turns:
+            for item in turn.media:
+                if item.kind == "images" and not item.high_res:
+                    planned += min(item.files, item.max_images or item.files)
+                else:
+                    planned += item.max_images or self._default_budget(pipeline, item.kind)
+        return min(planned, self.settings.max_images)
 
     # -- in the worker thread -----------------------------------------------------------------
     def read(self, pipeline: Pipeline, conversation: Conversation, redact: PathRedactor) -> list[dict[str, Any]]:

@@ -4,9 +4,13 @@ The model runs in worker threads (``max_concurrent``, one by default: on one GPU
 CPU cores, parallel generations on the same weights only share the same compute), never on
 the event loop, which keeps answering ``/health``, streaming other requests' tokens and
 refusing excess requests while a generation runs. A request takes a place (running or
-queued) or is refused at once with 429 and ``Retry-After``; its place is given back only
-when its worker has really stopped, so a cancelled generation still running can never
-overlap the next one.
+queued) and its planned peak memory out of the server's memory budget, or is refused at
+once: 413 when its plan alone is over the budget, 429 with ``Retry-After`` when the places
+or the budget are taken by other requests. Admission is a few comparisons on the event
+loop; it never waits for a worker. A place and its memory are given back only when the
+worker has really stopped, so a cancelled generation still running can never overlap the
+next one (media decoding runs in worker processes that are killed on their timeout, so a
+worker always stops).
 
 A :class:`Job` talks to its request handler through an asyncio queue of events
 (``ready`` / ``delta`` / ``done`` / ``error``). The handler cancels it when the client goes
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from ..errors import LongLLaVAError, http_interface
+from ..units import format_bytes
 from .api_errors import APIError, PathRedactor, from_sdk_error
 from .settings import ServerSettings
 
@@ -82,6 +87,7 @@ class Job:
         self.max_new_tokens = max_new_tokens
         self.steps = 0
         self.outcome: Outcome = "queued"
+        self.memory = 0  # bytes of the server's memory budget this job holds
         self.timeout = float("inf")
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.future: concurrent.futures.Future[None] | None = None
@@ -172,24 +178,50 @@ class GenerationEngine:
 
     Args:
         settings: ``max_concurrent`` workers, ``max_queue`` waiting places, ``request_timeout``.
+        memory_budget: bytes the requests in flight may plan to hold together.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, memory_budget: int) -> None:
         self.settings = settings
+        self.memory_budget = int(memory_budget)
+        self.reserved = 0  # bytes held by running + queued jobs; touched on the event loop only
         self.active = 0  # running + queued; touched on the event loop only
         self.records: deque[JobRecord] = deque(maxlen=512)
         self._jobs: set[Job] = set()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_concurrent,
                                                                thread_name_prefix="longllava-serve")
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job`` or refuse it with 429 at once when every place is taken."""
+    def check_capacity(self) -> None:
+        """429 at once when every place is taken (before the request's body is even read)."""
         if self.active >= self.settings.capacity:
             raise APIError(429, f"the server is busy ({self.settings.max_concurrent} running, "
                                 f"{self.settings.max_queue} queued); retry shortly",
                            type="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
+
+    def submit(self, job: Job, memory: int = 0) -> None:
+        """Queue ``job``, holding ``memory`` bytes of the budget; 413 / 429 at once when it cannot be.
+
+        Raises:
+            APIError: 413 ``request_too_costly`` when ``memory`` alone is over the budget
+                (no retry can help); 429 ``server_busy`` when the places or the memory left
+                are taken.
+        """
+        details = {"planned_memory_bytes": int(memory), "memory_limit_bytes": self.memory_budget}
+        if memory > self.memory_budget:
+            raise APIError(413, f"the request would need {format_bytes(memory)} of memory at its peak (planned before "
+                                f"decoding), over this server's limit of {format_bytes(self.memory_budget)} per request; send "
+                                "fewer or smaller images, a shorter prompt or a lower max_tokens",
+                           code="request_too_costly", details=details)
+        self.check_capacity()
+        if self.reserved + memory > self.memory_budget:
+            raise APIError(429, f"the server is busy: requests in flight hold {format_bytes(self.reserved)} of its "
+                                f"{format_bytes(self.memory_budget)} memory budget and this one needs {format_bytes(memory)}; "
+                                "retry shortly", type="rate_limit_error", code="server_busy",
+                           headers={"Retry-After": "1"}, details={**details, "memory_in_use_bytes": self.reserved})
         loop = asyncio.get_running_loop()
         job.accept(loop, self.settings.request_timeout)
+        job.memory = int(memory)
+        self.reserved += job.memory
         self.active += 1
         self._jobs.add(job)
         job.future = self._executor.submit(job.run)
@@ -205,6 +237,7 @@ class GenerationEngine:
 
     def _finished(self, job: Job) -> None:
         self.active -= 1
+        self.reserved -= job.memory
         self._jobs.discard(job)
         if job.outcome == "queued":
             job.outcome = "cancelled"

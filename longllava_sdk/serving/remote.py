@@ -140,7 +140,8 @@ class RemoteFetcher:
     Args:
         policy: which URLs may be fetched.
         max_bytes: largest body accepted.
-        timeout: seconds for connect and for each read.
+        timeout: seconds for the whole fetch (resolving, connecting, redirects, every read):
+            one deadline, so a server trickling a byte at a time cannot stretch it.
         max_redirects: redirects followed (each one checked again).
     """
 
@@ -152,6 +153,13 @@ class RemoteFetcher:
 
     async def fetch(self, url: str, *, param: str) -> bytes:
         """The body of ``url`` (status 200), following checked redirects; :class:`APIError` 400 otherwise."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._fetch(url, param)
+        except TimeoutError:
+            raise self._failed(param, f"timed out (this server allows {self.timeout:g} s per remote image)") from None
+
+    async def _fetch(self, url: str, param: str) -> bytes:
         try:
             current = httpx.URL(url)
         except (httpx.InvalidURL, TypeError):

@@ -6,7 +6,9 @@
 * :class:`RootJail`: server-side paths resolve (symlinks followed) inside one root folder or
   are refused with the same message whether or not they exist; a folder is walked and every
   entry in it must resolve inside the root too (a DICOM series with one symlink to
-  ``/etc/shadow`` is refused whole).
+  ``/etc/shadow`` is refused whole) and be a regular file or a folder (a FIFO, socket or
+  device would block or never end the reader that opens it). Every path the filesystem
+  refuses (too long, odd bytes) is a 400 ``invalid_path``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
@@ -98,18 +102,32 @@ class RootJail:
                            code="paths_disabled", param=param)
         if not raw or "\x00" in raw:
             raise APIError(400, "empty or invalid path", code="invalid_path", param=param)
+        try:
+            raw.encode("utf-8")  # a lone surrogate ("\udcff" in JSON) names no file
+        except UnicodeEncodeError:
+            raise APIError(400, "the path is not valid UTF-8 text", code="invalid_path", param=param) from None
         candidate = Path(raw)  # never expanded: "~" is a folder name under the root like any other
         if not candidate.is_absolute():
             candidate = self.root / candidate
         real = self._real(candidate, param)
-        if not real.exists():
+        try:
+            info = real.stat()
+        except FileNotFoundError:
             raise APIError(400, f"{redact.public(real)}: no such file or folder under the server root",
-                           code="path_not_found", param=param)
-        if real.is_dir():
-            self._check_folder(real, param)
-        elif not real.is_file():
+                           code="path_not_found", param=param) from None
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES...
+            raise self._invalid(exc, param) from None
+        if stat.S_ISDIR(info.st_mode):
+            self._check_folder(real, param, redact)
+        elif not stat.S_ISREG(info.st_mode):
             raise APIError(400, f"{redact.public(real)}: not a regular file", code="invalid_path", param=param)
         return real
+
+    @staticmethod
+    def _invalid(exc: OSError, param: str) -> APIError:
+        reason = ("the path is too long" if exc.errno == errno.ENAMETOOLONG
+                  else f"the path cannot be used ({os.strerror(exc.errno) if exc.errno else 'invalid'})")
+        return APIError(400, reason, code="invalid_path", param=param)
 
     def check(self, path: Path, *, param: str, redact: PathRedactor) -> Path:
         """Check an already resolved path again right before it is opened (the tree may have changed)."""
@@ -122,10 +140,14 @@ class RootJail:
         outside = APIError(400, "the path is outside the server's allowed root", code="path_outside_root", param=param)
         try:
             return confine_to(candidate, self.root)
-        except (OutsideRoot, OSError, ValueError, RuntimeError):  # outside, loops, unusable components
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise self._invalid(exc, param) from None
+            raise outside from None  # symlink loops, unreadable components
+        except (OutsideRoot, ValueError, RuntimeError):  # outside, unusable components
             raise outside from None
 
-    def _check_folder(self, folder: Path, param: str) -> None:
+    def _check_folder(self, folder: Path, param: str, redact: PathRedactor) -> None:
         seen = 0
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
             for name in (*dirnames, *filenames):
@@ -134,5 +156,16 @@ class RootJail:
                     raise APIError(400, f"the folder holds more than {self.max_entries} entries (this server's limit)",
                                    code="folder_too_large", param=param)
                 entry = Path(dirpath, name)
-                if entry.is_symlink():
-                    self._real(entry, param)
+                try:
+                    mode = entry.lstat().st_mode
+                    if stat.S_ISLNK(mode):
+                        self._real(entry, param)
+                        mode = entry.stat().st_mode  # never opened: stat does not block on a FIFO
+                except FileNotFoundError:
+                    continue  # removed while walking (or a dangling link): the adapter finds it gone
+                except OSError as exc:
+                    raise self._invalid(exc, param) from None
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+                    raise APIError(400, f"{redact.public(entry)}: {kind}, not a regular file; a folder source may "
+                                        "hold regular files and folders only", code="invalid_path", param=param)

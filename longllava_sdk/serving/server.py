@@ -93,6 +93,7 @@ def serve(
     from ..model_folders import check_model_folder
     from ..pipeline import Pipeline
     from .app import create_app
+    from .connections import uvicorn_options
     from .remote import RemotePolicy
 
     RemotePolicy(settings.allow_remote)  # a malformed entry fails here, before the model loads
@@ -101,7 +102,12 @@ def serve(
     load_options = load.kwargs()
 
     def load_pipeline() -> Pipeline:
-        return Pipeline.from_pretrained(model, **load_options)
+        pipeline = Pipeline.from_pretrained(model, **load_options)
+        if settings.isolate_decoding:
+            from ..isolation import warm_up
+
+            warm_up()  # the decoding workers' fork server imports the SDK once: before "ready"
+        return pipeline
 
     def failed(exc: BaseException) -> None:  # the load failed: stop listening, serve() raises it
         runner.should_exit = True
@@ -110,7 +116,7 @@ def serve(
     # "ready: http://HOST:PORT (model NAME, N parameters)" when both are done.
     app = create_app(None, settings, load=load_pipeline, address=lambda: listening_url(runner), on_load_error=failed)
     runner = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                                           server_header=False, timeout_keep_alive=5))
+                                           **uvicorn_options(settings)))
     if not _is_loopback(host) and settings.api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use the model "
                        "(set %s or pass %s)", host, API_KEY_ENV, option_hint("api_key", "KEY"))

@@ -53,6 +53,21 @@ class ServerSettings(BaseModel):
         client_adapter_options: adapter options a client may set; ``None`` (default): those
             each adapter declares in its ``client_options`` (options that choose *what* is
             read, never a limit).
+        max_request_memory: the server-wide memory budget of requests in flight ("4GiB",
+            "512MiB"): each request is admitted by its planned peak (docs/serving.md); one over
+            the whole budget gets 413, one over what is left 429. ``None``: half of the memory
+            available when the server starts (after the model is loaded).
+        max_prompt_kb: largest prompt text (all messages), in KiB of UTF-8, checked before
+            tokenising (413); ``None``: 8 bytes per token of the model's context.
+        isolate_decoding: decode media in killable worker processes under ``decode_timeout``
+            and ``decode_memory_mb`` (OS limits); off only for trusted inputs.
+        decode_timeout: seconds one media part may take to decode (its worker is killed after).
+        decode_memory_mb: MiB a decoding worker's address space may grow by.
+        header_timeout: seconds a connection may take to send a complete request head.
+        keep_alive_timeout: seconds an idle keep-alive connection stays open.
+        body_timeout: seconds a client may take to send a request body.
+        max_connections: open connections; more are closed at once (and requests past it
+            get 503).
     """
 
 
@@ -75,6 +90,15 @@ class ServerSettings(BaseModel):
     max_redirects: Annotated[int, NonNegative] = 3
     max_folder_entries: Annotated[int, Positive] = 10_000
     client_adapter_options: tuple[str, ...] | None = None
+    max_request_memory: str | None = None
+    max_prompt_kb: Annotated[float, Positive] | None = None
+    isolate_decoding: bool = True
+    decode_timeout: Annotated[float, Positive] = 30.0
+    decode_memory_mb: Annotated[int, Positive] = 2048
+    header_timeout: Annotated[float, Positive] = 10.0
+    keep_alive_timeout: Annotated[float, Positive] = 5.0
+    body_timeout: Annotated[float, Positive] = 60.0
+    max_connections: Annotated[int, Positive] = 256
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -105,6 +129,13 @@ class ServerSettings(BaseModel):
         # Resolved once: every client path is compared with the real folder, symlinks followed.
         return given.resolve(strict=True)
 
+    @field_validator("max_request_memory")
+    @classmethod
+    def _memory(cls, size: str | None) -> str | None:
+        if size is not None:
+            _memory_bytes(size)  # a malformed size fails here, before the model loads
+        return size
+
     @field_validator("api_key")
     @classmethod
     def _key(cls, key: str | None) -> str | None:
@@ -129,6 +160,17 @@ class ServerSettings(BaseModel):
         return int(self.max_image_mb * MIB)
 
     @property
+    def request_memory_bytes(self) -> int | None:
+        """``max_request_memory`` in bytes (``None``: chosen from the machine at start)."""
+        return None if self.max_request_memory is None else _memory_bytes(self.max_request_memory)
+
+    @property
     def capacity(self) -> int:
         """Requests the server holds at once (running + queued); the next one gets 429."""
         return self.max_concurrent + self.max_queue
+
+
+def _memory_bytes(text: str) -> int:
+    from ..units import parse_size  # the SDK's one size rule: 4GiB, 512MiB (GB = 10^9)
+
+    return parse_size(text, default_unit="gib", what="max_request_memory", example="4GiB or 512MiB")

@@ -29,6 +29,7 @@ when training reaches them. Only the per-row lengths are kept for every row.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -48,6 +49,7 @@ from .. import local_files
 from ..adapters import allowed_root
 from ..errors import AdapterError, ConfigError, DatasetError, InputError, LongLLaVAError, ProtocolError
 from ..heads import TaskHead
+from ..isolation import DecodeLimits, run_isolated
 from ..media import Media
 from ..registry import available_adapters, claiming_adapter, get_head_class, resolve_adapter
 from ..processing import protocol
@@ -514,10 +516,16 @@ class MediaLoader:
         adapter_options: options given for the run (``--adapter-option``); each adapter takes
             those it declares, over the recipe's. An option no installed adapter declares is an
             error.
+        isolate_decoding: read every source in a killable worker process under OS limits
+            (:mod:`~longllava_sdk.isolation`; ``True``: the default :class:`DecodeLimits`), for
+            data you do not trust; off by default (a fork per source).
     """
 
     def __init__(self, root: str | os.PathLike[str], recipe: Recipe | None = None, max_images: int | None = None,
-                 adapter_options: dict[str, Any] | None = None) -> None:
+                 adapter_options: dict[str, Any] | None = None,
+                 isolate_decoding: bool | DecodeLimits = False) -> None:
+        self.isolation: DecodeLimits | None = (
+            (DecodeLimits() if isolate_decoding is True else isolate_decoding) or None)
         self.root = Path(os.path.realpath(root))
         self.recipe = recipe
         self.max_images = max_images if max_images is not None else getattr(recipe, "max_images", None)
@@ -574,8 +582,15 @@ class MediaLoader:
         """Read one source into :class:`Media` (raises the path check's or the adapter's typed error).
 
         Every file the adapter opens (files of a folder, symlinks resolved) must lie inside the
-        data root (:func:`~longllava_sdk.adapters.allowed_root`).
+        data root (:func:`~longllava_sdk.adapters.allowed_root`). With :attr:`isolation` the
+        read runs in a worker process (the same loader, pickled) and its Media comes back.
         """
+        if self.isolation is not None:
+            paths = paths if paths is not None else self.resolve_paths(source)
+            isolated = copy.copy(self)
+            isolated.isolation = None
+            return run_isolated(isolated.load, source, n_sources, paths, limits=self.isolation,
+                                source=str(paths[0]))
         with allowed_root(self.root):
             return self._load(source, n_sources, paths)
 

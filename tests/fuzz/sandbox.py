@@ -1,7 +1,9 @@
 """Run one adapter load in a forked worker under an address-space and a wall-clock limit.
 
-A forkserver process imports the adapters once; every case is a fresh fork of it, so a case
-that leaks, hangs or crashes cannot affect the next. In the worker:
+The fork, the limits and the kill are the SDK's own (:mod:`longllava_sdk.isolation`, which
+the HTTP server decodes media with): a forkserver process imports the adapters once; every
+case is a fresh fork of it, so a case that leaks, hangs or crashes cannot affect the next.
+In the worker:
 
 * ``RLIMIT_AS`` is set to the worker's current address space plus ``memory_mb`` (so the
   limit means "may grow by this much", whatever the preloaded libraries map), and
@@ -20,17 +22,17 @@ wall-clock limit (``hang``).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from longllava_sdk.isolation import limit_child, spawn
 
 #: Outcomes, from best to worst. ``ok`` and ``typed`` are the acceptable ones.
 OUTCOMES = ("ok", "typed", "internal", "untyped", "hang", "memory", "crash", "escape", "network", "wrote")
@@ -70,74 +72,26 @@ class Outcome:
         return asdict(self)
 
 
-_CONTEXT: Any = None
-
-
-def _context() -> Any:
-    global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(PRELOAD + [__name__, __name__.rsplit(".", 1)[0] + ".hostile"])
-    return _CONTEXT
-
-
 def run_job(job: dict[str, Any], *, timeout_s: float = 10.0, memory_mb: int = 2048) -> Outcome:
     """Run ``job`` (see :func:`_execute`) in a forked worker; the worker's verdict or ``hang``/``crash``."""
-    ctx = _context()
-    receive, send = ctx.Pipe(duplex=False)
     workdir = tempfile.mkdtemp(prefix="longllava-fuzz-cwd-")  # removed here, even if the worker is killed
     job = dict(job, memory_mb=memory_mb, cpu_limit_s=int(timeout_s * 2) + 5, workdir=workdir)
     try:
-        return _run(ctx, job, receive, send, timeout_s)
+        result, ended = spawn(_worker, (job,), timeout_s, preload=(*PRELOAD, __name__, __name__.rsplit(".", 1)[0] + ".hostile"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _run(ctx: Any, job: dict[str, Any], receive: Any, send: Any, timeout_s: float) -> Outcome:
-    worker = ctx.Process(target=_worker, args=(send, job), daemon=True)
-    started = time.monotonic()
-    worker.start()
-    send.close()
-    result: dict[str, Any] | None = None
-    closed = False
-    try:
-        if receive.poll(timeout_s):
-            try:
-                result = receive.recv()
-            except EOFError:  # the worker died without answering
-                closed = True
-    finally:
-        receive.close()
-    elapsed = time.monotonic() - started
-    if result is None:
-        if closed:
-            worker.join(5)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(5)
-            return Outcome("hang", wall_s=round(elapsed, 3), message=f"killed after {timeout_s:g} s")
-        worker.join(5)
-        code = worker.exitcode
-        name = signal.Signals(-code).name if code is not None and code < 0 else f"exit {code}"
-        kind = "hang" if name == "SIGXCPU" else "crash"
-        return Outcome(kind, wall_s=round(elapsed, 3), signal=name, message=f"worker died ({name})")
-    worker.join(5)
-    if worker.is_alive():
-        worker.kill()
-    return Outcome(**result)
+    if ended is None:
+        return Outcome(**result)
+    wall = round(ended.elapsed, 3)
+    if ended.killed:
+        return Outcome("hang", wall_s=wall, message=f"killed after {timeout_s:g} s")
+    name = ended.signal or f"exit {ended.exitcode}"
+    return Outcome("hang" if name == "SIGXCPU" else "crash", wall_s=wall, signal=name, message=f"worker died ({name})")
 
 
 # ------------------------------------------------------------------------------------------
 # in the worker
 # ------------------------------------------------------------------------------------------
-def _vm_kib() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
@@ -205,11 +159,8 @@ def _worker(send: Any, job: dict[str, Any]) -> None:
     os.chdir(workdir)
     watched = [p for p in job.get("watch", []) if os.path.isdir(p)]
     before = _snapshot(watched)
-    limit = (_vm_kib() * 1024) + job["memory_mb"] * 2**20
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # soft limit only: lifted again below
-    cpu = job["cpu_limit_s"]
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+    limit_child(job["memory_mb"], job["cpu_limit_s"])  # soft limits only: RLIMIT_AS is lifted again below
     rss0 = _rss_mb()
     started, cpu0 = time.monotonic(), time.process_time()
     result: dict[str, Any]
