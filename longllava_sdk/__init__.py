@@ -16,7 +16,6 @@ calls :func:`register_auto_classes`; a process that never imports transformers, 
 
 from __future__ import annotations
 
-import importlib
 import sys as _sys
 from typing import Any
 
@@ -24,6 +23,7 @@ import wrapt as _wrapt
 
 from .errors import LongLLaVAError
 from .hookspecs import hookimpl
+from .lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -79,14 +79,4 @@ def _register_when_transformers_loads(_transformers: Any) -> None:
 # Runs at once if transformers is already imported, else right after the caller imports it.
 _wrapt.register_post_import_hook(_register_when_transformers_loads, "transformers")
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -18,14 +18,14 @@ a13b    LongLLaVA-A13B: as 9b with 16 experts, top-2, on every other layer
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
 import torch
 from transformers import CLIPVisionConfig, JambaConfig, PretrainedConfig
 
-from .errors import ConfigError, unknown_name_error
+from .config_view import _CLIP_L14_336, PRESETS, PatchGeometry, preset_dicts  # noqa: F401 (PRESETS re-exported)
+from .config_view import validate_multimodal as _validate_multimodal
 from .hf_auto import AUTO_MAP, register_auto_class, write_auto_files
 
 # accelerate imports DeepSpeed (when installed) inside every save_pretrained, and DeepSpeed then
@@ -36,47 +36,10 @@ from .hf_auto import AUTO_MAP, register_auto_class, write_auto_files
 if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
     os.environ["DS_ACCELERATOR"] = "cpu"
 
-POOLING_MODES = ("2d", "1d", "none")
-PROJECTOR_TYPES = ("mlp2x_gelu",)
-
-# CLIP ViT-L/14 at 336 px (openai/clip-vit-large-patch14-336), the paper's vision tower.
-_CLIP_L14_336 = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-    image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-)
-# Jamba-v0.1 dimensions as released with LongLLaVA (llava/model/language_model/Jamba/config.json).
-_JAMBA_V01 = dict(
-    vocab_size=65536, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=8, attn_layer_period=8, attn_layer_offset=4,
-    expert_layer_period=2, expert_layer_offset=1, num_experts=16, num_experts_per_tok=2,
-    mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=256, mamba_conv_bias=True,
-    mamba_proj_bias=False, rms_norm_eps=1e-6, tie_word_embeddings=False, router_aux_loss_coef=0.001,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=262144,
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    image_size=336, patch_size=14, projection_dim=32, hidden_act="quick_gelu"),
-        text=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-                  num_attention_heads=4, num_key_value_heads=2, attn_layer_period=8, attn_layer_offset=4,
-                  expert_layer_period=2, expert_layer_offset=1, num_experts=4, num_experts_per_tok=2,
-                  mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8,
-                  mamba_conv_bias=True, mamba_proj_bias=False, rms_norm_eps=1e-6,
-                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  max_position_embeddings=262144),
-        # The real models' context (docs/long_context.md#context-limits): Jamba has no
-        # positional embeddings and the tiny model keeps their layer pattern, so 1000 images
-        # x 144 tokens fit as they do for 9B / A13B, and long-context paths run on the CPU demo.
-        multimodal=dict(max_context=262144),
-    ),
-    "9b": dict(vision=_CLIP_L14_336, text=dict(_JAMBA_V01, num_experts=1, num_experts_per_tok=1),
-               multimodal=dict(max_context=262144)),
-    "a13b": dict(vision=_CLIP_L14_336, text=dict(_JAMBA_V01), multimodal=dict(max_context=262144)),
-}
+# The presets' numbers live in the torch-free config_view (the planner reads them without transformers).
 
 
-class LongLLaVAConfig(PretrainedConfig):
+class LongLLaVAConfig(PatchGeometry, PretrainedConfig):
     """Configuration of :class:`~longllava_sdk.LongLLaVAForConditionalGeneration`.
 
     Args:
@@ -145,51 +108,9 @@ class LongLLaVAConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.validate_multimodal()
 
-    # -- derived geometry -------------------------------------------------------------------
-    @property
-    def patch_grid(self) -> int:
-        """Patches per side of the CLIP grid (24 for 336 px / patch 14)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.patch_grid**2
-
     def validate_multimodal(self) -> None:
         """Raise :class:`ConfigError` if the multimodal settings cannot work together."""
-        if self.pooling not in POOLING_MODES:
-            raise ConfigError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ConfigError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
-        if self.pooling == "none" and self.tokens_per_image != self.num_patches:
-            raise ConfigError(
-                f"pooling='none' keeps all {self.num_patches} patches, but tokens_per_image={self.tokens_per_image}"
-            )
-        if self.pooling == "2d":
-            side = round(self.tokens_per_image**0.5)
-            if side * side != self.tokens_per_image or side > self.patch_grid:
-                raise ConfigError(
-                    f"pooling='2d' needs tokens_per_image to be a square <= {self.num_patches}, "
-                    f"got {self.tokens_per_image}"
-                )
-        if self.pooling == "1d" and not 0 < self.tokens_per_image <= self.num_patches:
-            raise ConfigError(f"pooling='1d' needs 0 < tokens_per_image <= {self.num_patches}")
-        # hidden_states holds the embedding output plus one entry per layer.
-        states = self.vision_config.num_hidden_layers + 1
-        if not -states <= self.vision_feature_layer < states:
-            raise ConfigError(
-                f"vision_feature_layer {self.vision_feature_layer} outside CLIP's {states} hidden states"
-            )
-        if not 0 < int(self.max_context) <= int(self.text_config.max_position_embeddings):
-            raise ConfigError(
-                f"max_context must be in 1..text_config.max_position_embeddings "
-                f"({self.text_config.max_position_embeddings}), got {self.max_context}"
-            )
-        if int(self.chunked_prefill_size) < 1:
-            raise ConfigError(f"chunked_prefill_size must be >= 1, got {self.chunked_prefill_size}")
-        dt_rank = self.text_config.mamba_dt_rank
-        if not isinstance(dt_rank, int):
-            raise ConfigError("text_config.mamba_dt_rank must be an explicit int ('auto' changes the rank)")
+        _validate_multimodal(self)
 
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False,
@@ -216,12 +137,7 @@ class LongLLaVAConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "LongLLaVAConfig":
         """Build the config of a named preset (``tiny``, ``9b``, ``a13b``); ``overrides`` set top-level fields."""
-        key = name.lower().replace("-", "")
-        aliases = {"longllava9b": "9b", "a13b": "a13b", "53ba13b": "a13b", "longllavaa13b": "a13b"}
-        key = aliases.get(key, key)
-        if key not in PRESETS:
-            raise unknown_name_error("preset", name, PRESETS)
-        preset = copy.deepcopy(PRESETS[key])
+        preset = preset_dicts(name)
         kwargs: dict[str, Any] = dict(preset["multimodal"])
         kwargs.update(overrides)
         return cls(vision_config=preset["vision"], text_config=preset["text"], **kwargs)

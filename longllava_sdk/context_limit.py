@@ -11,11 +11,12 @@ trainer caps ``max_length`` at the context limit and every batch goes through th
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ProtocolError
+
+if TYPE_CHECKING:  # torch only for the annotation: the planner reads the limits without it
+    import torch
 
 __all__ = ["context_tokens", "check_context", "check_input_ids", "max_images_for"]
 
@@ -72,6 +73,6 @@ def check_input_ids(config: Any, input_ids: torch.Tensor, cached_tokens: int = 0
     if length <= int(config.max_context):  # the common case: nothing to count
         return length
     placeholders = (input_ids == config.image_token_id).sum(dim=1)
-    row = int(torch.argmax(placeholders)) if input_ids.shape[0] > 1 else 0
+    row = int(placeholders.argmax()) if input_ids.shape[0] > 1 else 0
     images = int(placeholders[row]) // int(config.tokens_per_image)
     return check_context(config, text_tokens=length - images * int(config.tokens_per_image), images=images)

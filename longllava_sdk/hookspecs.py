@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .exporters import Exporter
     from .heads import TaskHead
     from .importers import Importer
+    from .media import Media
 
 PROJECT_NAME = "longllava_sdk"
 
@@ -70,6 +71,11 @@ def longllava_register_importers() -> list[type[Importer]]:
 @hookspec
 def longllava_register_exporters() -> list[type[Exporter]]:
     """Return answer exporter classes (subclasses of ``longllava_sdk.exporters.Exporter``)."""
+
+
+@hookspec
+def longllava_expert_findings(media: Media) -> str | None:
+    """Return an expert model's findings about one media source as text for the prompt, or ``None``."""
 
 
 @hookspec

@@ -37,6 +37,7 @@ from .config import LongLLaVAConfig
 from .context_limit import check_context, max_images_for
 from .errors import ConfigError, InputError
 from .adapters import allowed_root, current_allowed_root
+from .experts import check_experts, selected_experts
 from .heads import TaskHead
 from .isolation import DecodeLimits, run_isolated
 from .media import Media
@@ -88,7 +89,15 @@ class MediaOptions(TypedDict, total=False):
 
 
 class CallOptions(MediaOptions, total=False):
-    """Media keywords plus the usual ``generate`` options (any other ``generate`` keyword works too)."""
+    """Media keywords, ``experts`` and the usual ``generate`` options (any other ``generate`` keyword works too).
+
+    Attributes:
+        experts: the expert plugins whose findings enter the prompt for this call (names as
+            ``longllava-sdk plugins`` lists them; ``[]``: none); default: the pipeline's
+            ``experts`` (all installed, unless set). See :mod:`longllava_sdk.experts`.
+    """
+
+    experts: Sequence[str] | None
 
     max_new_tokens: int
     min_new_tokens: int
@@ -101,6 +110,16 @@ class CallOptions(MediaOptions, total=False):
 
 
 _MEDIA_KEYS = frozenset(MediaOptions.__annotations__)
+
+
+class _Default:
+    """The "not given" of a keyword whose ``None`` means something (``experts=None``: all installed)."""
+
+    def __repr__(self) -> str:
+        return "<the pipeline's setting>"
+
+
+DEFAULT = _Default()
 #: Which media kind each keyword asks for.
 _KIND_OF = {"video": "video", "volume": "volume", "tiled": "tiled"}
 
@@ -164,13 +183,17 @@ class Pipeline:
             files you do not trust; the worker hands back each image as the vision encoder
             sees it (336 px), so the model's input is bit-identical to in-process decoding.
             Off by default: it costs a process fork per source (see docs/reliability.md).
+        experts: the expert plugins whose findings enter each user turn before the question
+            (:mod:`longllava_sdk.experts`): ``None`` every installed one, ``[]`` none.
     """
 
     def __init__(self, model: LongLLaVAForConditionalGeneration, processor: LongLLaVAProcessor,
-                 head: TaskHead | None = None, isolate_decoding: bool | DecodeLimits = False) -> None:
+                 head: TaskHead | None = None, isolate_decoding: bool | DecodeLimits = False,
+                 experts: Sequence[str] | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
         self.head = head
+        self.experts = check_experts(experts)
         self.history: list[dict[str, Any]] = []
         self.isolation: DecodeLimits | None = (
             (DecodeLimits() if isolate_decoding is True else isolate_decoding) or None)
@@ -178,19 +201,20 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
                         allow_pickle: bool = False, quantize: str | None = None,
-                        isolate_decoding: bool | DecodeLimits = False) -> "Pipeline":
+                        isolate_decoding: bool | DecodeLimits = False,
+                        experts: Sequence[str] | None = None) -> "Pipeline":
         """Load model, processor and task head from a local model folder (safetensors only unless ``allow_pickle``).
 
         ``quantize="int8"`` runs the language model's linear layers in 8 bits (Mamba and the
-        vision path kept; :mod:`longllava_sdk.quantization`). ``isolate_decoding``: as for
-        the constructor.
+        vision path kept; :mod:`longllava_sdk.quantization`). ``isolate_decoding`` and
+        ``experts``: as for the constructor.
         """
         model, processor = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, quantize=quantize)
         get_plugin_manager().call_checked("longllava_model_loaded", returns="nothing (ignored)", check=lambda r: True,
                                           model=model, config=model.config)
         head = load_head(path, device=next(model.parameters()).device)
         return cls(model, processor, head=None if head is None or head.generates else head,
-                   isolate_decoding=isolate_decoding)
+                   isolate_decoding=isolate_decoding, experts=experts)
 
     def isolated(self, limits: DecodeLimits) -> "Pipeline":
         """This pipeline (same model and processor, no chat history) decoding in worker processes under ``limits``."""
@@ -282,7 +306,8 @@ class Pipeline:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return kwargs
 
-    def inputs(self, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def inputs(self, messages: Sequence[Mapping[str, Any]],
+               experts: Sequence[str] | None | _Default = DEFAULT) -> dict[str, Any]:
         """Model inputs for a conversation, on the model's device, ready for ``model.generate``.
 
         Each message is ``{"role", "content", "media"}`` with its own media (from
@@ -291,17 +316,21 @@ class Pipeline:
         ``input_ids`` / ``attention_mask`` are ``(1, L)`` tensors; ``pixel_values`` (when the
         conversation has images) is an :class:`~longllava_sdk.modeling.image_stream.IndexedImages`
         that the model reads one prefill chunk at a time. Raises :class:`ProtocolError` when
-        the conversation does not fit ``config.max_context``.
+        the conversation does not fit ``config.max_context``. ``experts``: whose findings enter
+        the user turns (default: the pipeline's :attr:`experts`).
         """
-        return self._inputs([dict(m) for m in messages])
+        return self._inputs([dict(m) for m in messages], experts=experts)
 
-    def _inputs(self, messages: list[dict[str, Any]], lazy_pixels: bool = True) -> dict[str, Any]:
+    def _inputs(self, messages: list[dict[str, Any]], lazy_pixels: bool = True,
+                experts: Sequence[str] | None | _Default = DEFAULT) -> dict[str, Any]:
         """Token ids, mask and pixels for generation; the context limit is checked before any pixel work.
 
         ``lazy_pixels``: images are preprocessed when the model asks for them (one prefill
-        chunk at a time), so 1000 images never exist as one pixel tensor.
+        chunk at a time), so 1000 images never exist as one pixel tensor. ``experts``: whose
+        findings enter the user turns (default: the pipeline's :attr:`experts`).
         """
-        sample = self.processor.encode_conversation(messages, add_generation_prompt=True)
+        with selected_experts(self.experts if experts is DEFAULT else experts):  # type: ignore[arg-type]
+            sample = self.processor.encode_conversation(messages, add_generation_prompt=True)
         images = len(sample.images)
         check_context(self.config, text_tokens=len(sample) - images * self.config.tokens_per_image, images=images,
                       source=self._describe_media(messages))
@@ -320,7 +349,7 @@ class Pipeline:
         return f"{named[0]} (+{len(named) - 1} more)" if len(named) > 1 else (named[0] if named else None)
 
     def _generate(self, messages: list[dict[str, Any]], stream: bool, **gen: Any) -> str | Iterator[str]:
-        inputs = self._inputs(messages)
+        inputs = self._inputs(messages, experts=gen.pop("experts", DEFAULT))
         kwargs = self.generation_kwargs(**gen)
         prompt_len = inputs["input_ids"].shape[1]
         if not stream:
@@ -385,8 +414,9 @@ class Pipeline:
         return answer
 
     def classify(self, prompt: str, images: Sequence[MediaLike] | None = None,
+                 experts: Sequence[str] | None | _Default = DEFAULT,
                  **media: Unpack[MediaOptions]) -> dict[str, Any]:
-        """Run the fine-tuned task head on ``prompt`` + media (media keywords as :meth:`__call__`).
+        """Run the fine-tuned task head on ``prompt`` + media (media keywords and ``experts`` as :meth:`__call__`).
 
         Returns:
             the head's :meth:`~longllava_sdk.heads.TaskHead.describe` of its logits, e.g.
@@ -398,7 +428,7 @@ class Pipeline:
         from .modeling.task_model import TaskModel
 
         inputs = self._inputs([{"role": "user", "content": prompt, "media": self.collect_media(images, **media)}],
-                              lazy_pixels=False)
+                              lazy_pixels=False, experts=experts)
         with torch.inference_mode():
             logits = TaskModel(self.model, self.head)(**inputs)["logits"][0]
         return self.head.describe(logits)

@@ -8,9 +8,11 @@ forward) and the SDK's chunked prefill, and the most images that fit.
 The model counts the tensors the SDK's inference path holds at its peak, by layer kind
 (``docs/planner.md`` lists each term and where it comes from):
 
-* **weights**: every parameter of the model built on the ``meta`` device (no memory), in
-  ``dtype``; with ``int8`` the linear layers :mod:`~longllava_sdk.quantization` quantizes
-  take 1 byte per weight plus a per-row scale, the rest stays in the activation dtype;
+* **weights**: every parameter of the model, counted from the config
+  (:func:`~longllava_sdk.config_view.parameter_shapes`, equal to the model built on the
+  ``meta`` device), in ``dtype``; with ``int8`` the linear layers
+  :mod:`~longllava_sdk.quantization` quantizes take 1 byte per weight plus a per-row scale,
+  the rest stays in the activation dtype;
 * **KV cache**: attention layers only, ``2 x kv_heads x head_dim`` per token and layer,
   plus one layer's copy while a chunk is appended (the cache concatenates);
 * **Mamba states**: ``d_inner x (d_conv + d_state)`` per Mamba layer, independent of length;
@@ -33,24 +35,29 @@ The model counts the tensors the SDK's inference path holds at its peak, by laye
 
 On the tiny preset the predicted peak RSS is within 15% of the measured one at several
 lengths, images and text, in both prefill modes (``tests/test_planner.py``).
+
+The planner reads the config through :class:`~longllava_sdk.config_view.ConfigView` and
+imports neither torch nor transformers: ``longllava-sdk plan`` answers in a fraction of the
+time loading them takes (``longllava-sdk bench --suite startup``).
 """
 
 from __future__ import annotations
 
-import copy
+import bisect
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .config import LongLLaVAConfig
+from .config_view import ConfigView, TextView, parameter_shapes, skipped_module
 from .context_limit import max_images_for
 from .errors import ConfigError
-from .modeling.chunked_prefill import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, effective_chunk
 from .options import LoadOptions, reject_unknown, take_options
-from .quantization import skipped_module
+from .prefill_sizes import DEFAULT_PREFILL_CHUNK, MASK_BUDGET, MIN_CHUNK, effective_chunk
 from .units import GiB, MiB, parse_size
+
+if TYPE_CHECKING:
+    from .config import LongLLaVAConfig
 
 __all__ = ["MemoryPlan", "PlanColumn", "BudgetLine", "Architecture", "RequestCost", "plan", "plan_memory",
            "format_plan", "parse_memory",
@@ -210,7 +217,7 @@ def _peak(lines: list[BudgetLine], one_shot: bool) -> int:
 
 
 # -----------------------------------------------------------------------------------------
-# Parameters: the model built on the meta device
+# Parameters: counted from the config
 # -----------------------------------------------------------------------------------------
 
 
@@ -230,46 +237,27 @@ def _category(name: str) -> str:
     return "norms"
 
 
-def _count_parameters(model: torch.nn.Module, prefix: str = "") -> tuple[dict[str, int], int]:
+def _count_parameters(config: ConfigView, text: TextView, lm_only: bool = False) -> tuple[dict[str, int], int]:
     """Parameters by category, and how many sit in linear layers int8 quantizes."""
+    shapes, linears = parameter_shapes(config, text=text, language_model_only=lm_only)
     counts: dict[str, int] = {}
-    for name, param in model.named_parameters():
-        full = prefix + name
-        counts[_category(full)] = counts.get(_category(full), 0) + param.numel()
-    quantizable = 0
-    for name, module in model.named_modules():
-        full = prefix + name
-        if (isinstance(module, torch.nn.Linear) and full.startswith("language_model.")
-                and not skipped_module(full)):
-            quantizable += module.weight.numel()
+    for name, shape in shapes.items():
+        counts[_category(name)] = counts.get(_category(name), 0) + math.prod(shape)
+    quantizable = sum(math.prod(shapes[name]) for name in linears
+                      if name.startswith("language_model.") and not skipped_module(name[: -len(".weight")]))
     return counts, quantizable
 
 
-def _all_attention(text: Any) -> Any:
-    """``text`` with every layer an attention layer (same width, heads, KV heads, FFN pattern)."""
-    values = {k: v for k, v in text.to_dict().items() if k not in ("layer_types", "layers_block_type")}
-    values.update(attn_layer_period=1, attn_layer_offset=0)
-    return type(text)(**values)
-
-
-def architectures(config: LongLLaVAConfig) -> tuple[Architecture, Architecture]:
-    """The hybrid of ``config`` and its equal-size all-attention transformer, sized on the meta device."""
-    from transformers import JambaForCausalLM
-
-    from .model_folders import meta_model
-
-    hybrid_model = meta_model(config)
-    with torch.device("meta"):
-        twin_text = _all_attention(config.text_config)
-        twin_lm = JambaForCausalLM(twin_text)
-    counts, quantizable = _count_parameters(hybrid_model)
+def architectures(config: "ConfigView | LongLLaVAConfig") -> tuple[Architecture, Architecture]:
+    """The hybrid of ``config`` and its equal-size all-attention transformer, counted from the config."""
+    config = ConfigView.of(config)
+    counts, quantizable = _count_parameters(config, config.text_config)
     hybrid = Architecture.from_text_config("hybrid", config.text_config, counts, quantizable)
-    twin_counts, twin_quantizable = _count_parameters(twin_lm, prefix="language_model.")
+    twin_text = config.text_config.all_attention()
+    twin_counts, twin_quantizable = _count_parameters(config, twin_text, lm_only=True)
     for key in ("vision tower", "projector"):  # same vision path
         twin_counts[key] = counts.get(key, 0)
     transformer = Architecture.from_text_config("transformer", twin_text, twin_counts, twin_quantizable)
-    if transformer.mamba_layers:
-        raise ConfigError("could not build the all-attention twin of this config (its layer kinds did not change)")
     return hybrid, transformer
 
 
@@ -280,7 +268,7 @@ def architectures(config: LongLLaVAConfig) -> tuple[Architecture, Architecture]:
 
 @dataclass(frozen=True)
 class _Setting:
-    config: LongLLaVAConfig
+    config: ConfigView
     device: str  # "cuda" | "cpu"
     weight_dtype: str
     act_bytes: int
@@ -291,6 +279,7 @@ class _Setting:
     text_tokens: int
     chunk: int
     mask_budget: int
+    chunks: _ChunkSchedule  # (largest chunk, largest mask) by prompt length
     vision_batch: int  # images per CLIP batch; 0: every image of the prompt at once
 
 
@@ -332,16 +321,59 @@ def _per_token_activation(arch: Architecture, s: _Setting, image_fraction: float
     return peak, name
 
 
-def _chunks(tokens: int, s: _Setting) -> tuple[int, int]:
-    """(largest chunk, largest ``chunk x (cached + chunk)`` mask) of a chunked prefill of ``tokens``."""
-    largest, mask, start = 0, 0, 0
-    while start < tokens:
-        size = min(tokens - start, effective_chunk(s.chunk, start, s.mask_budget))
-        largest = max(largest, size)
-        if start:  # the first chunk has no cache to offset: SDPA runs causal, no mask
-            mask = max(mask, size * (start + size))
-        start += size
-    return largest, mask
+class _ChunkSchedule:
+    """Where each chunk of a chunked prefill starts and how long it is, for any prompt length.
+
+    A chunk's length depends only on the tokens before it (:func:`effective_chunk`), so every
+    prompt's chunks are a prefix of one schedule, the last chunk cut at the prompt's end. The
+    lengths shrink as the cache grows until they reach a floor (``MIN_CHUNK``, or the chunk
+    size itself when it is that small or there is no mask budget) and stay there. The head
+    (lengths above the floor, a few hundred chunks) is built once with running maxima and
+    looked up by bisection; the tail of equal chunks is arithmetic, so the planner's search
+    over prompts of up to billions of tokens costs neither time nor memory.
+    """
+
+    def __init__(self, chunk: int, mask_budget: int | None) -> None:
+        self.chunk, self.mask_budget = chunk, mask_budget
+        self.floor = chunk if mask_budget is None or chunk <= MIN_CHUNK else MIN_CHUNK
+        self.starts: list[int] = []  # the head: chunks longer than the floor
+        self.largest: list[int] = []  # the largest chunk among chunks 0..i
+        self.mask: list[int] = []  # the largest (C, cached + C) mask among chunks 0..i
+        self.end = 0  # where the head ends
+        self.tail: int | None = None  # where the chunks of floor length start, once reached
+
+    def _extend(self, tokens: int) -> None:
+        while self.end < tokens and self.tail is None:
+            size = effective_chunk(self.chunk, self.end, self.mask_budget)
+            if size <= self.floor:  # non-increasing in the cache length: floor-length from here on
+                self.tail = self.end
+                break
+            self.starts.append(self.end)
+            self.largest.append(max(size, self.largest[-1] if self.largest else 0))
+            # the first chunk has no cache to offset: SDPA runs causal, no mask
+            self.mask.append(max(size * (self.end + size) if self.end else 0, self.mask[-1] if self.mask else 0))
+            self.end += size
+
+    def __call__(self, tokens: int) -> tuple[int, int]:
+        """(largest chunk, largest ``chunk x (cached + chunk)`` mask) of a chunked prefill of ``tokens``."""
+        if tokens <= 0:
+            return 0, 0
+        self._extend(tokens)
+        c = self.floor
+        if self.tail is None or tokens <= self.tail:
+            last = bisect.bisect_left(self.starts, tokens) - 1  # the chunk holding the last token
+            start, before = self.starts[last], last - 1
+            size = min(tokens - start, effective_chunk(self.chunk, start, self.mask_budget))  # cut at the end
+            full = 0
+        else:
+            full = (tokens - 1 - self.tail) // c  # whole floor-length chunks before the last one
+            start, before = self.tail + full * c, len(self.starts) - 1
+            size = tokens - start
+        largest = max(size, c if full else 0, self.largest[before] if before >= 0 else 0)
+        # the masks grow with the cache: of the tail's whole chunks, the last one's is the largest
+        tail_mask = c * start if full and start - c > 0 else 0
+        mask = max(size * (start + size) if start else 0, tail_mask, self.mask[before] if before >= 0 else 0)
+        return largest, mask
 
 
 def _vision(s: _Setting, images: int) -> int:
@@ -363,7 +395,7 @@ def _budget(arch: Architecture, s: _Setting, images: int, mode: str) -> list[Bud
     if one_shot:
         in_flight, mask, kv_copy = tokens, 0, 0
     else:
-        in_flight, mask = _chunks(tokens, s)
+        in_flight, mask = s.chunks(tokens)
         kv_copy = kv_per_token_layer * tokens if arch.attention_layers and tokens > in_flight else 0
     image_fraction = images * s.tokens_per_image / max(1, tokens)
     per_token, layer = _per_token_activation(arch, s, image_fraction, one_shot)
@@ -418,7 +450,7 @@ def _max_images(arch: Architecture, s: _Setting, mode: str, memory: int) -> int:
 
 
 def plan_memory(
-    config: LongLLaVAConfig,
+    config: "ConfigView | LongLLaVAConfig",
     *,
     images: int,
     gpu_memory: str | int | None = None,
@@ -435,7 +467,8 @@ def plan_memory(
     """The memory budget of ``images`` images (+ ``text_tokens``) and the most images that fit.
 
     Args:
-        config: the model's config (a preset's or a model folder's).
+        config: the model's config (a preset's or a model folder's), as a
+            :class:`~longllava_sdk.config_view.ConfigView` or a ``LongLLaVAConfig``.
         images: images in the prompt (video frames, slices, tiles count one each).
         gpu_memory: the device's memory ("80GiB", "24GiB", GiB as a number); default on CPU:
             this machine's RAM.
@@ -490,7 +523,7 @@ def plan_memory(
     return plan
 
 
-def _setting(config: LongLLaVAConfig, *, device: str, dtype: str, text_tokens: int = 0,
+def _setting(config: "ConfigView | LongLLaVAConfig", *, device: str, dtype: str, text_tokens: int = 0,
              tokens_per_image: int | None = None, tag_tokens_per_image: int | None = None,
              prefill_chunk: int | None = None, vision_batch: int | None = None,
              runtime_bytes: int | None = None) -> _Setting:
@@ -500,10 +533,10 @@ def _setting(config: LongLLaVAConfig, *, device: str, dtype: str, text_tokens: i
         act = 4 if device == "cpu" else 2
     else:
         act = 2
+    config = ConfigView.of(config)
     tpi = int(tokens_per_image or config.tokens_per_image)
     if tpi != config.tokens_per_image:
-        config = copy.deepcopy(config)
-        config.tokens_per_image = tpi
+        config = config.with_(tokens_per_image=tpi)
     if tag_tokens_per_image is None:
         tag_tokens_per_image = _tag_tokens(config)
     chunk = int(prefill_chunk or config.chunked_prefill_size or DEFAULT_PREFILL_CHUNK)
@@ -516,7 +549,7 @@ def _setting(config: LongLLaVAConfig, *, device: str, dtype: str, text_tokens: i
                     runtime=int(runtime_bytes if runtime_bytes is not None else (
                         CPU_RUNTIME_BYTES if device == "cpu" else CUDA_RUNTIME_BYTES)),
                     tokens_per_image=tpi, tag_tokens=int(tag_tokens_per_image), text_tokens=int(text_tokens),
-                    chunk=chunk, mask_budget=MASK_BUDGET,
+                    chunk=chunk, mask_budget=MASK_BUDGET, chunks=_ChunkSchedule(chunk, MASK_BUDGET),
                     vision_batch=int(config.vision_chunk_size if vision_batch is None else vision_batch))
 
 
@@ -530,8 +563,8 @@ class RequestCost:
     The budget of :func:`plan_memory` (hybrid, chunked prefill) without the lines the idle
     model already holds (runtime, kernels, weights): KV cache, Mamba states, one vision
     batch through CLIP, the activations of a prefill chunk, its mask, token bookkeeping,
-    logits. The server admits requests by it (docs/serving.md). The architecture is sized
-    once, on the meta device.
+    logits. The server admits requests by it (docs/serving.md). The architecture is counted
+    once, from the config.
 
     Args:
         config: the served model's config.
@@ -539,7 +572,7 @@ class RequestCost:
         dtype: the weights' storage (one of :data:`PLAN_DTYPES`).
     """
 
-    def __init__(self, config: LongLLaVAConfig, *, device: str = "cpu", dtype: str = "fp32") -> None:
+    def __init__(self, config: "ConfigView | LongLLaVAConfig", *, device: str = "cpu", dtype: str = "fp32") -> None:
         self.setting = _setting(config, device=device, dtype=dtype)
         self.architecture, _ = architectures(self.setting.config)
 
@@ -576,13 +609,17 @@ def _notes(plan: MemoryPlan, dtype: str) -> list[str]:
 
 
 def _tokens_of(text: str) -> int:
-    """Tokens ``text`` takes with the SDK's tokenizer (the one model folders it creates carry)."""
-    from .processing.tokenizer import build_tokenizer
+    """Tokens ``text`` takes with the SDK's tokenizer (the one model folders it creates carry).
 
-    return len(build_tokenizer()(text, add_special_tokens=False)["input_ids"])
+    Counted with the trained BPE itself (``tokenizers``): the transformers wrapper around it
+    gives the same ids (``tests/test_planner.py``) but would load torch.
+    """
+    from .processing.tokenizer import build_bpe
+
+    return len(build_bpe().encode(text, add_special_tokens=False).ids)
 
 
-def _tag_tokens(config: LongLLaVAConfig) -> int:
+def _tag_tokens(config: ConfigView) -> int:
     """Tokens of the tags around one image (``<img>``, ``</img>``)."""
     from .processing.protocol import IMAGE, IMAGE_PLACEHOLDER
 
@@ -635,15 +672,10 @@ def plan(
     from .processing.protocol import FRAME_SEPARATOR, VIDEO_END, VIDEO_START
 
     if model is not None:
-        from pathlib import Path
-
-        folder = Path(model)
-        if not (folder / "config.json").is_file():
-            raise ConfigError(f"{folder}: no config.json (expected a model folder from init-model, finetune or merge)")
-        config = LongLLaVAConfig.from_pretrained(folder)
-        name = str(folder)
+        config = ConfigView.from_folder(model)
+        name = str(model)
     else:
-        config = LongLLaVAConfig.from_preset(preset)
+        config = ConfigView.from_preset(preset)
         name = f"preset {preset}"
     if images < 0 or video_frames < 0:
         raise ConfigError("--images and --video-frames must be >= 0")

@@ -33,7 +33,7 @@ import threading
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Collection, Iterable, Literal
 
 import pluggy
 
@@ -320,15 +320,16 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
                 + "\n  ".join(f"{r.name} ({r.source}): {r.error}" for r in errors)
             )
 
-    def collect(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call a list-returning hook plugin by plugin: ``(plugin name, result)`` in call order.
+    def collect(self, hook_name: str, *, only: Collection[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a hook plugin by plugin: ``(plugin name, result)`` in call order.
 
         Unlike ``pm.hook.<name>(...)`` this isolates plugins: an implementation that raises is
         skipped with a :class:`PluginLoadWarning` naming the plugin, and the others still
         answer. ``None`` results are dropped. Hooks with wrapper implementations are called
-        normally (attributed to ``"*"``) so that the wrappers run.
+        normally (attributed to ``"*"``) so that the wrappers run. ``only``: call the
+        implementations of these plugins only (the others do not run).
         """
-        return self._answers(hook_name, kwargs, strict=None)
+        return self._answers(hook_name, kwargs, strict=None, only=only)
 
     def call_checked(self, hook_name: str, *, returns: str, check: Callable[[Any], bool],
                      firstresult: bool = False, **kwargs: Any) -> list[Any] | Any:
@@ -345,7 +346,7 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         return (answers[0] if answers else None) if firstresult else answers
 
     def _answers(self, hook_name: str, kwargs: dict[str, Any], strict: tuple[str, Callable[[Any], bool]] | None,
-                 first: bool = False) -> list[tuple[str, Any]]:
+                 first: bool = False, only: Collection[str] | None = None) -> list[tuple[str, Any]]:
         """The one loop over a hook's implementations: isolated (``strict=None``: a failure is
         warned about and skipped) or held to a contract (``strict=(returns, check)``)."""
         caller = getattr(self.hook, hook_name, None)
@@ -354,7 +355,9 @@ class LongLLaVAPluginManager(pluggy.PluginManager):
         if set(caller.spec.argnames) != set(kwargs):
             raise TypeError(f"hook {hook_name} takes {caller.spec.argnames}, got {sorted(kwargs)}")
         impls = caller.get_hookimpls()
-        if any(impl.wrapper or impl.hookwrapper for impl in impls):  # wrappers see every answer
+        if only is not None:
+            impls = [impl for impl in impls if impl.plugin_name in only]
+        if only is None and any(impl.wrapper or impl.hookwrapper for impl in impls):  # wrappers see every answer
             result = caller(**kwargs)
             results = [result] if first or not isinstance(result, list) else result
             answers = [("*", r) for r in results if r is not None]

@@ -40,13 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config_view import SKIPPED, skipped_module  # the list int8 keeps (the planner reads it without torch)
 from .errors import ConfigError, MissingDependencyError
 
 __all__ = ["QUANTIZE_MODES", "QuantizationReport", "quantize_model", "bitsandbytes_config", "skipped_module"]
 
 QUANTIZE_MODES: tuple[str, ...] = ("int8",)
-#: Name parts of modules that stay in their dtype (see the module docstring).
-SKIPPED = ("mamba", "vision_tower", "projector", "lm_head", "embed_tokens")
 
 
 @dataclass
@@ -77,11 +76,6 @@ class QuantizationReport:
         return (f"int8 ({self.backend}): {len(self.quantized)} linear layers quantized, {len(self.kept)} kept "
                 f"(Mamba, vision, projector, lm_head); weights {self.bytes_before / 2**20:.1f} MiB -> "
                 f"{self.bytes_after / 2**20:.1f} MiB ({self.saved_fraction:.0%} saved)")
-
-
-def skipped_module(name: str) -> bool:
-    """Whether the module called ``name`` stays in its dtype."""
-    return any(part in name.split(".") or part in name for part in SKIPPED)
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -430,6 +430,9 @@ class Recipe(Model):
         adapters: settings per adapter name (``dicom``, ``geotiff``, ``video``, ...).
         max_images: image budget per sample (``None``: unlimited, the context decides).
         prompts: templates for manifest rows.
+        experts: the expert plugins whose findings enter each training prompt before the
+            question (``longllava_expert_findings``; ``None``: every installed one, ``[]``: none).
+            Train and serve with the same choice: the model learns the prompt it sees.
         lora: LoRA settings (used when ``finetune == "lora"``).
         training: hyper-parameters.
         data: data locations.
@@ -447,6 +450,7 @@ class Recipe(Model):
     adapters: dict[str, AdapterSettings] = Field(default_factory=dict)
     max_images: PositiveInt | None = None
     prompts: PromptTemplates = Field(default_factory=PromptTemplates)
+    experts: list[str] | None = None
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     data: DataSettings = Field(default_factory=DataSettings)

@@ -5,7 +5,7 @@
   printed output end to end;
 * a domain recipe is a valid ``finetune`` config;
 * unknown flags, commands and modes get "did you mean", in one line, status 2, no traceback;
-* ``longllava-sdk --help`` and ``plugins`` start without torch / transformers / numba.
+* ``longllava-sdk --help``, ``plugins`` and ``plan`` start without torch / transformers / numba.
 """
 
 from __future__ import annotations
@@ -155,11 +155,22 @@ print("HEAVY", ",".join(heavy))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["plugins"], ["plugins", "--json"], ["data", "formats"]])
-def test_help_and_listings_do_not_import_torch(argv):
+PLAN_README = ["plan", "--preset", "9b", "--images", "1000", "--gpu-memory", "80GiB", "--quantize", "int8"]
+PLAN_VIDEO_CPU = ["plan", "--preset", "a13b", "--video-frames", "64", "--device", "cpu", "--gpu-memory", "24GiB"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plugins"], ["plugins", "--json"], ["data", "formats"],
+                                  PLAN_README, PLAN_VIDEO_CPU])
+def test_help_listings_and_plan_do_not_import_torch(argv):
+    """The start-up contract (issue 16): light commands load none of torch / transformers / numba.
+
+    ``plan`` counts the model from its config (no meta build), tags with ``tokenizers`` alone.
+    """
     done = subprocess.run([sys.executable, "-c", LIGHT, *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "HEAVY", done.stdout[-500:]
+    if argv[0] == "plan":
+        assert "max images (memory)" in done.stdout
     if argv == ["plugins", "--json"]:
         assert json.loads(done.stdout.rsplit("HEAVY", 1)[0])
 

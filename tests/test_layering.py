@@ -17,10 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longllava_sdk"
 #: rank of each module (dotted name under longllava_sdk, prefixes match sub-packages); a
 #: module may import modules of equal or lower rank only.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("errors", "isolation", "options", "media", "hookspecs", "hf_auto", "config", "adapters", "heads", "contracts", "units", "validation", "root_jail", "local_files", "decode_cost",
+    (0, ("errors", "isolation", "options", "media", "hookspecs", "hf_auto", "config", "config_view", "prefill_sizes",
+         "lazy_exports", "adapters", "heads", "contracts", "units", "validation", "root_jail", "local_files", "decode_cost",
          "checkpoint", "highres", "context_limit", "processing.protocol", "processing.tokenizer", "importers", "manifest",
          "deidentify", "atomic", "chance", "exporters")),
-    (1, ("plugin_manager", "registry")),
+    (1, ("plugin_manager", "registry", "experts")),
     (2, ("recipes", "data_import", "export")),
     (3, ("modeling", "processing")),
     (4, ("model_folders", "convert_official", "quantization", "planner", "isolation_preload")),

@@ -192,3 +192,31 @@ def test_predicted_peak_is_within_15_percent_of_the_measured_one(case):
     error = predicted / measured["peak"] - 1
     assert abs(error) <= 0.15, (f"predicted {predicted / 2**20:.0f} MB, measured {measured['peak'] / 2**20:.0f} MB "
                                 f"({error:+.1%})")
+
+
+def test_the_chunk_schedule_is_the_chunked_prefills_loop():
+    """Every prompt's chunks, walked one by one as the prefill does, against the planner's lookup."""
+    from longllava_sdk.planner import _ChunkSchedule
+    from longllava_sdk.prefill_sizes import MASK_BUDGET, effective_chunk
+
+    def walk(tokens: int, chunk: int, budget: int | None) -> tuple[int, int, list[int]]:
+        largest, mask, start, starts = 0, 0, 0, []
+        while start < tokens:
+            size = min(tokens - start, effective_chunk(chunk, start, budget))
+            largest = max(largest, size)
+            if start:
+                mask = max(mask, size * (start + size))
+            starts.append(start)
+            start += size
+        return largest, mask, starts
+
+    for chunk, budget in ((2048, MASK_BUDGET), (512, 1 << 20), (100, 1 << 16), (700, None), (300, 1 << 30)):
+        schedule = _ChunkSchedule(chunk, budget)
+        starts = walk(400_000, chunk, budget)[2]
+        lengths = [0, 1, 2, chunk - 1, chunk, chunk + 1, 3 * chunk, 40_000, 149_512, 1_000_003, 77, 5_000]
+        lengths += [start + d for start in starts[:60] + starts[60::37] for d in (-1, 0, 1, 2) if start + d >= 0]
+        for tokens in lengths:
+            assert schedule(tokens) == walk(tokens, chunk, budget)[:2], (chunk, budget, tokens)
+    # the search's far end (2.4 billion tokens) takes no memory: the equal-length tail is arithmetic
+    schedule = _ChunkSchedule(2048, MASK_BUDGET)
+    assert schedule(2_400_000_000)[0] == 2048 and len(schedule.starts) < 1000

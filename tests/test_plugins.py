@@ -385,6 +385,11 @@ class _AllHooks:
         return [self.exporter_cls]
 
     @hookimpl
+    def longllava_expert_findings(self, media):
+        self.seen["expert_findings"] = (media,)
+        return f"{len(media)} image(s) seen by the all-hooks expert"
+
+    @hookimpl
     def longllava_model_loaded(self, model, config):
         self.seen["model_loaded"] = (model, config)
         model.seen_by_plugin = True
@@ -480,6 +485,13 @@ def test_every_hook_is_called_through_the_manager(monkeypatch, capsys, tmp_path)
     assert available_importers() == {"all_hooks_lines": LinesImporter}
     assert pm.hook.longllava_register_exporters() == [[ShoutExporter]]
     assert available_exporters() == {"all-hooks-shout": ShoutExporter}
+    from longllava_sdk.media import Media
+
+    from PIL import Image
+
+    media = Media("images", [Image.new("RGB", (4, 4))], [{}], source="none")
+    assert pm.hook.longllava_expert_findings(media=media) == ["1 image(s) seen by the all-hooks expert"]
+    assert plugin.seen["expert_findings"] == (media,)
 
     model, config = torch.nn.Linear(2, 2), {"preset": "tiny"}
     assert pm.hook.longllava_model_loaded(model=model, config=config) == []
@@ -620,6 +632,58 @@ def example_plugin_installed(tmp_path_factory):
         lock.close()
 
 
+def test_example_expert_reads_the_bundled_ct_and_its_text_reaches_the_prompt(example_plugin_installed,
+                                                                              tiny_model_and_processor):
+    """The example plugin's Hounsfield-unit expert on the bundled CT series, through the Pipeline's prompt."""
+    import numpy as np
+    import pydicom
+
+    from longllava_sdk import Pipeline
+    from longllava_sdk.experts import FINDINGS_HEADER, available_experts
+
+    assert "example_plugin" in available_experts()
+    series = REPO / "domains" / "medical" / "data" / "ct" / "series_01"
+    pipe = Pipeline(*tiny_model_and_processor)
+    media = pipe.collect_media(volume=series)
+    messages = [{"role": "user", "content": "Any nodules?", "media": media}]
+    prompt = pipe.processor.tokenizer.decode(pipe.inputs(messages)["input_ids"][0])
+    # the same figures computed here from the files, independently of the plugin
+    hu = np.stack([pydicom.dcmread(m["file"]).pixel_array * float(pydicom.dcmread(m["file"]).RescaleSlope)
+                   + float(pydicom.dcmread(m["file"]).RescaleIntercept) for m in media[0].metadata])
+    air, bone = (hu < -400).mean(), (hu >= 300).mean()
+    expected = f"- example_plugin: HU screen of {len(hu)} CT slice(s): air/lung {air:.0%}, "
+    assert f"{FINDINGS_HEADER}\n{expected}" in prompt, prompt[-600:]
+    assert f"bone {bone:.0%}." in prompt and prompt.index(FINDINGS_HEADER) < prompt.index("Any nodules?")
+    assert FINDINGS_HEADER not in pipe.processor.tokenizer.decode(pipe.inputs(messages, experts=[])["input_ids"][0])
+    # a non-CT source gets no findings: nothing added
+    scene = pipe.collect_media(tiled=REPO / "domains" / "remote_sensing" / "data" / "scenes" / "rmnp_01.tif")
+    text = pipe.processor.tokenizer.decode(pipe.inputs([{"role": "user", "content": "x", "media": scene}])
+                                           ["input_ids"][0])
+    assert FINDINGS_HEADER not in text
+
+
+def test_example_expert_counts_nodule_candidates_in_a_chest_phantom(example_plugin_installed):
+    """Two lungs in a soft-tissue body with three 8 mm nodules: three candidates, lung volume as built."""
+    import numpy as np
+
+    from longllava_example_plugin.lung_expert import lung_nodule_candidates
+
+    z, y, x = np.mgrid[0:12, 0:96, 0:96]
+    hu = np.full((12, 96, 96), -1000.0)
+    hu[((x - 48) / 44) ** 2 + ((y - 48) / 36) ** 2 < 1] = 40
+    lungs = np.zeros(hu.shape, bool)
+    for cx in (28, 68):
+        lungs |= ((x - cx) / 14) ** 2 + ((y - 48) / 22) ** 2 < 1
+    hu[lungs] = -850
+    for cz, cy, cx in [(5, 40, 28), (6, 56, 68), (4, 44, 72)]:
+        hu[((z - cz) * 5) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 16] = 30
+    found = lung_nodule_candidates(hu, (5.0, 1.0, 1.0))
+    assert found["candidates"] == 3
+    assert found["lung_ml"] == pytest.approx(lungs.sum() * 5.0 / 1000.0)
+    hu[lungs] = 40  # no aerated lung: no screen
+    assert lung_nodule_candidates(hu, (5.0, 1.0, 1.0)) is None
+
+
 def test_example_plugin_is_discovered_through_its_entry_point(example_plugin_installed, capsys):
     project = example_plugin_installed
     pm = get_plugin_manager()
@@ -628,7 +692,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(example_plugin_ins
     assert record.version == project["version"] and record.distribution == project["name"]
     assert record.entry_point == "longllava_example_plugin"
     assert "site-packages" in record.module_file  # the installed copy, not the docs/ sources
-    assert record.hooks == ["longllava_register_adapters", "longllava_register_commands",
+    assert record.hooks == ["longllava_expert_findings", "longllava_register_adapters", "longllava_register_commands",
                             "longllava_register_heads"]
 
     from longllava_sdk.registry import available_adapters

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, option_hint
+from ..experts import check_experts
 from ..export import check_export_target, export_answer, get_exporter
 from ..options import LoadOptions
 
@@ -29,6 +30,7 @@ def infer(
     export: str | None = None,
     export_path: str | None = None,
     overwrite: bool = False,
+    experts: list[str] | None = None,
 ) -> None:
     """Run the model on a prompt and media and print the answer (or the task head's prediction).
 
@@ -53,6 +55,9 @@ def infer(
             dicom-sr takes the series from --volume, geojson the scene from --tiled.
         export_path: the file --export writes (required with --export).
         overwrite: replace an existing --export-path.
+        experts: run only these expert plugins; their findings enter the prompt before the
+            question (default: every installed expert; `longllava-sdk plugins` lists them);
+            `--experts none` runs none (the released checkpoints' prompt exactly).
     """
     import json
 
@@ -60,7 +65,8 @@ def infer(
                                                                    images=image))
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(model, **(load or LoadOptions()).kwargs())
+    chosen = [] if experts == ["none"] else check_experts(experts)
+    pipe = Pipeline.from_pretrained(model, experts=chosen, **(load or LoadOptions()).kwargs())
     media: dict[str, Any] = {k: v for k, v in dict(video=video, volume=volume, tiled=tiled, adapter=adapter,
                                                    adapter_options=adapter_options, max_images=max_images).items()
                              if v is not None}

@@ -22,7 +22,6 @@ the ``(C, s + C)`` attention mask of the current chunk.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,13 @@ import torch
 
 from ..context_limit import check_input_ids
 from ..errors import ProtocolError
+from ..prefill_sizes import (  # noqa: F401 (re-exported: the sizes are torch-free for the planner)
+    DEFAULT_PREFILL_CHUNK,
+    DEFAULT_PREFILL_THRESHOLD,
+    MASK_BUDGET,
+    MIN_CHUNK,
+    effective_chunk,
+)
 from . import cache_access
 from .cache_access import JAMBA_CACHE_ARGUMENT
 from .image_stream import ImageFeatureFeeder, as_image_source
@@ -37,19 +43,6 @@ from .sequence_boundaries import mamba_sequence_boundaries
 
 __all__ = ["PrefillOutput", "chunked_prefill", "resolve_chunk_size", "DEFAULT_PREFILL_CHUNK",
            "DEFAULT_PREFILL_THRESHOLD", "MASK_BUDGET", "effective_chunk"]
-
-#: Tokens per prefill chunk by default (see docs/long_context.md for the measurement).
-DEFAULT_PREFILL_CHUNK = 2048
-#: Upper bound on ``chunk x (cached + chunk)``, the elements of the attention mask transformers
-#: materialises for a chunk that continues a cache (SDPA cannot express a causal mask offset by
-#: the cache length, so it gets a dense ``(B, 1, C, S)`` mask, converted to float inside): 2^25
-#: elements is ~160 MB. Later chunks of a long prompt shrink to stay under it.
-MASK_BUDGET = 1 << 25
-#: Chunks never shrink below this many tokens for the mask budget (per-call overhead).
-MIN_CHUNK = 256
-#: Prompts longer than this are prefilled in chunks by default.
-DEFAULT_PREFILL_THRESHOLD = 8192
-
 
 @dataclass
 class PrefillOutput:
@@ -86,15 +79,6 @@ def resolve_chunk_size(config: Any, prompt_length: int, requested: int | None = 
     if not size or size <= 0 or prompt_length <= threshold:
         return None
     return int(size)
-
-
-def effective_chunk(chunk_size: int, cached: int, mask_budget: int | None = MASK_BUDGET) -> int:
-    """Tokens of the next chunk when ``cached`` tokens precede it: ``chunk_size``, shrunk so that
-    ``chunk * (cached + chunk) <= mask_budget`` (never below ``MIN_CHUNK`` or above ``chunk_size``)."""
-    if mask_budget is None or chunk_size <= MIN_CHUNK:
-        return chunk_size
-    fit = int((-cached + math.sqrt(cached * cached + 4 * mask_budget)) / 2)
-    return max(MIN_CHUNK, min(chunk_size, fit))
 
 
 def chunked_prefill(

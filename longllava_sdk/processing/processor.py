@@ -44,6 +44,7 @@ from transformers import (AutoTokenizer, BatchFeature, CLIPImageProcessorPil, Pr
 from ..config import LongLLaVAConfig
 from ..checkpoint import model_file_names
 from ..errors import CheckpointError, InputError, ProtocolError
+from ..experts import current_experts, expert_findings, render_findings
 from ..hf_auto import PROCESSOR_AUTO_MAP, add_processor_auto_map, register_auto_class, write_auto_files
 from ..highres import mean_colour, square_view, trim_to_aspect
 from ..media import DeferredImage, Media, load_image
@@ -301,19 +302,35 @@ class LongLLaVAProcessor(ProcessorMixin):
         return self.image_processor(images=prepared, return_tensors="pt")["pixel_values"]
 
     # -- text ----------------------------------------------------------------------------------------
-    def render_content(self, content: str, media: Sequence[MediaLike] = ()) -> tuple[str, list[Image.Image]]:
-        """Place ``media`` into ``content`` with the tag protocol; return the text and its images in order."""
+    def render_content(self, content: str, media: Sequence[MediaLike] = (), *, findings: bool = False
+                       ) -> tuple[str, list[Image.Image]]:
+        """Place ``media`` into ``content`` with the tag protocol; return the text and its images in order.
+
+        ``findings`` (a user turn): the selected expert plugins' findings about the media
+        (:mod:`longllava_sdk.experts`) go after the last media item, before the question::
+
+            <media tags>\nExpert findings:\n- name: text\n<question>
+
+        With no expert installed (or ``experts=[]``) the text is exactly the released format.
+        """
         items = [as_media(m) for m in media]
         markers = content.count(protocol.IMAGE_PLACEHOLDER)
         images = [img for item in items for img in item.images]
+        block = ""
+        if findings and items:
+            found = [pair for item in items for pair in expert_findings(item, current_experts())]
+            block = render_findings(found)
         if markers == 0:
             rendered = "".join(protocol.render_media(item) for item in items)
-            return (rendered + "\n" + content if rendered else content), images
+            question = (block + "\n" + content) if block else content
+            return (rendered + "\n" + question if rendered else question), images
         if markers != len(items):
             raise ProtocolError(
                 f"the text has {markers} <image> marker(s) but {len(items)} media item(s) were attached to it"
             )
         pieces = content.split(protocol.IMAGE_PLACEHOLDER)
+        if block:  # after the last media item, before the question that follows it
+            pieces[-1] = "\n" + block + (pieces[-1] if pieces[-1].startswith("\n") else "\n" + pieces[-1])
         out = pieces[0]
         for item, piece in zip(items, pieces[1:]):
             out += protocol.render_media(item) + piece
@@ -345,7 +362,8 @@ class LongLLaVAProcessor(ProcessorMixin):
             if not isinstance(content, str):
                 raise ProtocolError(f"message {index}: content parts (a list) are rendered by apply_chat_template; "
                                     "the SDK's conversations hold text and a `media` list")
-            text, message_images = self.render_content(content, message.get("media", message.get("images", ())))
+            text, message_images = self.render_content(content, message.get("media", message.get("images", ())),
+                                                       findings=role == "user")
             images.extend(message_images)
             if role == "system":
                 if index != 0:
@@ -386,7 +404,7 @@ class LongLLaVAProcessor(ProcessorMixin):
             content = message.get("content", message.get("value"))
             media = message.get("media", message.get("images"))
             if isinstance(content, str) or content is None:
-                text, found = self.render_content(content or "", media or ())
+                text, found = self.render_content(content or "", media or (), findings=role == "user")
                 rendered.append({"role": role, "content": text})
                 images.extend(found)
                 continue

@@ -7,10 +7,14 @@ and needs no download. Token ids 0/1/2 match Jamba's pad / bos / eos.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from .protocol import BOS, EOS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|pad|>", BOS, EOS, "<|unk|>", "<|User|>", "<|Assistant|>"]
 
@@ -30,8 +34,8 @@ Question: Answer: Yes No True False left right top bottom center color shape cou
 """
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train and return a byte-level BPE tokenizer with ``vocab_size`` entries at most."""
+def build_bpe(vocab_size: int = 512) -> Tokenizer:
+    """The trained byte-level BPE itself (the ``tokenizers`` object, no transformers: the planner counts with it)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -42,8 +46,15 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    return tokenizer
+
+
+def build_tokenizer(vocab_size: int = 512) -> "PreTrainedTokenizerFast":
+    """Train and return a byte-level BPE tokenizer with ``vocab_size`` entries at most."""
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=build_bpe(vocab_size),
         pad_token="<|pad|>",
         bos_token=BOS,
         eos_token=EOS,

@@ -39,6 +39,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive
 
+from ..errors import RegistryLookupError
+from ..experts import check_experts
 from ..isolation import DecodeLimits, stopping_when
 from ..pipeline import Pipeline
 from ..planner import RequestCost
@@ -260,8 +262,14 @@ class Server:
             raise APIError(400, f"min_tokens {payload.min_tokens} is over max_tokens {max_tokens}",
                            code="invalid_value", param="min_tokens")
         stop = tuple(payload.stop or ())
+        experts = None
+        if payload.experts is not None:
+            try:
+                experts = tuple(check_experts(payload.experts) or ())
+            except RegistryLookupError as exc:
+                raise APIError(400, str(exc), code="invalid_value", param="experts") from None
         return GenerationParams(max_new_tokens=max_tokens, min_new_tokens=payload.min_tokens,
-                                temperature=payload.temperature, top_p=payload.top_p, stop=stop)
+                                temperature=payload.temperature, top_p=payload.top_p, stop=stop, experts=experts)
 
     def submit(self, kind: str, work: Callable[[Job, MessageReader], None], conversation: Conversation,
                redact: PathRedactor, request: Request, max_new_tokens: int = 0) -> Job:

@@ -36,6 +36,8 @@ class GenerationParams:
         temperature: ``None`` or 0: greedy decoding; otherwise sampling at this temperature.
         top_p: nucleus sampling mass (sampling only).
         stop: stop strings.
+        experts: the expert plugins whose findings enter the prompt (``()``: none); ``None``:
+            the pipeline's setting. Not a ``generate`` option: it shapes the prompt.
     """
 
     max_new_tokens: int
@@ -43,6 +45,7 @@ class GenerationParams:
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    experts: tuple[str, ...] | None = None
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
@@ -99,7 +102,7 @@ def run_chat(job: Job, pipeline: Pipeline, read_messages: MessageReader, params:
         _end_early(job)
         return
     try:
-        inputs = pipeline.inputs(messages)
+        inputs = pipeline.inputs(messages, **({} if params.experts is None else {"experts": list(params.experts)}))
     except LongLLaVAError as exc:
         raise from_sdk_error(exc, job.redact) from None
     prompt_tokens = int(inputs["input_ids"].shape[1])

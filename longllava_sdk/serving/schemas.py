@@ -121,6 +121,8 @@ class ChatCompletionRequest(_Standard):
 
     ``temperature`` omitted or 0 is greedy decoding (the SDK's default; OpenAI's is 1).
     ``min_tokens`` is an extension (as in vLLM): generate at least that many tokens.
+    ``experts`` is an extension: the expert plugins whose findings enter the user turns
+    (``[]``: none; omitted or null: the server's default, every installed expert).
     """
 
     model: str
@@ -141,6 +143,7 @@ class ChatCompletionRequest(_Standard):
     tools: list[Any] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
+    experts: Annotated[list[str], Field(max_length=64)] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

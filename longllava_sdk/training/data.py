@@ -54,6 +54,7 @@ from ..media import Media
 from ..registry import available_adapters, claiming_adapter, get_head_class, resolve_adapter
 from ..processing import protocol
 from ..processing.processor import EncodedSample, LongLLaVAProcessor
+from ..experts import check_experts, selected_experts
 from ..recipes import PromptTemplates, Recipe
 from ..root_jail import OutsideRoot, confine_to, real_root
 from ..validation import describe_error
@@ -528,6 +529,8 @@ class MediaLoader:
         self.root = Path(os.path.realpath(root))
         self.recipe = recipe
         self.max_images = max_images if max_images is not None else getattr(recipe, "max_images", None)
+        #: the expert plugins whose findings enter the prompts (the recipe's ``experts``; None: all installed)
+        self.experts = check_experts(getattr(recipe, "experts", None))
         self.adapter_options = dict(adapter_options or {})
         if self.adapter_options:
             declared = {name for cls in available_adapters().values() for name in cls.options()}
@@ -812,7 +815,8 @@ def _encode_check(row: DataRow, media: list[Media], processor: LongLLaVAProcesso
         return [f"{n_images} images after sampling but max_images is {loader.max_images} "
                 f"(use fewer sources or a smaller per-source max_images)"]
     try:
-        encoded = processor.encode_conversation(_messages_for(row, media))
+        with selected_experts(loader.experts):
+            encoded = processor.encode_conversation(_messages_for(row, media))
     except ProtocolError as exc:
         return [f"placeholder/media count mismatch: {exc}"]
     except LongLLaVAError as exc:
@@ -889,7 +893,8 @@ class TrainingDataset(Dataset):
         if problems:
             raise DatasetError(row.file, [f"{row.describe()}: {p}" for p in problems])
         try:
-            encoded = self.processor.encode_conversation(_messages_for(row, media), max_length=self.max_length)
+            with selected_experts(self.loader.experts):
+                encoded = self.processor.encode_conversation(_messages_for(row, media), max_length=self.max_length)
         except ProtocolError as exc:
             raise DatasetError(row.file, [f"{row.describe()}: {exc}"]) from exc
         assert encoded is not None

@@ -6,7 +6,9 @@ Installed next to the SDK, this package is found through its ``longllava_sdk`` e
 * the ``npy_volume`` input adapter (``.npy`` stacks of 2-D arrays -> ``volume`` media),
 * the ``example_linear_probe`` task head and the ``example_severity`` regression head (its
   own label format: a score in ``labels`` or in the answer text),
-* the ``longllava-sdk npy-info`` command.
+* the ``longllava-sdk npy-info`` command,
+* an expert for the prompt (``longllava_expert_findings``): a Hounsfield-unit screen of CT
+  volumes (tissue composition, lung-nodule candidates), :mod:`.lung_expert`.
 
 The SDK imports this module when it builds its plugin manager, so keep the import cheap:
 the hook functions below only hand over classes and functions.
@@ -49,3 +51,10 @@ def npy_info(path: str) -> int:
 @hookimpl
 def longllava_register_commands() -> list[Callable[..., Any]]:
     return [npy_info]
+
+
+@hookimpl
+def longllava_expert_findings(media: Any) -> str | None:
+    from .lung_expert import lung_findings  # scipy / pydicom load only when a prompt has media
+
+    return lung_findings(media)
