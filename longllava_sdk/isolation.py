@@ -159,7 +159,7 @@ def spawn(worker: Callable[..., None], args: tuple[Any, ...], timeout_s: float, 
     started = time.monotonic()
     send.close()
     message: Any = None
-    answered = False
+    answered = died = False
     try:
         deadline = started + timeout_s
         while True:
@@ -170,7 +170,7 @@ def spawn(worker: Callable[..., None], args: tuple[Any, ...], timeout_s: float, 
                 try:
                     message, answered = receive.recv(), True
                 except EOFError:  # the child died without answering
-                    pass
+                    died = True
                 break
     finally:
         receive.close()
@@ -181,11 +181,13 @@ def spawn(worker: Callable[..., None], args: tuple[Any, ...], timeout_s: float, 
             child.kill()
             child.join(5)
         return message, None
-    child.join(0.5 if child.exitcode is None and elapsed < timeout_s else 0.1)
-    killed = child.is_alive()
+    # Past the deadline (or asked to stop) the parent ends the child, whatever it does next: a
+    # child finishing in the same instant would otherwise die writing to the closed pipe and
+    # read as a crash.
+    killed = not died
     if killed:
         child.kill()
-        child.join(5)
+    child.join(5)
     code = child.exitcode
     name = signal.Signals(-code).name if code is not None and code < 0 and not killed else None
     return None, Exit(killed=killed, signal=name, exitcode=code, elapsed=elapsed)
