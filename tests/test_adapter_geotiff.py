@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.io import DatasetReader
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.windows import Window, bounds as window_bounds
 
 from longllava_plugins.geotiff import GeoTiffAdapter, canonical_band_name, fit_grid, grid_shape
@@ -106,7 +106,7 @@ def _write(path: Path, data: np.ndarray, **profile) -> Path:
     count, height, width = data.shape
     base = dict(
         driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
-        crs="EPSG:32633", transform=from_origin(600000, 5200000, 10, 10),
+        crs="EPSG:32633", transform=Affine(10, 0, 600000, 0, -10, 5200000),
         tiled=True, blockxsize=128, blockysize=128, compress="deflate",
     )
     base.update(profile)

@@ -121,11 +121,11 @@ def test_full_scene_box_in_a_projected_crs(tmp_path):
     """A UTM raster: the box goes through the affine transform and a real reprojection."""
     import numpy as np
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     scene = tmp_path / "utm.tif"
     with rasterio.open(scene, "w", driver="GTiff", width=200, height=100, count=1, dtype="uint8",
-                       crs="EPSG:32613", transform=from_origin(430000, 4480000, 30, 30)) as dst:
+                       crs="EPSG:32613", transform=Affine(30, 0, 430000, 0, -30, 4480000)) as dst:
         dst.write(np.zeros((1, 100, 200), np.uint8))
     _check_full_scene(scene, tmp_path / "utm.geojson", 2e-6)
 

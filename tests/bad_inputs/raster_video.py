@@ -22,7 +22,7 @@ import av
 import numpy as np
 import rasterio
 from PIL import Image
-from rasterio.transform import from_origin
+from affine import Affine
 
 from longllava_sdk.errors import AdapterError, LongLLaVAError, ResourceLimitError
 
@@ -58,7 +58,7 @@ def good_geotiff(path: Path, size: int = 300) -> Path:
     data = np.random.default_rng(1).integers(0, 255, (3, size, size), dtype=np.uint8)
     with rasterio.open(
         path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-        transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=128, blockysize=128,
+        transform=Affine(10, 0, 500000, 0, -10, 5000000), tiled=True, blockxsize=128, blockysize=128,
         compress="deflate",
     ) as dst:
         dst.write(data)

@@ -409,13 +409,13 @@ def _tiff_block_too_large(d: Path) -> Path:
 
 def _gradient_geotiff(d: Path, name: str = "gradient.tif", side: int = 2000) -> Path:
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     data = ((np.arange(side)[None, :] * 7 + np.arange(side)[:, None] * 3) % 251).astype(np.uint8)
     noise = np.random.default_rng(7).integers(0, 4, (side, side), dtype=np.uint8)
     path = d / name
     with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=1, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), tiled=True,
+                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000), tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate") as dst:
         dst.write((data + noise)[None])
     return path

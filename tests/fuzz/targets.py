@@ -137,12 +137,12 @@ def nifti_seeds() -> list[Seed]:
 # ------------------------------------------------------------------------------------------
 def _geotiff_bytes(tmp: Path, name: str, data: np.ndarray, **profile: Any) -> bytes:
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     count = data.shape[0]
     path = tmp / name
     options = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=count, dtype=str(data.dtype),
-                   crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10))
+                   crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000))
     options.update(profile)
     colormap = options.pop("colormap", None)
     overviews = options.pop("overviews", None)
