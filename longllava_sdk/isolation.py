@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ def spawn(worker: Callable[..., None], args: tuple[Any, ...], timeout_s: float, 
     ``worker`` sends one message through ``send`` (a pipe end) and exits. The child is
     killed after ``timeout_s`` or when ``should_stop()`` turns true.
     """
+    _check_main_is_importable()
     ctx = context(preload)
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=worker, args=(send, *args), daemon=True)
@@ -191,6 +193,22 @@ def spawn(worker: Callable[..., None], args: tuple[Any, ...], timeout_s: float, 
     code = child.exitcode
     name = signal.Signals(-code).name if code is not None and code < 0 and not killed else None
     return None, Exit(killed=killed, signal=name, exitcode=code, elapsed=elapsed)
+
+
+def _check_main_is_importable() -> None:
+    """Refuse, with advice, a main program the fork server's children cannot re-import.
+
+    multiprocessing prepares every forkserver child by re-running the parent's ``__main__``
+    from its file; code read from standard input (``python - <<EOF``) has the file name
+    ``<stdin>``, so every child would exit at once and each read would look like a crash.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path is not None and not os.path.isfile(path):
+        raise ConfigError(f"isolated decoding starts its workers through multiprocessing's fork server, which "
+                          f"re-imports the main program, and {path!r} is not a file it can import: run the code "
+                          f"from a .py file (or a module, `python -m`), or turn isolation off "
+                          f"({option_hint('isolate_decoding', False)})")
 
 
 def run_isolated(function: Callable[..., Any], *args: Any, limits: DecodeLimits, source: str | None = None,

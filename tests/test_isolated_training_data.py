@@ -114,3 +114,28 @@ def test_print_config_shows_the_options_and_limits_are_checked(tmp_path):
     assert requested_limits(True) == DecodeLimits()
     with pytest.raises(ConfigError, match="decode_timeout"):
         requested_limits(True, decode_timeout=0)
+
+
+def test_code_read_from_stdin_gets_advice_not_a_crash(tmp_path):
+    """multiprocessing's fork server re-imports ``__main__``: ``python - <<EOF`` cannot be re-imported,
+    so isolation refuses with advice instead of reporting every read as a crashed worker."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import os\n"
+              "from longllava_sdk.isolation import DecodeLimits, run_isolated\n"
+              "run_isolated(os.getpid, limits=DecodeLimits(timeout_s=30))\n")
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": root})
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("longllava_sdk.errors.ConfigError:") and "'<stdin>'" in last and "isolate_decoding=False" in last
+    # the same call from a file works (with the main guard any multiprocessing program needs)
+    body = script.splitlines()
+    (tmp_path / "run.py").write_text("\n".join(body[:2]) + "\nif __name__ == '__main__':\n    print(" + body[2] + ")\n")
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py")], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) > 0
