@@ -156,3 +156,34 @@ def test_infer_experts_none_gives_the_plain_prompt(expert, tiny_checkpoint, imag
     plain = capsys.readouterr().out
     pipe = Pipeline.from_pretrained(tiny_checkpoint, device="cpu", experts=[])
     assert plain.strip() == pipe("Colour?", images=[image_file], max_new_tokens=3)
+
+
+def test_serve_classify_takes_the_experts_field(expert, tiny_model_and_processor, tmp_path, rgb_images):
+    import httpx
+    import torch
+    from serving_fixtures import running_server, user
+
+    from longllava_sdk.model_folders import save_model
+    from longllava_sdk.registry import get_head_class
+    from longllava_sdk.serving import ServerSettings, create_app
+
+    model, processor = tiny_model_and_processor
+    head = get_head_class("classify")(model.config.text_config.hidden_size, ["red", "blue"], dropout=0.0)
+    with torch.no_grad():
+        head.classifier.weight.normal_()
+    pipe = Pipeline.from_pretrained(save_model(model, processor, tmp_path / "with-head", head=head))
+    rgb_images[0].save(tmp_path / "red.png")
+    part = {"type": "image", "image": {"path": "red.png"}}
+    expected = {name: pipe.classify("What colour?", images=[tmp_path / "red.png"], **kwargs)["scores"]
+                for name, kwargs in (("default", {}), ("none", {"experts": []}))}
+    assert expected["default"] != pytest.approx(expected["none"])  # the findings change what the head sees
+    with running_server(create_app(pipe, ServerSettings(model_name="tiny", root=tmp_path))) as server:
+        def classify(**extra):
+            return httpx.post(f"{server.url}/v1/classify", timeout=60,
+                              json={"model": "tiny", "messages": [user("What colour?", part)], **extra})
+
+        default, none, unknown = classify(), classify(experts=[]), classify(experts=["nope"])
+    assert default.json()["result"]["scores"] == pytest.approx(expected["default"])
+    assert none.json()["result"]["scores"] == pytest.approx(expected["none"])
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "experts"
+    assert "unknown expert" in unknown.json()["error"]["message"]

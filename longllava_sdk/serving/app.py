@@ -262,14 +262,19 @@ class Server:
             raise APIError(400, f"min_tokens {payload.min_tokens} is over max_tokens {max_tokens}",
                            code="invalid_value", param="min_tokens")
         stop = tuple(payload.stop or ())
-        experts = None
-        if payload.experts is not None:
-            try:
-                experts = tuple(check_experts(payload.experts) or ())
-            except RegistryLookupError as exc:
-                raise APIError(400, str(exc), code="invalid_value", param="experts") from None
         return GenerationParams(max_new_tokens=max_tokens, min_new_tokens=payload.min_tokens,
-                                temperature=payload.temperature, top_p=payload.top_p, stop=stop, experts=experts)
+                                temperature=payload.temperature, top_p=payload.top_p, stop=stop,
+                                experts=self.experts(payload.experts))
+
+    @staticmethod
+    def experts(names: list[str] | None) -> tuple[str, ...] | None:
+        """A request's ``experts`` field, checked against the installed experts (``None``: all of them)."""
+        if names is None:
+            return None
+        try:
+            return tuple(check_experts(names) or ())
+        except RegistryLookupError as exc:
+            raise APIError(400, str(exc), code="invalid_value", param="experts") from None
 
     def submit(self, kind: str, work: Callable[[Job, MessageReader], None], conversation: Conversation,
                redact: PathRedactor, request: Request, max_new_tokens: int = 0) -> Job:
@@ -456,8 +461,9 @@ async def classify(request: Request) -> Response:
         raise APIError(400, "classify takes exactly one user message (its text and media)", code="invalid_request",
                        param="messages")
     pipeline = server.pipeline
-    job = server.submit("classification", lambda job, read: run_classify(job, pipeline, read), conversation, redact,
-                        request)
+    experts = server.experts(payload.experts)
+    job = server.submit("classification", lambda job, read: run_classify(job, pipeline, read, experts), conversation,
+                        redact, request)
     gone = asyncio.create_task(_client_gone(request.receive))
     try:
         while True:

@@ -146,15 +146,21 @@ def run_chat(job: Job, pipeline: Pipeline, read_messages: MessageReader, params:
                       "media_warnings": request_media_warnings(messages, job.redact)})
 
 
-def run_classify(job: Job, pipeline: Pipeline, read_messages: MessageReader) -> None:
-    """Read the single user turn's media and run the task head; emits ``done`` with its answer."""
+def run_classify(job: Job, pipeline: Pipeline, read_messages: MessageReader,
+                 experts: tuple[str, ...] | None = None) -> None:
+    """Read the single user turn's media and run the task head; emits ``done`` with its answer.
+
+    ``experts``: the expert plugins whose findings enter the prompt (``()``: none; ``None``: the
+    pipeline's default, every installed expert).
+    """
     messages = read_messages()
     if job.should_stop():
         _end_early(job)
         return
     turn = messages[0]
     try:
-        result = pipeline.classify(turn["content"], images=turn["media"])
+        result = pipeline.classify(turn["content"], images=turn["media"],
+                                   **({} if experts is None else {"experts": list(experts)}))
     except LongLLaVAError as exc:
         raise from_sdk_error(exc, job.redact) from None
     job.outcome = "done"

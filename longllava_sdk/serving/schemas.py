@@ -153,7 +153,8 @@ class ChatCompletionRequest(_Standard):
 
 class ClassifyRequest(_Standard):
     """``POST /v1/classify`` (models with a fine-tuned task head): the messages' single user turn
-    (text + media, same content parts as chat) is classified."""
+    (text + media, same content parts as chat) is classified. ``experts`` as in chat."""
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    experts: Annotated[list[str], Field(max_length=64)] | None = None
