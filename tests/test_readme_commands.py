@@ -4,11 +4,13 @@ The README's install is ``pip install -e .`` (core dependencies) plus the extra 
 (``serve``'s). The commands run through a ``longllava-sdk`` that cannot import matplotlib
 (the plotting library a user of the core install does not have), in a folder holding the
 inputs the lines name (``a.png``, ``clip.mp4``, a tiny official-format ``LongLLaVA-9B/``,
-a CT-RATE ``dataset/``, a ``dicom_export/``). Changed, and said here: ``serve`` runs in the
-background on a free port until it says ``ready`` (it would serve forever); the ``eval niah``
-and ``eval vnbench`` sweeps get small sizes appended (their defaults run up to 1000 images);
+a CT-RATE ``dataset/``, a ``dicom_export/`` and ``ct/`` series, a ``scene.tif``). Changed, and
+said here: ``serve`` runs in the background on a free port until it says ``ready`` (it would
+serve forever); the ``eval niah`` and ``eval vnbench`` sweeps get small sizes appended (their defaults run up to 1000 images);
 ``bench`` (every benchmark suite, many minutes) is checked with ``--help``, its suites run in
-their own tests and in ``.ci/run``'s README test command. Slow: .ci/run runs it explicitly.
+their own tests and in ``.ci/run``'s README test command; ``infer --export geojson`` on the
+random-weight ``out/tiny`` may end with the typed "holds no box to export" refusal (its answer
+is noise). Slow: .ci/run runs it explicitly.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def _prepare(folder: Path) -> None:
     write_official(folder / "LongLLaVA-9B", official_state_dict(num_experts=4), official_config(num_experts=4))
     write_ct_rate(folder, bad_rows=False)
     shutil.copytree(ROOT / "domains" / "medical" / "data" / "ct" / "series_01", folder / "dicom_export")
+    shutil.copytree(ROOT / "domains" / "medical" / "data" / "ct" / "series_01", folder / "ct")  # export dicom-sr
+    shutil.copy(ROOT / "domains" / "remote_sensing" / "data" / "scenes" / "rmnp_01.tif", folder / "scene.tif")
     (folder / "data").mkdir()
 
 
@@ -69,7 +73,9 @@ def test_every_readme_command_runs_on_the_readme_install(tmp_path):
     shim.parent.mkdir()
     shim.write_text(f"#!{sys.executable}\nimport sys\n"
                     + "".join(f"sys.modules[{name!r}] = None  # not in the README's install\n" for name in BLOCKED)
-                    + "from longllava_sdk.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+                    # the guard a console script has: serve's decoding workers re-import __main__
+                    + "if __name__ == '__main__':\n"
+                    + "    from longllava_sdk.cli import main\n    sys.exit(main(sys.argv[1:]))\n")
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     failures = []
@@ -84,6 +90,8 @@ def test_every_readme_command_runs_on_the_readme_install(tmp_path):
             continue
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
                               stdin=subprocess.DEVNULL)
+        if "--export" in argv and done.returncode == 1 and "box to export" in done.stderr.strip().splitlines()[-1]:
+            continue  # init-model's random weights answer without a box: the typed refusal is the run's end
         if done.returncode != 0 or "Traceback" in done.stderr:
             failures.append(f"{line}\n{done.stderr[-2000:]}")
     assert not failures, "\n\n".join(failures)
