@@ -351,9 +351,15 @@ def test_converted_model_runs_and_round_trips(moe_case, tmp_path, rgb_images):
         logits = model(**batch).logits
     assert logits.shape[-1] == TEXT.vocab_size and torch.isfinite(logits).all()
     model.save_pretrained(tmp_path / "resaved")
+    reloaded = load_converted(tmp_path / "resaved")
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)  # every weight round-trips bit-exactly
     with torch.no_grad():
-        again = load_converted(tmp_path / "resaved")(**batch).logits
-    assert torch.equal(logits, again)
+        again = reloaded(**batch).logits
+    # Bit-identical weights, but the forward need not be: under transformers 5.19 the reloaded
+    # model's logits differ by ~7e-6 (the same values summed in another order).
+    torch.testing.assert_close(again, logits, rtol=1e-5, atol=1e-4)
     answer = Pipeline.from_pretrained(dst, device="cpu")("Describe.", images=[rgb_images[1]], max_new_tokens=3)
     assert isinstance(answer, str)
 

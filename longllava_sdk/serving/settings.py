@@ -72,7 +72,8 @@ class ServerSettings(BaseModel):
     """
 
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # protected_namespaces=(): `model_name` is a setting, not pydantic API (pydantic < 2.10 warns)
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
     model_name: Annotated[str, Field(min_length=1)] | None = None
     root: Path | None = None
